@@ -1,0 +1,186 @@
+use std::error::Error as _;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use fred::prelude::ClientLike;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+use tower_ai_core::llm::ChatRequest;
+use tower_ai_core::reject::Refusal;
+use tower_http::trace::TraceLayer;
+
+use crate::upstream::UpstreamError;
+use crate::{AppState, MAX_CHAT_BODY};
+
+pub(crate) fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/content/{id}", get(content));
+    let admin = Router::new().route("/admin/config", get(admin_config));
+    Router::new()
+        .merge(api)
+        .merge(admin)
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn(crate::metrics::record))
+        .layer(TraceLayer::new_for_http())
+        .with_state(state)
+}
+
+/// A refusal as an axum response. The problem document also carries an
+/// OpenAI-style `error` member, so OpenAI SDKs show its message.
+pub(crate) fn problem(refusal: Refusal, error_type: &str, message: &str) -> Response {
+    refusal
+        .detail(message.to_owned())
+        .member("error", json!({ "message": message, "type": error_type }))
+        .into_http::<Body>()
+        .map(Body::new)
+}
+
+async fn chat_completions(State(state): State<AppState>, req: Request) -> Response {
+    let (parts, body) = req.into_parts();
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_CHAT_BODY as u64) {
+        return too_large();
+    }
+    let bytes = match axum::body::to_bytes(body, MAX_CHAT_BODY).await {
+        Ok(bytes) => bytes,
+        Err(e) if is_length_limit(&e) => return too_large(),
+        Err(e) => {
+            return problem(
+                Refusal::bad_request(),
+                "invalid_request_error",
+                &format!("the request body could not be read: {e}"),
+            );
+        }
+    };
+    match ChatRequest::from_json(&bytes) {
+        Ok(chat) if chat.model.is_some() && chat.messages > 0 => {}
+        Ok(_) => {
+            return problem(
+                Refusal::bad_request(),
+                "invalid_request_error",
+                "a chat completion request needs a `model` and at least one message in `messages`",
+            );
+        }
+        Err(e) => {
+            return problem(
+                Refusal::bad_request(),
+                "invalid_request_error",
+                &e.to_string(),
+            );
+        }
+    }
+    let req = Request::from_parts(parts, Body::from(bytes));
+    match state.upstream.clone().oneshot(req).await {
+        Ok(res) => res,
+        Err(e) => upstream_failed(&e),
+    }
+}
+
+pub(crate) fn upstream_failed(e: &UpstreamError) -> Response {
+    tracing::warn!(error = %e, "upstream request failed");
+    let refusal = match e {
+        UpstreamError::Timeout => Refusal::gateway_timeout(),
+        _ => Refusal::bad_gateway(),
+    };
+    problem(refusal, "upstream_error", &e.to_string())
+}
+
+fn too_large() -> Response {
+    problem(
+        Refusal::payload_too_large(),
+        "invalid_request_error",
+        &format!("the request body is larger than {MAX_CHAT_BODY} bytes"),
+    )
+}
+
+fn is_length_limit(e: &axum::Error) -> bool {
+    let mut source = e.source();
+    while let Some(s) = source {
+        if s.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
+}
+
+async fn content(Path(id): Path<String>) -> Response {
+    let valid = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+    if !valid {
+        return problem(
+            Refusal::bad_request(),
+            "invalid_request_error",
+            "a content id is 1 to 128 characters of letters, digits, '-', '_' and '.'",
+        );
+    }
+    axum::Json(json!({
+        "id": id,
+        "title": format!("Content {id}"),
+        "body": format!("The text of content {id}."),
+    }))
+    .into_response()
+}
+
+async fn admin_config(State(state): State<AppState>) -> Response {
+    axum::Json(json!({
+        "upstream": format!("{:?}", state.upstream),
+        "redis": state.redis.as_ref().map_or(Value::Null, |r| json!({ "nodes": r.urls })),
+        "max_chat_body_bytes": MAX_CHAT_BODY,
+    }))
+    .into_response()
+}
+
+async fn healthz(State(state): State<AppState>) -> Response {
+    let redis = match &state.redis {
+        None => json!({ "configured": false, "state": "not configured" }),
+        Some(redis) => {
+            // A live check, bounded by the Redis timeout; while Redis is
+            // marked down this answers from the backoff state at once.
+            let _ = redis.degrade.call(redis.client.ping::<String>(None)).await;
+            json!({
+                "configured": true,
+                "nodes": redis.urls,
+                "state": redis.degrade.health().as_str(),
+            })
+        }
+    };
+    let degraded = redis["state"] == "down";
+    axum::Json(json!({
+        "status": if degraded { "degraded" } else { "ok" },
+        "uptime_seconds": state.started.elapsed().as_secs(),
+        "redis": redis,
+        "circuits": {},
+    }))
+    .into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn not_found() -> Response {
+    problem(
+        Refusal::new(StatusCode::NOT_FOUND),
+        "invalid_request_error",
+        "no such route",
+    )
+}

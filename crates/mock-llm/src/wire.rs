@@ -1,0 +1,123 @@
+//! The OpenAI JSON shapes the mock writes. Field order follows OpenAI's.
+
+use axum::Json;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use serde::Serialize;
+
+#[derive(Debug, Clone, Copy, Serialize)]
+pub(crate) struct Usage {
+    pub(crate) prompt_tokens: u64,
+    pub(crate) completion_tokens: u64,
+    pub(crate) total_tokens: u64,
+}
+
+impl Usage {
+    pub(crate) fn new(prompt_tokens: u64, completion_tokens: u64) -> Self {
+        Self {
+            prompt_tokens,
+            completion_tokens,
+            total_tokens: prompt_tokens + completion_tokens,
+        }
+    }
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Completion<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) object: &'static str,
+    pub(crate) created: u64,
+    pub(crate) model: &'a str,
+    pub(crate) choices: [Choice<'a>; 1],
+    pub(crate) usage: Usage,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Choice<'a> {
+    pub(crate) index: u32,
+    pub(crate) message: Message<'a>,
+    pub(crate) finish_reason: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Message<'a> {
+    pub(crate) role: &'static str,
+    pub(crate) content: &'a str,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct Chunk<'a> {
+    pub(crate) id: &'a str,
+    pub(crate) object: &'static str,
+    pub(crate) created: u64,
+    pub(crate) model: &'a str,
+    pub(crate) choices: &'a [ChunkChoice<'a>],
+    /// Absent unless `stream_options.include_usage`; then `null` on every chunk but the last.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) usage: Option<Option<Usage>>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct ChunkChoice<'a> {
+    pub(crate) index: u32,
+    pub(crate) delta: Delta<'a>,
+    pub(crate) finish_reason: Option<&'static str>,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct Delta<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) role: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) content: Option<&'a str>,
+}
+
+/// `{"error":{"message","type","param":null,"code":null}}`.
+#[derive(Debug, Serialize)]
+struct ErrorBody<'a> {
+    error: ErrorDetail<'a>,
+}
+
+#[derive(Debug, Serialize)]
+struct ErrorDetail<'a> {
+    message: &'a str,
+    #[serde(rename = "type")]
+    kind: &'a str,
+    param: Option<&'a str>,
+    code: Option<&'a str>,
+}
+
+/// An OpenAI-style error response.
+pub(crate) fn error(status: StatusCode, kind: &str, code: Option<&str>, message: &str) -> Response {
+    let body = ErrorBody {
+        error: ErrorDetail {
+            message,
+            kind,
+            param: None,
+            code,
+        },
+    };
+    (status, Json(body)).into_response()
+}
+
+pub(crate) fn invalid_request(message: &str) -> Response {
+    error(
+        StatusCode::BAD_REQUEST,
+        "invalid_request_error",
+        None,
+        message,
+    )
+}
+
+/// The in-band stream error: `{"error":{"message","type":"server_error"}}`.
+#[derive(Debug, Serialize)]
+pub(crate) struct StreamError<'a> {
+    pub(crate) error: StreamErrorDetail<'a>,
+}
+
+#[derive(Debug, Serialize)]
+pub(crate) struct StreamErrorDetail<'a> {
+    pub(crate) message: &'a str,
+    #[serde(rename = "type")]
+    pub(crate) kind: &'static str,
+}

@@ -1,0 +1,315 @@
+//! The gateway end to end, over real sockets, with the mock LLM as upstream.
+
+use std::net::{SocketAddr, TcpListener};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use test_support::RedisServer;
+use tower_ai_gateway::{Config, Gateway};
+
+fn config() -> Config {
+    let mut config = Config::default();
+    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config.mock_token_delay = Duration::from_millis(5);
+    config
+}
+
+async fn start(config: Config) -> Gateway {
+    Gateway::start(config).await.expect("the gateway starts")
+}
+
+fn chat(stream: bool) -> Value {
+    json!({
+        "model": "mock-1",
+        "stream": stream,
+        "stream_options": { "include_usage": true },
+        "messages": [
+            { "role": "system", "content": "You are terse." },
+            { "role": "user", "content": "Tell me about tower middleware." }
+        ]
+    })
+}
+
+async fn problem(res: reqwest::Response, status: u16) -> Value {
+    assert_eq!(res.status().as_u16(), status);
+    assert_eq!(
+        res.headers()["content-type"],
+        "application/problem+json",
+        "a refusal is problem+json"
+    );
+    let doc: Value = res.json().await.expect("a JSON problem document");
+    assert_eq!(doc["status"], status);
+    assert!(doc["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    assert!(
+        doc["error"]["message"].is_string(),
+        "OpenAI-style error member"
+    );
+    doc
+}
+
+#[tokio::test]
+async fn streams_tokens_as_they_are_generated() {
+    let mut config = config();
+    config.mock_token_delay = Duration::from_millis(40);
+    let gateway = start(config).await;
+    let client = reqwest::Client::new();
+
+    let sent = Instant::now();
+    let res = client
+        .post(format!("{}/v1/chat/completions", gateway.url()))
+        .json(&chat(true))
+        .send()
+        .await
+        .expect("a response");
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers()["content-type"]
+            .to_str()
+            .is_ok_and(|ct| ct.starts_with("text/event-stream"))
+    );
+
+    // Read frame by frame, noting when each `data:` event arrives.
+    let mut events: Vec<(Duration, String)> = Vec::new();
+    let mut pending = String::new();
+    let mut body = res.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.expect("the stream doesn't break");
+        pending.push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
+        while let Some(end) = pending.find("\n\n") {
+            let event: String = pending.drain(..end + 2).collect();
+            if let Some(data) = event.trim_end().strip_prefix("data: ") {
+                events.push((sent.elapsed(), data.to_owned()));
+            }
+        }
+    }
+    assert_eq!(events.last().map(|e| e.1.as_str()), Some("[DONE]"));
+    let tokens: Vec<&(Duration, String)> = events
+        .iter()
+        .filter(|(_, d)| {
+            serde_json::from_str::<Value>(d).is_ok_and(|v| {
+                v["choices"][0]["delta"]["content"]
+                    .as_str()
+                    .is_some_and(|c| !c.is_empty())
+            })
+        })
+        .collect();
+    assert!(tokens.len() >= 8, "{} tokens", tokens.len());
+    let first = tokens[0].0;
+    let last = events.last().map(|e| e.0).unwrap_or_default();
+    // 40 ms a token: the first arrives while the rest are still being made.
+    assert!(
+        first * 3 < last,
+        "first token at {first:?}, last event at {last:?}: the stream was buffered"
+    );
+    let usage = events
+        .iter()
+        .filter_map(|(_, d)| serde_json::from_str::<Value>(d).ok())
+        .find(|v| v["usage"].is_object())
+        .expect("a usage chunk");
+    assert_eq!(
+        usage["usage"]["completion_tokens"].as_u64(),
+        Some(tokens.len() as u64)
+    );
+}
+
+#[tokio::test]
+async fn proxies_a_json_completion() {
+    let gateway = start(config()).await;
+    let res = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", gateway.url()))
+        .bearer_auth("client-key-1")
+        .json(&chat(false))
+        .send()
+        .await
+        .expect("a response");
+    assert_eq!(res.status(), 200);
+    let body: Value = res.json().await.expect("JSON");
+    assert_eq!(body["object"], "chat.completion");
+    assert!(body["choices"][0]["message"]["content"].is_string());
+    assert!(
+        body["usage"]["total_tokens"]
+            .as_u64()
+            .is_some_and(|t| t > 0)
+    );
+    let stats = gateway.mock().map(|m| m.stats().requests);
+    assert_eq!(stats, Some(1));
+}
+
+#[tokio::test]
+async fn bad_bodies_get_clear_json_errors() {
+    let gateway = start(config()).await;
+    let client = reqwest::Client::new();
+    let url = format!("{}/v1/chat/completions", gateway.url());
+
+    let res = client
+        .post(&url)
+        .header("content-type", "application/json")
+        .body("this is not json")
+        .send()
+        .await
+        .expect("a response");
+    problem(res, 400).await;
+
+    let res = client
+        .post(&url)
+        .json(&json!({ "model": "m", "messages": "not a list" }))
+        .send()
+        .await
+        .expect("a response");
+    problem(res, 400).await;
+
+    let res = client
+        .post(&url)
+        .json(&json!({ "messages": [] }))
+        .send()
+        .await
+        .expect("a response");
+    problem(res, 400).await;
+
+    // Oversized, declared up front.
+    let big = vec![b'x'; 2 << 20];
+    let res = client
+        .post(&url)
+        .body(big.clone())
+        .send()
+        .await
+        .expect("a response");
+    problem(res, 413).await;
+
+    // Oversized, streamed without a Content-Length.
+    let chunks = big
+        .chunks(64 << 10)
+        .map(|c| Ok::<_, std::io::Error>(c.to_vec()))
+        .collect::<Vec<_>>();
+    let res = client
+        .post(&url)
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .expect("a response");
+    problem(res, 413).await;
+
+    // Nothing reached the upstream.
+    assert_eq!(gateway.mock().map(|m| m.stats().requests), Some(0));
+}
+
+#[tokio::test]
+async fn an_unreachable_upstream_is_a_502() {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port");
+    let mut config = config();
+    config.upstream = Some(format!("http://127.0.0.1:{port}"));
+    let gateway = start(config).await;
+    let res = reqwest::Client::new()
+        .post(format!("{}/v1/chat/completions", gateway.url()))
+        .json(&chat(false))
+        .send()
+        .await
+        .expect("a response");
+    let doc = problem(res, 502).await;
+    assert_eq!(doc["error"]["type"], "upstream_error");
+}
+
+#[tokio::test]
+async fn content_admin_health_and_metrics_answer() {
+    let gateway = start(config()).await;
+    let client = reqwest::Client::new();
+
+    let res = client
+        .get(format!("{}/v1/content/intro-1", gateway.url()))
+        .send()
+        .await
+        .expect("a response");
+    assert_eq!(res.status(), 200);
+    let doc: Value = res.json().await.expect("JSON");
+    assert_eq!(doc["id"], "intro-1");
+
+    let res = client
+        .get(format!("{}/v1/content/bad%20id", gateway.url()))
+        .send()
+        .await
+        .expect("a response");
+    problem(res, 400).await;
+
+    let res = client
+        .get(format!("{}/nowhere", gateway.url()))
+        .send()
+        .await
+        .expect("a response");
+    problem(res, 404).await;
+
+    let res = client
+        .get(format!("{}/admin/config", gateway.url()))
+        .send()
+        .await
+        .expect("a response");
+    assert_eq!(res.status(), 200);
+
+    let health: Value = client
+        .get(format!("{}/healthz", gateway.url()))
+        .send()
+        .await
+        .expect("a response")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(health["status"], "ok");
+    assert_eq!(health["redis"]["configured"], false);
+    assert!(health["circuits"].is_object());
+
+    let res = client
+        .get(format!("{}/metrics", gateway.url()))
+        .send()
+        .await
+        .expect("a response");
+    assert_eq!(res.status(), 200);
+    let text = res.text().await.expect("text");
+    assert!(
+        text.contains("tower_ai_gateway_requests_total{route=\"/v1/content/{id}\",status=\"200\"}"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn health_follows_redis_down_and_up_and_requests_keep_flowing() {
+    let mut redis = RedisServer::start();
+    let mut config = config();
+    config.redis = vec![redis.url()];
+    let gateway = start(config).await;
+    let client = reqwest::Client::new();
+    let health = || async {
+        client
+            .get(format!("{}/healthz", gateway.url()))
+            .send()
+            .await
+            .expect("a response")
+            .json::<Value>()
+            .await
+            .expect("JSON")
+    };
+    assert_eq!(health().await["redis"]["state"], "up");
+
+    redis.stop();
+    let h = health().await;
+    assert_eq!(h["redis"]["state"], "down");
+    assert_eq!(h["status"], "degraded");
+    let res = client
+        .post(format!("{}/v1/chat/completions", gateway.url()))
+        .json(&chat(false))
+        .send()
+        .await
+        .expect("a response");
+    assert_eq!(res.status(), 200, "Redis down never takes the gateway down");
+
+    redis.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while health().await["redis"]["state"] != "up" {
+        assert!(Instant::now() < deadline, "Redis never came back");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
