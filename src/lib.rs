@@ -8,12 +8,12 @@ pub use tower_ai_core as core;
 #[cfg(feature = "cache")]
 #[doc(inline)]
 pub use tower_ai_cache as cache;
-#[cfg(feature = "circuit")]
-#[doc(inline)]
-pub use tower_circuit as circuit;
 #[cfg(feature = "ratelimit")]
 #[doc(inline)]
 pub use tower_ai_ratelimit as ratelimit;
+#[cfg(feature = "circuit")]
+#[doc(inline)]
+pub use tower_circuit as circuit;
 #[cfg(feature = "session")]
 #[doc(inline)]
 pub use tower_session as session;

@@ -308,14 +308,16 @@ impl RedisCluster {
     /// # Panics
     /// When it can't connect.
     pub async fn client(&self) -> fred::clients::Client {
-        let mut config = Config::default();
-        config.server = ServerConfig::Clustered {
-            hosts: self
-                .nodes
-                .iter()
-                .map(|n| Server::new("127.0.0.1", n.port))
-                .collect(),
-            policy: ClusterDiscoveryPolicy::default(),
+        let config = Config {
+            server: ServerConfig::Clustered {
+                hosts: self
+                    .nodes
+                    .iter()
+                    .map(|n| Server::new("127.0.0.1", n.port))
+                    .collect(),
+                policy: ClusterDiscoveryPolicy::default(),
+            },
+            ..Config::default()
         };
         connect(config).await
     }
@@ -350,8 +352,8 @@ fn temp_dir(port: u16) -> PathBuf {
 /// text.
 fn command(port: u16, args: &[&str]) -> Result<String, String> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let mut conn = TcpStream::connect_timeout(&addr, Duration::from_millis(200))
-        .map_err(|e| e.to_string())?;
+    let mut conn =
+        TcpStream::connect_timeout(&addr, Duration::from_millis(200)).map_err(|e| e.to_string())?;
     conn.set_read_timeout(Some(Duration::from_secs(2)))
         .map_err(|e| e.to_string())?;
     let mut req = format!("*{}\r\n", args.len());

@@ -79,7 +79,8 @@ impl ChatRequest {
 
     /// An estimate of the prompt's tokens, from its size.
     pub fn estimated_prompt_tokens(&self) -> u64 {
-        (self.prompt_bytes as u64).div_ceil(BYTES_PER_TOKEN) + self.messages as u64 * TOKENS_PER_MESSAGE
+        (self.prompt_bytes as u64).div_ceil(BYTES_PER_TOKEN)
+            + self.messages as u64 * TOKENS_PER_MESSAGE
     }
 
     /// An estimate of the whole call's tokens before it is made: the prompt,
@@ -287,7 +288,10 @@ impl RawContent {
     fn text_len(&self) -> usize {
         match self {
             Self::Text(s) => s.len(),
-            Self::Parts(parts) => parts.iter().map(|p| p.text.as_ref().map_or(0, String::len)).sum(),
+            Self::Parts(parts) => parts
+                .iter()
+                .map(|p| p.text.as_ref().map_or(0, String::len))
+                .sum(),
             Self::None => 0,
         }
     }

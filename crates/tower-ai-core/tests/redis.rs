@@ -18,11 +18,17 @@ async fn scripts_reload_after_noscript() {
         .await
         .expect("connected");
     let script = Script::new(INCR_BY);
-    let n: i64 = script.call(&client, "counter", 2).await.expect("first call");
+    let n: i64 = script
+        .call(&client, "counter", 2)
+        .await
+        .expect("first call");
     assert_eq!(n, 2);
     // Forget every cached script, as a restart or a failover would.
     assert_eq!(server.command(&["SCRIPT", "FLUSH"]), "+OK\r\n");
-    let n: i64 = script.call(&client, "counter", 3).await.expect("after NOSCRIPT");
+    let n: i64 = script
+        .call(&client, "counter", 3)
+        .await
+        .expect("after NOSCRIPT");
     assert_eq!(n, 5);
     // And the script is cached again: EVALSHA works directly.
     let n: i64 = client
@@ -91,11 +97,7 @@ async fn cluster_scripts_run_on_the_slot_of_their_hash_tag() {
     for i in 0..30 {
         let tag = Tag::digest(format!("tenant-{i}"));
         let n: i64 = script
-            .call(
-                &client,
-                vec![keys.key(&tag, "a"), keys.key(&tag, "b")],
-                i,
-            )
+            .call(&client, vec![keys.key(&tag, "a"), keys.key(&tag, "b")], i)
             .await
             .expect("cross-key script in one slot");
         assert_eq!(n, i);

@@ -1,8 +1,6 @@
 use std::time::Duration;
 
-use fred::prelude::{
-    Builder, ClientLike, Config, ReconnectPolicy, Server, ServerConfig,
-};
+use fred::prelude::{Builder, ClientLike, Config, ReconnectPolicy, Server, ServerConfig};
 use fred::types::config::ClusterDiscoveryPolicy;
 
 /// How [`client`] and [`connect`] set up a connection.

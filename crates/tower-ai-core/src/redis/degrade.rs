@@ -391,7 +391,9 @@ mod tests {
                 Ok(())
             })
             .await;
-        assert!(matches!(r, Err(Unavailable::Degraded { retry_in }) if retry_in == Duration::from_millis(100)));
+        assert!(
+            matches!(r, Err(Unavailable::Degraded { retry_in }) if retry_in == Duration::from_millis(100))
+        );
         assert_eq!(polled.load(Ordering::SeqCst), 0);
 
         // The probe fails: the backoff doubles.
@@ -409,13 +411,14 @@ mod tests {
 
         // The next probe succeeds: up again, backoff reset.
         tokio::time::advance(Duration::from_millis(1)).await;
-        assert!(d
-            .call(async {
+        assert!(
+            d.call(async {
                 count();
                 Ok(())
             })
             .await
-            .is_ok());
+            .is_ok()
+        );
         assert_eq!(polled.load(Ordering::SeqCst), 1);
         assert_eq!(d.health(), Health::Up);
         assert_eq!(d.recoveries(), 1);
