@@ -183,6 +183,24 @@ impl fmt::Debug for ClientKey {
     }
 }
 
+/// A caller's plan tier (e.g. `"free"`, `"pro"`), put in the request's
+/// extensions by an earlier layer (the session, an auth layer) for the layers
+/// after it: the rate limiter picks its policies by tier.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Tier(pub Arc<str>);
+
+impl Tier {
+    /// A tier of this name.
+    pub fn new(name: &str) -> Self {
+        Self(name.into())
+    }
+
+    /// The tier's name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
 /// The parts of a request a key can come from (never the body).
 #[derive(Debug, Clone, Copy)]
 #[non_exhaustive]
@@ -243,7 +261,9 @@ pub struct Or<A, B>(A, B);
 
 impl<A: KeyExtractor, B: KeyExtractor> KeyExtractor for Or<A, B> {
     fn extract_head(&self, head: RequestHead<'_>) -> Option<ClientKey> {
-        self.0.extract_head(head).or_else(|| self.1.extract_head(head))
+        self.0
+            .extract_head(head)
+            .or_else(|| self.1.extract_head(head))
     }
 }
 
@@ -548,7 +568,7 @@ impl<T> Default for Extension<T> {
 
 impl<T> Clone for Extension<T> {
     fn clone(&self) -> Self {
-        Self::new()
+        *self
     }
 }
 
@@ -592,13 +612,25 @@ mod tests {
 
     #[test]
     fn ipv6_is_grouped_by_prefix() {
-        let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap_or(IpAddr::V4([0; 4].into()));
-        let b: IpAddr = "2001:db8:1:2:bbbb::2".parse().unwrap_or(IpAddr::V4([0; 4].into()));
+        let a: IpAddr = "2001:db8:1:2:aaaa::1"
+            .parse()
+            .unwrap_or(IpAddr::V4([0; 4].into()));
+        let b: IpAddr = "2001:db8:1:2:bbbb::2"
+            .parse()
+            .unwrap_or(IpAddr::V4([0; 4].into()));
         assert_eq!(ClientKey::ip_grouped(a, 64), ClientKey::ip_grouped(b, 64));
         assert_ne!(ClientKey::ip_grouped(a, 128), ClientKey::ip_grouped(b, 128));
-        assert_eq!(ClientKey::ip_grouped(a, 64).to_string(), "ip:2001:db8:1:2::");
-        let mapped: IpAddr = "::ffff:192.0.2.1".parse().unwrap_or(IpAddr::V4([0; 4].into()));
-        assert_eq!(ClientKey::ip_grouped(mapped, 64).to_string(), "ip:192.0.2.1");
+        assert_eq!(
+            ClientKey::ip_grouped(a, 64).to_string(),
+            "ip:2001:db8:1:2::"
+        );
+        let mapped: IpAddr = "::ffff:192.0.2.1"
+            .parse()
+            .unwrap_or(IpAddr::V4([0; 4].into()));
+        assert_eq!(
+            ClientKey::ip_grouped(mapped, 64).to_string(),
+            "ip:192.0.2.1"
+        );
         assert_eq!(
             ClientKey::ip_grouped(a, 0),
             ClientKey::ip_grouped(b, 0),
@@ -629,7 +661,9 @@ mod tests {
             peer(),
         );
         assert_eq!(
-            ForwardedIp::x_forwarded_for(1).extract(&split).map(|k| k.to_string()),
+            ForwardedIp::x_forwarded_for(1)
+                .extract(&split)
+                .map(|k| k.to_string()),
             Some("ip:8.8.8.8".into())
         );
         // Garbage finds no key, never a panic.
@@ -648,7 +682,12 @@ mod tests {
             )],
             peer(),
         );
-        let key = |hops| ForwardedIp::forwarded(hops).v6_prefix(128).extract(&r).map(|k| k.to_string());
+        let key = |hops| {
+            ForwardedIp::forwarded(hops)
+                .v6_prefix(128)
+                .extract(&r)
+                .map(|k| k.to_string())
+        };
         assert_eq!(key(1).as_deref(), Some("ip:192.0.2.60"));
         assert_eq!(key(2).as_deref(), Some("ip:2001:db8::7"));
         let hidden = req(&[("forwarded", b"for=_hidden")], peer());
@@ -705,11 +744,21 @@ mod tests {
         assert!(user.is_some());
 
         let both = (Extension::<UserId>::new(), PeerIp::new()).extract(&r);
-        assert_eq!(both.map(|k| k.to_string().ends_with("+ip:10.0.0.1")), Some(true));
-        assert_eq!((ApiKey, PeerIp::new()).extract(&r), None, "every part is needed");
+        assert_eq!(
+            both.map(|k| k.to_string().ends_with("+ip:10.0.0.1")),
+            Some(true)
+        );
+        assert_eq!(
+            (ApiKey, PeerIp::new()).extract(&r),
+            None,
+            "every part is needed"
+        );
 
         let chain = ApiKey.or(PeerIp::new()).or(Global);
-        assert_eq!(chain.extract(&r).map(|k| k.to_string()), Some("ip:10.0.0.1".into()));
+        assert_eq!(
+            chain.extract(&r).map(|k| k.to_string()),
+            Some("ip:10.0.0.1".into())
+        );
         assert_eq!(chain.extract(&req(&[], None)), Some(ClientKey::global()));
 
         let by_path = from_fn(|head| {

@@ -229,6 +229,157 @@ impl StreamChunk {
     }
 }
 
+/// What an answer said about itself, gathered as its body passed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AnswerSummary {
+    /// The reported usage.
+    pub usage: Option<Usage>,
+    /// The (last seen) finish reason.
+    pub finish_reason: Option<FinishReason>,
+    /// Whether an in-band error was seen (an `{"error": …}` body or event).
+    pub error: bool,
+    /// For streams: whether `data: [DONE]` arrived.
+    pub done: bool,
+    /// For streams: how many events arrived.
+    pub events: u64,
+}
+
+/// Reads an OpenAI-style answer as its body passes, without holding it up:
+/// the events of a `text/event-stream` body through the SSE decoder, or a
+/// JSON body buffered up to a limit and read at its end.
+///
+/// ```
+/// use http::HeaderMap;
+/// use tower_ai_core::llm::AnswerTap;
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert("content-type", "text/event-stream".parse().unwrap());
+/// let mut tap = AnswerTap::for_response(&headers, 1 << 20);
+/// tap.observe(b"data: {\"choices\":[{\"delta\":{},\"finish_reason\":\"stop\"}]}\n\n");
+/// tap.observe(b"data: {\"choices\":[],\"usage\":{\"prompt_tokens\":3,\"completion_tokens\":4,\"total_tokens\":7}}\n\ndata: [DONE]\n\n");
+/// let summary = tap.finish();
+/// assert!(summary.done);
+/// assert_eq!(summary.usage.map(|u| u.total()), Some(7));
+/// ```
+#[derive(Debug)]
+pub struct AnswerTap {
+    kind: TapKind,
+    summary: AnswerSummary,
+}
+
+#[derive(Debug)]
+enum TapKind {
+    Sse(Box<crate::sse::Decoder>),
+    Json {
+        buf: Vec<u8>,
+        limit: usize,
+        overflow: bool,
+    },
+    Other,
+}
+
+impl AnswerTap {
+    /// A tap for a response with these headers; JSON bodies are buffered up
+    /// to `json_limit` bytes (a larger one is not read).
+    pub fn for_response(headers: &http::HeaderMap, json_limit: usize) -> Self {
+        let ct = headers
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("");
+        let kind = if ct.starts_with("text/event-stream") {
+            TapKind::Sse(Box::default())
+        } else if ct.starts_with("application/json") || ct.contains("+json") {
+            TapKind::Json {
+                buf: Vec::new(),
+                limit: json_limit,
+                overflow: false,
+            }
+        } else {
+            TapKind::Other
+        };
+        Self {
+            kind,
+            summary: AnswerSummary::default(),
+        }
+    }
+
+    /// Whether the body is a stream of events.
+    pub fn is_stream(&self) -> bool {
+        matches!(self.kind, TapKind::Sse(_))
+    }
+
+    /// Sees one chunk of the body.
+    pub fn observe(&mut self, chunk: &[u8]) {
+        match &mut self.kind {
+            TapKind::Sse(decoder) => {
+                decoder.push_slice(chunk);
+                while let Some(event) = decoder.next_event() {
+                    if let Ok(event) = event {
+                        Self::absorb_event(&mut self.summary, event.data());
+                    }
+                }
+            }
+            TapKind::Json {
+                buf,
+                limit,
+                overflow,
+            } => {
+                if buf.len() + chunk.len() > *limit {
+                    *overflow = true;
+                    buf.clear();
+                } else if !*overflow {
+                    buf.extend_from_slice(chunk);
+                }
+            }
+            TapKind::Other => {}
+        }
+    }
+
+    fn absorb_event(summary: &mut AnswerSummary, data: &str) {
+        summary.events += 1;
+        let chunk = StreamChunk::parse(data);
+        if chunk.usage.is_some() {
+            summary.usage = chunk.usage;
+        }
+        if chunk.finish_reason.is_some() {
+            summary.finish_reason = chunk.finish_reason;
+        }
+        summary.error |= chunk.error;
+        summary.done |= chunk.done;
+    }
+
+    /// The summary so far, without ending the body.
+    pub fn summary(&self) -> &AnswerSummary {
+        &self.summary
+    }
+
+    /// Ends the body and returns what it said.
+    pub fn finish(&mut self) -> &AnswerSummary {
+        match &mut self.kind {
+            TapKind::Sse(decoder) => {
+                decoder.finish();
+                while let Some(event) = decoder.next_event() {
+                    if let Ok(event) = event {
+                        Self::absorb_event(&mut self.summary, event.data());
+                    }
+                }
+            }
+            TapKind::Json { buf, overflow, .. } => {
+                if !*overflow && let Ok(c) = Completion::from_json(buf) {
+                    self.summary.usage = c.usage;
+                    self.summary.finish_reason = c.finish_reason;
+                    self.summary.error = c.error;
+                }
+                buf.clear();
+                buf.shrink_to_fit();
+            }
+            TapKind::Other => {}
+        }
+        &self.summary
+    }
+}
+
 /// A body that could not be read as OpenAI JSON.
 #[derive(Debug)]
 #[non_exhaustive]
