@@ -1,0 +1,281 @@
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::StatusCode;
+use tower_ai_core::key::{ApiKey, KeyExtractor, KeyExtractorExt, Or, PeerIp, RequestHead};
+use tower_layer::Layer;
+
+use crate::ConfigError;
+use crate::policy::Policy;
+use crate::resolver::{Policies, Resolver};
+use crate::service::RateLimit;
+use crate::store::{Backend, MemoryStore};
+
+/// What happens to a request in which the key extractor finds no key.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum MissingKey {
+    /// Such requests share one anonymous key (the default).
+    #[default]
+    Shared,
+    /// Such requests are refused with this status (e.g. `401`).
+    Refuse(StatusCode),
+    /// Such requests are not limited.
+    Allow,
+}
+
+/// Which rate-limit fields responses carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct HeaderStyle {
+    /// `X-RateLimit-Limit`, `-Remaining`, `-Reset` (default on).
+    pub x_ratelimit: bool,
+    /// The IETF draft's `RateLimit-Policy` and `RateLimit` (default off).
+    pub ietf: bool,
+    /// OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`
+    /// (default off).
+    pub openai: bool,
+}
+
+impl Default for HeaderStyle {
+    fn default() -> Self {
+        Self {
+            x_ratelimit: true,
+            ietf: false,
+            openai: false,
+        }
+    }
+}
+
+impl HeaderStyle {
+    /// Every field family.
+    pub const fn all() -> Self {
+        Self {
+            x_ratelimit: true,
+            ietf: true,
+            openai: true,
+        }
+    }
+}
+
+/// A request's cost in requests, from its head (1 when unset).
+pub(crate) type CostFn = Arc<dyn Fn(RequestHead<'_>) -> u64 + Send + Sync>;
+
+/// The default key: the API key, else the peer address.
+pub type DefaultKey = Or<ApiKey, PeerIp>;
+
+/// The [`Layer`] that wraps services in [`RateLimit`]. Cheap to clone; every
+/// clone (and every service it makes) shares the same counts.
+pub struct RateLimitLayer<K = DefaultKey> {
+    pub(crate) shared: Arc<Shared<K>>,
+}
+
+pub(crate) struct Shared<K> {
+    pub(crate) key: K,
+    pub(crate) resolver: Resolver,
+    pub(crate) backend: Backend,
+    pub(crate) missing_key: MissingKey,
+    pub(crate) throttle: Option<Duration>,
+    pub(crate) headers: HeaderStyle,
+    pub(crate) cost: Option<CostFn>,
+    pub(crate) default_tokens: u64,
+    pub(crate) usage_body_limit: usize,
+}
+
+impl<K> Clone for RateLimitLayer<K> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<K> fmt::Debug for RateLimitLayer<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitLayer")
+            .field("policies", &self.shared.resolver)
+            .field("backend", &self.shared.backend)
+            .field("missing_key", &self.shared.missing_key)
+            .field("throttle", &self.shared.throttle)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RateLimitLayer {
+    /// A builder, keyed by the API key (`Authorization: Bearer`,
+    /// `X-API-Key`) or else the peer address, in memory.
+    pub fn builder() -> RateLimitBuilder<DefaultKey> {
+        RateLimitBuilder {
+            key: ApiKey::new().or(PeerIp::new()),
+            policies: Policies::new(),
+            default: Vec::new(),
+            backend: None,
+            missing_key: MissingKey::default(),
+            throttle: None,
+            headers: HeaderStyle::default(),
+            cost: None,
+            default_tokens: 1_024,
+            usage_body_limit: 1 << 20,
+        }
+    }
+}
+
+impl<K> RateLimitLayer<K> {
+    /// The in-memory store or the Redis store's health, for health checks.
+    #[cfg(feature = "redis")]
+    pub fn redis_health(&self) -> Option<&tower_ai_core::redis::Degrade> {
+        match &self.shared.backend {
+            Backend::Redis(r) => Some(r.health()),
+            Backend::Memory(_) => None,
+        }
+    }
+}
+
+impl<S, K> Layer<S> for RateLimitLayer<K> {
+    type Service = RateLimit<S, K>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RateLimit::new(inner, self.shared.clone())
+    }
+}
+
+/// Builds a [`RateLimitLayer`].
+#[must_use]
+pub struct RateLimitBuilder<K> {
+    key: K,
+    policies: Policies,
+    default: Vec<Policy>,
+    backend: Option<Backend>,
+    missing_key: MissingKey,
+    throttle: Option<Duration>,
+    headers: HeaderStyle,
+    cost: Option<CostFn>,
+    default_tokens: u64,
+    usage_body_limit: usize,
+}
+
+impl<K> fmt::Debug for RateLimitBuilder<K> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RateLimitBuilder")
+            .field("policies", &self.policies)
+            .field("default", &self.default)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<K> RateLimitBuilder<K> {
+    /// Who a request comes from (default: API key, else peer IP).
+    pub fn key<K2: KeyExtractor>(self, key: K2) -> RateLimitBuilder<K2> {
+        RateLimitBuilder {
+            key,
+            policies: self.policies,
+            default: self.default,
+            backend: self.backend,
+            missing_key: self.missing_key,
+            throttle: self.throttle,
+            headers: self.headers,
+            cost: self.cost,
+            default_tokens: self.default_tokens,
+            usage_body_limit: self.usage_body_limit,
+        }
+    }
+
+    /// Adds a policy for every request (that no route rule of
+    /// [`RateLimitBuilder::policies`] claims).
+    pub fn policy(mut self, policy: Policy) -> Self {
+        self.default.push(policy);
+        self
+    }
+
+    /// Picks policies by route and tier.
+    pub fn policies(mut self, policies: Policies) -> Self {
+        self.policies = policies;
+        self
+    }
+
+    /// Keeps the counts in `store` (default: a new [`MemoryStore`]).
+    pub fn memory(mut self, store: MemoryStore) -> Self {
+        self.backend = Some(Backend::Memory(store));
+        self
+    }
+
+    /// Keeps the counts in Redis, shared by every replica.
+    #[cfg(feature = "redis")]
+    pub fn redis(mut self, store: crate::store::RedisStore) -> Self {
+        self.backend = Some(Backend::Redis(store));
+        self
+    }
+
+    /// What to do with requests that have no key.
+    pub fn missing_key(mut self, missing_key: MissingKey) -> Self {
+        self.missing_key = missing_key;
+        self
+    }
+
+    /// Throttle mode: a request over the limit waits for capacity, up to
+    /// `max_delay`, instead of being refused at once; one that would wait
+    /// longer (or is still over after waiting) is refused.
+    pub fn throttle(mut self, max_delay: Duration) -> Self {
+        self.throttle = Some(max_delay);
+        self
+    }
+
+    /// Which response fields to send.
+    pub fn headers(mut self, headers: HeaderStyle) -> Self {
+        self.headers = headers;
+        self
+    }
+
+    /// A request's cost for request-counting policies (default 1).
+    pub fn cost<F>(mut self, cost: F) -> Self
+    where
+        F: Fn(RequestHead<'_>) -> u64 + Send + Sync + 'static,
+    {
+        self.cost = Some(Arc::new(cost));
+        self
+    }
+
+    /// The tokens charged to token policies when no [`TokenEstimate`]
+    /// (from [`TokenCostLayer`]) is present (default 1,024); reconciled with
+    /// the reported usage afterwards.
+    ///
+    /// [`TokenEstimate`]: crate::TokenEstimate
+    /// [`TokenCostLayer`]: crate::TokenCostLayer
+    pub fn default_tokens(mut self, tokens: u64) -> Self {
+        self.default_tokens = tokens;
+        self
+    }
+
+    /// Builds the layer, or says why the configuration can't work.
+    pub fn build(self) -> Result<RateLimitLayer<K>, ConfigError>
+    where
+        K: KeyExtractor,
+    {
+        let mut policies = self.policies;
+        if !self.default.is_empty() {
+            policies = policies.otherwise(self.default);
+        }
+        let resolver = policies.compile()?;
+        if resolver.policies().next().is_none() {
+            return Err(ConfigError::new(
+                "no policy: add one with .policy() or .policies()",
+            ));
+        }
+        Ok(RateLimitLayer {
+            shared: Arc::new(Shared {
+                key: self.key,
+                resolver,
+                backend: self
+                    .backend
+                    .unwrap_or_else(|| Backend::Memory(MemoryStore::new())),
+                missing_key: self.missing_key,
+                throttle: self.throttle,
+                headers: self.headers,
+                cost: self.cost,
+                default_tokens: self.default_tokens,
+                usage_body_limit: self.usage_body_limit,
+            }),
+        })
+    }
+}

@@ -1,0 +1,261 @@
+//! The in-memory backend: every algorithm, for one process.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use parking_lot::{Mutex, RwLock};
+use tower_ai_core::key::ClientKey;
+
+use crate::algorithm::{Decision, Spec, State};
+use crate::clock::{Clock, SystemClock};
+use crate::store::{Charge, Verdict};
+
+const SHARDS: usize = 64;
+/// A shard sweeps its idle keys when it reaches twice the keys it kept at
+/// its last sweep, and at least this many.
+const MIN_SWEEP: usize = 16;
+
+/// Rate-limit state for one process.
+///
+/// Keyed state lives in 64 shards of small maps; each key holds the states
+/// of all its policies under one uncontended mutex, so a request checked
+/// against several policies is admitted by all or charged by none. The time
+/// is read inside that lock, so a thread paused between reading the clock and
+/// deciding can't decide on a stale time (governor-style limiters can, and
+/// then refuse a quota that was never approached).
+///
+/// Memory is bounded: a key whose every policy is back to its fresh state is
+/// forgotten by a sweep of its shard, which runs when the shard has doubled
+/// since its last sweep (amortised O(1) per new key), and at most `max_keys`
+/// keys are held. Past that, new keys share one overflow entry (strict: they
+/// are limited together) until sweeps free room.
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shards: Box<[RwLock<Shard>]>,
+    hasher: foldhash::fast::RandomState,
+    clock: Arc<dyn Clock>,
+    max_keys: usize,
+    keys: AtomicUsize,
+    overflow: Mutex<Entry>,
+}
+
+struct Shard {
+    map: HashMap<ClientKey, Mutex<Entry>, foldhash::fast::RandomState>,
+    next_sweep: usize,
+}
+
+/// One key's states, by policy slot, each with its policy's numbers.
+#[derive(Default)]
+struct Entry {
+    states: Vec<(u32, Spec, State)>,
+}
+
+impl Entry {
+    fn state(&mut self, slot: u32, spec: &Spec) -> &mut State {
+        let i = match self.states.iter().position(|(s, _, _)| *s == slot) {
+            Some(i) => i,
+            None => {
+                self.states.push((slot, *spec, State::new(spec)));
+                self.states.len() - 1
+            }
+        };
+        &mut self.states[i].2
+    }
+
+    fn is_idle(&mut self, now: u64) -> bool {
+        self.states.iter_mut().all(|(_, spec, state)| {
+            state.advance(spec, now);
+            state.is_idle(now)
+        })
+    }
+
+    /// Checks every charge; charges all only if all fit.
+    fn check(&mut self, charges: &[Charge<'_>], now: u64, out: &mut Verdict) {
+        let mut all = true;
+        for charge in charges {
+            let state = self.state(charge.slot, &charge.spec);
+            state.advance(&charge.spec, now);
+            let d = state.decide(&charge.spec, now, charge.cost);
+            all &= d.allowed;
+            out.push(d);
+        }
+        if all {
+            for charge in charges {
+                self.state(charge.slot, &charge.spec)
+                    .charge(&charge.spec, now, charge.cost);
+            }
+        } else {
+            // The ones that fit were not charged: report them as they are.
+            for (d, charge) in out.decisions_mut().iter_mut().zip(charges) {
+                if d.allowed {
+                    let state = self.state(charge.slot, &charge.spec);
+                    *d = Decision {
+                        allowed: true,
+                        ..state.decide(&charge.spec, now, 0)
+                    };
+                }
+            }
+        }
+        out.set_allowed(all);
+    }
+}
+
+impl MemoryStore {
+    /// A store on the system clock, holding at most 1,000,000 keys.
+    pub fn new() -> Self {
+        Self::with_clock(SystemClock::new())
+    }
+
+    /// A store on the given clock (e.g. [`TokioClock`](crate::TokioClock) in
+    /// tests with paused time).
+    pub fn with_clock(clock: impl Clock) -> Self {
+        Self::build(Arc::new(clock), 1_000_000)
+    }
+
+    /// Bounds the number of keys held (default 1,000,000). Meant for
+    /// building: the returned store starts empty.
+    #[must_use]
+    pub fn max_keys(self, max_keys: usize) -> Self {
+        Self::build(self.inner.clock.clone(), max_keys)
+    }
+
+    fn build(clock: Arc<dyn Clock>, max_keys: usize) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                shards: (0..SHARDS)
+                    .map(|_| {
+                        RwLock::new(Shard {
+                            map: HashMap::with_hasher(Default::default()),
+                            next_sweep: MIN_SWEEP,
+                        })
+                    })
+                    .collect(),
+                hasher: Default::default(),
+                clock,
+                max_keys: max_keys.max(1),
+                keys: AtomicUsize::new(0),
+                overflow: Mutex::new(Entry::default()),
+            }),
+        }
+    }
+
+    /// How many keys are held.
+    pub fn len(&self) -> usize {
+        self.inner.keys.load(Ordering::Relaxed)
+    }
+
+    /// Whether no key is held.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn shard_of(&self, key: &ClientKey) -> usize {
+        let mut h = self.inner.hasher.build_hasher();
+        key.hash(&mut h);
+        (h.finish() as usize) % SHARDS
+    }
+
+    /// Checks `charges` for `key` and charges them if all fit.
+    pub(crate) fn check(&self, key: &ClientKey, charges: &[Charge<'_>]) -> Verdict {
+        let mut verdict = Verdict::default();
+        let shard = &self.inner.shards[self.shard_of(key)];
+        {
+            let shard = shard.read();
+            if let Some(entry) = shard.map.get(key) {
+                let mut entry = entry.lock();
+                entry.check(charges, self.inner.clock.now(), &mut verdict);
+                return verdict;
+            }
+        }
+        let mut shard = shard.write();
+        if !shard.map.contains_key(key) {
+            if shard.map.len() >= shard.next_sweep {
+                self.sweep(&mut shard);
+            }
+            if self.inner.keys.load(Ordering::Relaxed) >= self.inner.max_keys {
+                self.sweep(&mut shard);
+                if self.inner.keys.load(Ordering::Relaxed) >= self.inner.max_keys {
+                    drop(shard);
+                    tracing::warn!(
+                        max_keys = self.inner.max_keys,
+                        "rate limit key table full; new keys share the overflow bucket"
+                    );
+                    metrics::counter!("tower_ai_ratelimit_overflow_total").increment(1);
+                    let mut entry = self.inner.overflow.lock();
+                    entry.check(charges, self.inner.clock.now(), &mut verdict);
+                    return verdict;
+                }
+            }
+            self.inner.keys.fetch_add(1, Ordering::Relaxed);
+        }
+        let entry = shard.map.entry(key.clone()).or_default();
+        entry
+            .get_mut()
+            .check(charges, self.inner.clock.now(), &mut verdict);
+        verdict
+    }
+
+    /// Charges `cost` more (reconciliation found the estimate too low) or
+    /// gives `refund` back, for one policy of `key`. Never refuses.
+    pub(crate) fn adjust(&self, key: &ClientKey, charge: &Charge<'_>, refund: bool) {
+        let shard = &self.inner.shards[self.shard_of(key)];
+        let read = shard.read();
+        let Some(entry) = read.map.get(key) else {
+            // Forgotten or never held: an extra charge still counts.
+            drop(read);
+            if !refund {
+                let mut write = shard.write();
+                if !write.map.contains_key(key) {
+                    self.inner.keys.fetch_add(1, Ordering::Relaxed);
+                }
+                let entry = write.map.entry(key.clone()).or_default();
+                let now = self.inner.clock.now();
+                let state = entry.get_mut().state(charge.slot, &charge.spec);
+                state.advance(&charge.spec, now);
+                state.charge(&charge.spec, now, charge.cost);
+            }
+            return;
+        };
+        let mut entry = entry.lock();
+        let now = self.inner.clock.now();
+        let state = entry.state(charge.slot, &charge.spec);
+        state.advance(&charge.spec, now);
+        if refund {
+            state.refund(&charge.spec, now, charge.cost);
+        } else {
+            state.charge(&charge.spec, now, charge.cost);
+        }
+    }
+
+    /// Forgets the idle keys of a shard.
+    fn sweep(&self, shard: &mut Shard) {
+        let now = self.inner.clock.now();
+        let before = shard.map.len();
+        shard.map.retain(|_, entry| !entry.get_mut().is_idle(now));
+        self.inner
+            .keys
+            .fetch_sub(before - shard.map.len(), Ordering::Relaxed);
+        shard.next_sweep = (shard.map.len() * 2).max(MIN_SWEEP);
+    }
+}
+
+impl Default for MemoryStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("max_keys", &self.inner.max_keys)
+            .finish_non_exhaustive()
+    }
+}

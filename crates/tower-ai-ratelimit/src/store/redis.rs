@@ -1,0 +1,269 @@
+//! The Redis backend: every replica shares one count.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use fred::clients::Client;
+use fred::types::Value;
+use tower_ai_core::key::ClientKey;
+use tower_ai_core::redis::{Degrade, DegradeConfig, KeySpace, Script, Tag, Unavailable};
+
+use crate::algorithm::Decision;
+use crate::store::{Charge, MemoryStore, Verdict};
+
+static CHECK: &str = include_str!("check.lua");
+static ADJUST: &str = include_str!("adjust.lua");
+
+/// What the layer does while Redis can't be reached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum FailMode {
+    /// Limit with a local in-memory limiter of the same policies until Redis
+    /// answers again (each replica then counts alone). The default.
+    #[default]
+    Open,
+    /// Refuse with `503 Service Unavailable`.
+    Closed,
+}
+
+/// Rate-limit state in Redis (standalone or Cluster), shared by every
+/// replica.
+///
+/// Each check is one `EVALSHA` of one Lua script that reads
+/// `redis.call('TIME')` and checks and charges all of the request's policies
+/// at once (their keys share the client's hash tag, so this works on a
+/// Cluster). Keys are `{prefix}:ratelimit:{digest of the client key}:{policy}`
+/// and expire when idle. Every call has a timeout (default 50 ms); after a
+/// failure the store uses its fallback for a backoff period (see
+/// [`Degrade`]), per its [`FailMode`].
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    client: Client,
+    keys: KeySpace,
+    check: Script,
+    adjust: Script,
+    degrade: Degrade,
+    fallback: MemoryStore,
+    fail: FailMode,
+    nonce: AtomicU64,
+}
+
+/// Builds a [`RedisStore`].
+#[derive(Debug)]
+#[must_use]
+pub struct RedisStoreBuilder {
+    client: Client,
+    prefix: String,
+    degrade: DegradeConfig,
+    fallback: Option<MemoryStore>,
+    fail: FailMode,
+}
+
+impl RedisStoreBuilder {
+    /// The prefix of every key (default `"tower-ai"`).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// The Redis call timeout and backoff (default: 50 ms timeout).
+    pub fn degrade(mut self, config: DegradeConfig) -> Self {
+        self.degrade = config;
+        self
+    }
+
+    /// What happens while Redis is down (default [`FailMode::Open`]).
+    pub fn fail_mode(mut self, fail: FailMode) -> Self {
+        self.fail = fail;
+        self
+    }
+
+    /// The local limiter used while Redis is down (default: a new
+    /// [`MemoryStore`]).
+    pub fn fallback(mut self, fallback: MemoryStore) -> Self {
+        self.fallback = Some(fallback);
+        self
+    }
+
+    /// The store.
+    pub fn build(self) -> RedisStore {
+        RedisStore {
+            inner: Arc::new(Inner {
+                client: self.client,
+                keys: KeySpace::new(&self.prefix, "ratelimit"),
+                check: Script::new(CHECK),
+                adjust: Script::new(ADJUST),
+                degrade: Degrade::new("ratelimit", self.degrade),
+                fallback: self.fallback.unwrap_or_default(),
+                fail: self.fail,
+                nonce: AtomicU64::new(initial_nonce()),
+            }),
+        }
+    }
+}
+
+impl RedisStore {
+    /// A store on `client` with the defaults.
+    pub fn new(client: Client) -> Self {
+        Self::builder(client).build()
+    }
+
+    /// A builder for a store on `client`.
+    pub fn builder(client: Client) -> RedisStoreBuilder {
+        RedisStoreBuilder {
+            client,
+            prefix: "tower-ai".into(),
+            degrade: DegradeConfig::default(),
+            fallback: None,
+            fail: FailMode::Open,
+        }
+    }
+
+    /// The Redis health state (for health checks).
+    pub fn health(&self) -> &Degrade {
+        &self.inner.degrade
+    }
+
+    /// What the store does while Redis is down.
+    pub fn fail(&self) -> FailMode {
+        self.inner.fail
+    }
+
+    fn key(&self, tag: &Tag, charge: &Charge<'_>) -> String {
+        self.inner.keys.key(tag, charge.name)
+    }
+
+    fn nonce(&self) -> String {
+        format!("{:x}", self.inner.nonce.fetch_add(1, Ordering::Relaxed))
+    }
+
+    pub(crate) async fn check(&self, key: &ClientKey, charges: &[Charge<'_>]) -> Verdict {
+        let inner = &self.inner;
+        let tag = Tag::digest(key.to_bytes());
+        let keys: Vec<String> = charges.iter().map(|c| self.key(&tag, c)).collect();
+        let mut args: Vec<Value> = Vec::with_capacity(2 + charges.len() * 4);
+        args.push(self.nonce().into());
+        args.push((charges.len() as i64).into());
+        for c in charges {
+            args.push(i64::from(c.spec.kind().code()).into());
+            args.push((c.spec.capacity() as i64).into());
+            args.push(micros(c.spec.period_ns()).into());
+            args.push((c.cost as i64).into());
+        }
+        let result = inner
+            .degrade
+            .call(
+                inner
+                    .check
+                    .call::<Vec<i64>, _, _, _>(&inner.client, keys, args),
+            )
+            .await;
+        match result {
+            Ok(reply) => match verdict_from_reply(&reply, charges) {
+                Some(v) => v,
+                None => {
+                    tracing::error!(reply = ?reply, "unexpected rate limit script reply");
+                    self.unavailable(key, charges, &"unexpected script reply")
+                }
+            },
+            Err(e) => self.unavailable(key, charges, &e),
+        }
+    }
+
+    fn unavailable(
+        &self,
+        key: &ClientKey,
+        charges: &[Charge<'_>],
+        error: &dyn fmt::Display,
+    ) -> Verdict {
+        metrics::counter!("tower_ai_ratelimit_backend_fallback_total", "mode" => match self.inner.fail {
+            FailMode::Open => "open",
+            FailMode::Closed => "closed",
+        })
+        .increment(1);
+        tracing::trace!(error = %error, "rate limit falls back");
+        match self.inner.fail {
+            FailMode::Open => self.inner.fallback.check(key, charges),
+            FailMode::Closed => Verdict::unavailable_verdict(),
+        }
+    }
+
+    pub(crate) async fn adjust(&self, key: &ClientKey, charge: Charge<'_>, refund: bool) {
+        let inner = &self.inner;
+        let tag = Tag::digest(key.to_bytes());
+        let args: Vec<Value> = vec![
+            self.nonce().into(),
+            i64::from(charge.spec.kind().code()).into(),
+            (charge.spec.capacity() as i64).into(),
+            micros(charge.spec.period_ns()).into(),
+            (charge.cost as i64).into(),
+            i64::from(refund).into(),
+        ];
+        let result = inner
+            .degrade
+            .call(
+                inner
+                    .adjust
+                    .call::<i64, _, _, _>(&inner.client, self.key(&tag, &charge), args),
+            )
+            .await;
+        if let Err(e) = result {
+            if !matches!(e, Unavailable::Degraded { .. }) {
+                tracing::debug!(error = %e, "rate limit reconciliation failed");
+            }
+            inner.fallback.adjust(key, &charge, refund);
+        }
+    }
+}
+
+/// Microseconds, as the scripts count (they read `TIME`).
+fn micros(ns: u64) -> Value {
+    Value::Double((ns as f64 / 1_000.0).max(1.0))
+}
+
+fn verdict_from_reply(reply: &[i64], charges: &[Charge<'_>]) -> Option<Verdict> {
+    if reply.len() != 1 + charges.len() * 3 {
+        return None;
+    }
+    let mut verdict = Verdict::default();
+    let allowed = reply[0] == 1;
+    for (i, c) in charges.iter().enumerate() {
+        let remaining = u64::try_from(reply[1 + i * 3]).unwrap_or(0);
+        let reset = Duration::from_micros(u64::try_from(reply[2 + i * 3]).unwrap_or(0));
+        let retry = u64::try_from(reply[3 + i * 3]).unwrap_or(0);
+        let this_allowed = retry == 0;
+        verdict.push(Decision::new(
+            this_allowed,
+            c.spec.capacity(),
+            remaining,
+            reset,
+            (!this_allowed).then(|| Duration::from_micros(retry)),
+        ));
+    }
+    verdict.set_allowed(allowed);
+    Some(verdict)
+}
+
+/// A start for request nonces that differs between processes.
+fn initial_nonce() -> u64 {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    t ^ (u64::from(std::process::id()) << 32)
+}
+
+impl fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("keys", &self.inner.keys)
+            .field("fail", &self.inner.fail)
+            .field("health", &self.inner.degrade.health())
+            .finish_non_exhaustive()
+    }
+}
