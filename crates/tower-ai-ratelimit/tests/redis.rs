@@ -1,0 +1,290 @@
+//! The Redis backend against real `redis-server` processes, standalone and
+//! Cluster, including a server that dies and comes back.
+#![cfg(feature = "redis")]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{admitted, every_algorithm, from, json, scripts, send, service};
+use fred::prelude::ClientLike;
+use http::StatusCode;
+use test_support::{RedisCluster, RedisServer};
+use tower_ai_core::redis::{ConnectOptions, DegradeConfig, connect};
+use tower_ai_ratelimit::headers::{RateLimitInfo, retry_after};
+use tower_ai_ratelimit::{FailMode, Policy, Rate, RateLimitLayer, RedisStore};
+
+static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// A prefix no other test uses, so tests sharing a server don't meet.
+fn prefix() -> String {
+    format!(
+        "t{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
+async fn client(urls: &[String]) -> fred::clients::Client {
+    connect(urls, &ConnectOptions::default())
+        .await
+        .expect("connected to the test Redis")
+}
+
+/// A store with a generous timeout: these tests are about counting, and a
+/// loaded CI machine must not push them onto the fallback.
+fn store(client: fred::clients::Client, prefix: &str) -> RedisStore {
+    RedisStore::builder(client)
+        .prefix(prefix)
+        .degrade(DegradeConfig::default().timeout(Duration::from_secs(5)))
+        .build()
+}
+
+/// Sleeps until just after the next multiple of `window` on the server's
+/// clock (`TIME`), so window scripts start at a known place.
+async fn align(client: &fred::clients::Client, window: Duration) {
+    let time: Vec<u64> = client
+        .custom(fred::cmd!("TIME"), Vec::<String>::new())
+        .await
+        .expect("TIME");
+    let (secs, micros) = (time[0], time[1]);
+    let now = Duration::from_secs(secs) + Duration::from_micros(micros);
+    let into = now.as_nanos() % window.as_nanos();
+    let wait = window - Duration::from_nanos(into as u64) + Duration::from_millis(50);
+    tokio::time::sleep(wait).await;
+}
+
+#[tokio::test]
+async fn every_algorithm_follows_its_script_on_redis() {
+    let server = RedisServer::start();
+    let client = client(&[server.url()]).await;
+    for (policy, script, window) in scripts() {
+        let layer = RateLimitLayer::builder()
+            .policy(policy.clone())
+            .redis(store(client.clone(), &prefix()))
+            .build()
+            .expect("valid");
+        let mut svc = service(layer);
+        if let Some(window) = window {
+            align(&client, window).await;
+        }
+        for (step, &(wait, expected)) in script.iter().enumerate() {
+            tokio::time::sleep(Duration::from_millis(wait)).await;
+            assert_eq!(
+                admitted(&mut svc, 1).await,
+                expected,
+                "{policy:?}, step {step}"
+            );
+        }
+    }
+}
+
+/// Three independent service instances (own client, own layer) sharing
+/// `urls`, 1,000 concurrent requests from one client against capacity 100:
+/// exactly 100 are admitted, for every algorithm.
+async fn three_instances_admit_exactly_the_capacity(urls: Vec<String>) {
+    for policy in every_algorithm(100) {
+        let prefix = prefix();
+        let mut instances = Vec::new();
+        for _ in 0..3 {
+            let layer = RateLimitLayer::builder()
+                .policy(policy.clone())
+                .redis(store(client(&urls).await, &prefix))
+                .build()
+                .expect("valid");
+            instances.push(service(layer));
+        }
+        let tasks: Vec<_> = (0..1_000)
+            .map(|i| {
+                let mut svc = instances[i % 3].clone();
+                tokio::spawn(async move { admitted(&mut svc, 1).await })
+            })
+            .collect();
+        let mut n = 0;
+        for t in tasks {
+            n += usize::from(t.await.expect("task"));
+        }
+        assert_eq!(n, 100, "{policy:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_limits_are_exact_on_standalone_redis() {
+    let server = RedisServer::start();
+    three_instances_admit_exactly_the_capacity(vec![server.url()]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_limits_are_exact_on_a_redis_cluster() {
+    let cluster = RedisCluster::start();
+    three_instances_admit_exactly_the_capacity(cluster.urls()).await;
+}
+
+#[tokio::test]
+async fn several_policies_share_a_slot_on_a_cluster() {
+    let cluster = RedisCluster::start();
+    let layer = RateLimitLayer::builder()
+        .policy(Policy::token_bucket(5, Rate::per_minute(1.0)).named("minute"))
+        .policy(Policy::fixed_window(3, Duration::from_secs(86_400)).named("daily"))
+        .policy(Policy::sliding_log(4, Duration::from_secs(3_600)).named("hourly"))
+        .redis(store(client(&cluster.urls()).await, &prefix()))
+        .build()
+        .expect("valid");
+    let mut svc = service(layer);
+    for client_id in 1..=10 {
+        let mut admitted_n = 0;
+        for _ in 0..6 {
+            let res = send(&mut svc, from(client_id)).await;
+            match res.status() {
+                StatusCode::OK => admitted_n += 1,
+                StatusCode::TOO_MANY_REQUESTS => {
+                    assert_eq!(json(res).await["policy"], "daily");
+                }
+                other => panic!("unexpected {other}"),
+            }
+        }
+        assert_eq!(admitted_n, 3, "client {client_id}");
+    }
+}
+
+#[tokio::test]
+async fn headers_are_consistent_on_redis() {
+    let server = RedisServer::start();
+    let layer = RateLimitLayer::builder()
+        .policy(Policy::token_bucket(4, Rate::per_second(0.5)).named("chat"))
+        .cost(|head| if head.uri.path() == "/heavy" { 2 } else { 1 })
+        .redis(store(client(&[server.url()]).await, &prefix()))
+        .build()
+        .expect("valid");
+    let mut svc = service(layer);
+    let res = send(&mut svc, from(1)).await;
+    let info = RateLimitInfo::read(res.headers()).expect("fields");
+    assert_eq!((info.limit, info.remaining), (4, 3));
+    assert!(info.reset <= Duration::from_secs(2), "{:?}", info.reset);
+
+    let mut heavy = from(1);
+    *heavy.uri_mut() = "/heavy".parse().expect("a path");
+    let res = send(&mut svc, heavy).await;
+    let info = RateLimitInfo::read(res.headers()).expect("fields");
+    assert_eq!(info.remaining, 1, "Remaining falls by the cost");
+    // Three used tokens take 6 s to come back, within 1 s.
+    assert!(info.reset >= Duration::from_secs(5) && info.reset <= Duration::from_secs(6));
+
+    let _ = send(&mut svc, from(1)).await;
+    let res = send(&mut svc, from(1)).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait = retry_after(res.headers()).expect("Retry-After");
+    assert!(
+        wait >= Duration::from_secs(1) && wait <= Duration::from_secs(2),
+        "{wait:?}"
+    );
+    let doc = json(res).await;
+    assert_eq!(doc["status"], 429);
+    assert_eq!(doc["policy"], "chat");
+}
+
+#[tokio::test]
+async fn fail_open_keeps_serving_while_redis_is_down_then_shares_again() {
+    let mut server = RedisServer::start();
+    let prefix = prefix();
+    let policy = Policy::token_bucket(3, Rate::per_minute(1.0));
+    let build = |client| {
+        let layer = RateLimitLayer::builder()
+            .policy(policy.clone())
+            .redis(
+                RedisStore::builder(client)
+                    .prefix(&prefix)
+                    .degrade(
+                        DegradeConfig::default()
+                            .timeout(Duration::from_millis(100))
+                            .backoff(Duration::from_millis(100), Duration::from_millis(400)),
+                    )
+                    .fail_mode(FailMode::Open)
+                    .build(),
+            )
+            .build()
+            .expect("valid");
+        (service(layer.clone()), layer)
+    };
+    let (mut a, layer_a) = build(client(&[server.url()]).await);
+    let (mut b, layer_b) = build(client(&[server.url()]).await);
+    assert!(admitted(&mut a, 1).await);
+    assert!(admitted(&mut b, 1).await);
+
+    server.stop();
+    // Every request is answered, none with a 5xx, none stalled past the
+    // timeout by much; each instance limits on its own memory.
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        let started = Instant::now();
+        statuses.push(send(&mut a, from(1)).await.status());
+        assert!(started.elapsed() < Duration::from_secs(1));
+    }
+    assert_eq!(
+        statuses,
+        [
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::OK,
+            StatusCode::TOO_MANY_REQUESTS
+        ],
+        "the local fallback applies the same policy, with no 5xx"
+    );
+    assert!(layer_a.redis_health().is_some_and(|h| !h.is_up()));
+
+    server.restart();
+    // Requests from throwaway clients drive the probes until both
+    // instances are back on Redis.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for (svc, layer) in [(&mut a, &layer_a), (&mut b, &layer_b)] {
+        let mut probe = 100;
+        while !layer.redis_health().is_some_and(|h| h.is_up()) {
+            assert!(Instant::now() < deadline, "never went back to Redis");
+            let _ = send(svc, from(probe)).await;
+            probe += 1;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // Shared again: a fresh client gets 3 across both instances together.
+    let got = [
+        admitted(&mut a, 3).await,
+        admitted(&mut b, 3).await,
+        admitted(&mut a, 3).await,
+        admitted(&mut b, 3).await,
+        admitted(&mut a, 3).await,
+    ];
+    assert_eq!(got, [true, true, true, false, false]);
+}
+
+#[tokio::test]
+async fn fail_closed_refuses_with_503_while_redis_is_down() {
+    let mut server = RedisServer::start();
+    let layer = RateLimitLayer::builder()
+        .policy(Policy::token_bucket(3, Rate::per_minute(1.0)))
+        .redis(
+            RedisStore::builder(client(&[server.url()]).await)
+                .prefix(&prefix())
+                .degrade(DegradeConfig::default().timeout(Duration::from_millis(100)))
+                .fail_mode(FailMode::Closed)
+                .build(),
+        )
+        .build()
+        .expect("valid");
+    let mut svc = service(layer);
+    assert!(admitted(&mut svc, 1).await);
+    server.stop();
+    for _ in 0..3 {
+        let started = Instant::now();
+        let res = send(&mut svc, from(1)).await;
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(res.headers()["content-type"], "application/problem+json");
+        assert!(retry_after(res.headers()).is_some());
+    }
+    server.restart();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while send(&mut svc, from(1)).await.status() != StatusCode::OK {
+        assert!(Instant::now() < deadline, "never went back to Redis");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
