@@ -59,6 +59,7 @@ pub(crate) enum Kind {
     SlidingWindow,
 }
 
+#[cfg_attr(not(feature = "redis"), allow(dead_code))]
 impl Kind {
     /// The number the Lua scripts know the algorithm by.
     pub(crate) fn code(self) -> u8 {
@@ -88,14 +89,17 @@ impl Spec {
         }
     }
 
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn kind(&self) -> Kind {
         self.kind
     }
 
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn capacity(&self) -> u64 {
         self.capacity
     }
 
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn period_ns(&self) -> u64 {
         self.period
     }

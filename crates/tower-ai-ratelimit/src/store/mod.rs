@@ -23,6 +23,7 @@ pub(crate) struct Charge<'a> {
     /// The policy's number within its layer.
     pub(crate) slot: u32,
     /// The policy's name (it names the Redis key).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) name: &'a str,
     pub(crate) spec: Spec,
     pub(crate) cost: u64,
@@ -79,6 +80,7 @@ impl Verdict {
         self.allowed = allowed;
     }
 
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn unavailable_verdict() -> Self {
         Self {
             unavailable: true,
@@ -113,6 +115,7 @@ impl Backend {
     }
 
     /// Charges more (`refund == false`) or gives back, for reconciliation.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) async fn adjust(&self, key: &ClientKey, charge: Charge<'_>, refund: bool) {
         match self {
             Self::Memory(m) => m.adjust(key, &charge, refund),
