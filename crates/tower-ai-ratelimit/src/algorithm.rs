@@ -9,18 +9,16 @@ use crate::policy::{Algorithm, Policy};
 
 /// The verdict of one policy on one request.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[non_exhaustive]
 pub struct Decision {
-    /// Whether the request fits.
-    pub allowed: bool,
-    /// The policy's capacity.
-    pub limit: u64,
-    /// What is left after this request (or now, when refused).
-    pub remaining: u64,
-    /// Until the policy is back to full capacity.
-    pub reset: Duration,
-    /// When refused: until the request would fit.
-    pub retry_after: Option<Duration>,
+    allowed: bool,
+    limit: u64,
+    /// What is left is `room / unit`: buckets keep it in nanoseconds of
+    /// refill and divide only when asked (a division costs more than the
+    /// rest of a check).
+    room: u64,
+    unit: u64,
+    reset_ns: u64,
+    retry_ns: u64,
 }
 
 impl Decision {
@@ -34,10 +32,59 @@ impl Decision {
         Self {
             allowed,
             limit,
-            remaining,
-            reset,
-            retry_after,
+            room: remaining,
+            unit: 1,
+            reset_ns: reset.as_nanos() as u64,
+            retry_ns: retry_after.map_or(0, |d| d.as_nanos() as u64),
         }
+    }
+
+    fn bucket(
+        allowed: bool,
+        limit: u64,
+        room_ns: u64,
+        period: u64,
+        reset_ns: u64,
+        retry_ns: u64,
+    ) -> Self {
+        Self {
+            allowed,
+            limit,
+            room: room_ns,
+            unit: period.max(1),
+            reset_ns,
+            retry_ns,
+        }
+    }
+
+    /// Whether the request fits.
+    pub fn allowed(&self) -> bool {
+        self.allowed
+    }
+
+    /// The policy's capacity.
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// What is left after this request (or now, when refused).
+    pub fn remaining(&self) -> u64 {
+        self.room / self.unit.max(1)
+    }
+
+    /// Until the policy is back to full capacity.
+    pub fn reset(&self) -> Duration {
+        Duration::from_nanos(self.reset_ns)
+    }
+
+    /// When refused: until the request would fit.
+    pub fn retry_after(&self) -> Option<Duration> {
+        (!self.allowed).then(|| Duration::from_nanos(self.retry_ns))
+    }
+
+    pub(crate) fn admitted(mut self) -> Self {
+        self.allowed = true;
+        self
     }
 }
 
@@ -382,12 +429,13 @@ fn bucket_decision(spec: &Spec, used: u64, cost: u64) -> Decision {
     let after = used.saturating_add(cost.saturating_mul(spec.period));
     let allowed = after <= tau;
     let held = if allowed { after } else { used };
-    Decision::new(
+    Decision::bucket(
         allowed,
         spec.capacity,
-        (tau - held.min(tau)) / spec.period,
-        ns(held),
-        (!allowed).then(|| ns(after - tau)),
+        tau - held.min(tau),
+        spec.period,
+        held,
+        if allowed { 0 } else { after - tau },
     )
 }
 
@@ -408,7 +456,7 @@ mod tests {
                 let now = T0 + at;
                 state.advance(&spec, now);
                 let d = state.decide(&spec, now, cost);
-                if d.allowed {
+                if d.allowed() {
                     state.charge(&spec, now, cost);
                 }
                 d
@@ -417,7 +465,7 @@ mod tests {
     }
 
     fn allowed(ds: &[Decision]) -> Vec<bool> {
-        ds.iter().map(|d| d.allowed).collect()
+        ds.iter().map(|d| d.allowed()).collect()
     }
 
     #[test]
@@ -428,11 +476,11 @@ mod tests {
             &[(0, 1), (0, 1), (0, 1), (0, 1), (S / 2, 1), (S, 1), (S, 1)],
         );
         assert_eq!(allowed(&ds), [true, true, true, false, false, true, false]);
-        assert_eq!(ds[0].remaining, 2);
-        assert_eq!(ds[2].remaining, 0);
-        assert_eq!(ds[2].reset, Duration::from_secs(3));
-        assert_eq!(ds[3].retry_after, Some(Duration::from_secs(1)));
-        assert_eq!(ds[4].retry_after, Some(Duration::from_millis(500)));
+        assert_eq!(ds[0].remaining(), 2);
+        assert_eq!(ds[2].remaining(), 0);
+        assert_eq!(ds[2].reset(), Duration::from_secs(3));
+        assert_eq!(ds[3].retry_after(), Some(Duration::from_secs(1)));
+        assert_eq!(ds[4].retry_after(), Some(Duration::from_millis(500)));
     }
 
     #[test]
@@ -440,8 +488,8 @@ mod tests {
         let p = Policy::token_bucket(10, Rate::per_second(10.0));
         let ds = run(&p, &[(0, 7), (0, 4), (0, 3), (S / 10, 1)]);
         assert_eq!(allowed(&ds), [true, false, true, true]);
-        assert_eq!(ds[1].retry_after, Some(Duration::from_millis(100)));
-        assert_eq!(ds[1].remaining, 3);
+        assert_eq!(ds[1].retry_after(), Some(Duration::from_millis(100)));
+        assert_eq!(ds[1].remaining(), 3);
     }
 
     #[test]
@@ -461,10 +509,10 @@ mod tests {
             &[(0, 1), (9 * S, 1), (9 * S, 1), (10 * S - 1, 1), (10 * S, 1)],
         );
         assert_eq!(allowed(&ds), [true, true, false, false, true]);
-        assert_eq!(ds[2].retry_after, Some(Duration::from_secs(1)));
-        assert_eq!(ds[3].retry_after, Some(Duration::from_nanos(1)));
-        assert_eq!(ds[4].remaining, 1);
-        assert_eq!(ds[4].reset, Duration::from_secs(10));
+        assert_eq!(ds[2].retry_after(), Some(Duration::from_secs(1)));
+        assert_eq!(ds[3].retry_after(), Some(Duration::from_nanos(1)));
+        assert_eq!(ds[4].remaining(), 1);
+        assert_eq!(ds[4].reset(), Duration::from_secs(10));
     }
 
     #[test]
@@ -483,8 +531,8 @@ mod tests {
             ],
         );
         assert_eq!(allowed(&ds), [true, true, true, false, true, false, true]);
-        assert_eq!(ds[3].retry_after, Some(Duration::from_secs(1)));
-        assert_eq!(ds[5].retry_after, Some(Duration::from_secs(1)));
+        assert_eq!(ds[3].retry_after(), Some(Duration::from_secs(1)));
+        assert_eq!(ds[5].retry_after(), Some(Duration::from_secs(1)));
     }
 
     #[test]
@@ -496,7 +544,7 @@ mod tests {
         let ds = run(&p, &script);
         assert_eq!(allowed(&ds), [true, true, true, true, true, true, false]);
         // The sixth waits until the previous window weighs 40%: at 16 s.
-        assert_eq!(ds[6].retry_after, Some(Duration::from_secs(1)));
+        assert_eq!(ds[6].retry_after(), Some(Duration::from_secs(1)));
     }
 
     #[test]
@@ -513,10 +561,10 @@ mod tests {
             state.advance(&spec, T0);
             state.charge(&spec, T0, 8);
             state.refund(&spec, T0, 5);
-            assert_eq!(state.decide(&spec, T0, 0).remaining, 7, "{p:?}");
+            assert_eq!(state.decide(&spec, T0, 0).remaining(), 7, "{p:?}");
             state.refund(&spec, T0, 50);
             assert!(state.is_idle(T0), "{p:?}");
-            assert_eq!(state.decide(&spec, T0, 10).allowed, true, "{p:?}");
+            assert_eq!(state.decide(&spec, T0, 10).allowed(), true, "{p:?}");
         }
     }
 }

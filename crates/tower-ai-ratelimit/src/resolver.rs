@@ -208,6 +208,11 @@ impl Resolver {
         }
     }
 
+    /// The set for requests no rule matches.
+    pub(crate) fn default_set(&self) -> Option<PolicySet> {
+        self.default.clone()
+    }
+
     /// Every policy of the table, by slot.
     pub(crate) fn policies(&self) -> impl Iterator<Item = &Compiled> {
         self.rules

@@ -256,7 +256,7 @@ fn longest_wait(verdict: &Verdict) -> Duration {
     verdict
         .decisions()
         .iter()
-        .filter_map(|d| d.retry_after)
+        .filter_map(|d| d.retry_after())
         .max()
         .unwrap_or(Duration::ZERO)
 }
@@ -273,7 +273,7 @@ fn refuse<R, B>(
     let policy = &set[i].policy;
     metrics::counter!("tower_ai_ratelimit_refused_total", "policy" => policy.name().to_owned())
         .increment(1);
-    tracing::debug!(key = %key, policy = policy.name(), retry_after_ms = d.retry_after.unwrap_or_default().as_millis() as u64, "rate limited");
+    tracing::debug!(key = %key, policy = policy.name(), retry_after_ms = d.retry_after().unwrap_or_default().as_millis() as u64, "rate limited");
     let mut fields = HeaderMap::new();
     write_headers(&mut fields, set, verdict, style);
     let detail = format!(
@@ -302,13 +302,13 @@ fn binding(verdict: &Verdict) -> (usize, Decision) {
         decisions
             .iter()
             .enumerate()
-            .min_by_key(|(_, d)| (d.remaining, std::cmp::Reverse(d.reset)))
+            .min_by_key(|(_, d)| (d.remaining(), std::cmp::Reverse(d.reset())))
     } else {
         decisions
             .iter()
             .enumerate()
-            .filter(|(_, d)| !d.allowed)
-            .max_by_key(|(_, d)| d.retry_after)
+            .filter(|(_, d)| !d.allowed())
+            .max_by_key(|(_, d)| d.retry_after())
     };
     pick.map_or((0, Decision::default()), |(i, d)| (i, *d))
 }
@@ -321,9 +321,9 @@ fn write_headers(headers: &mut HeaderMap, set: &PolicySet, verdict: &Verdict, st
     if style.x_ratelimit {
         let (_, d) = binding(verdict);
         RateLimitInfo {
-            limit: d.limit,
-            remaining: d.remaining,
-            reset: d.reset,
+            limit: d.limit(),
+            remaining: d.remaining(),
+            reset: d.reset(),
         }
         .write(headers);
     }
@@ -342,8 +342,8 @@ fn write_headers(headers: &mut HeaderMap, set: &PolicySet, verdict: &Verdict, st
             .zip(decisions)
             .map(|(c, d)| IetfLimit {
                 name: c.policy.name().to_owned(),
-                remaining: d.remaining,
-                reset: secs(d.reset),
+                remaining: d.remaining(),
+                reset: secs(d.reset()),
             })
             .collect();
         if let Ok(v) = HeaderValue::from_str(&headers::format_ietf_policies(&policies)) {
@@ -360,21 +360,21 @@ fn write_headers(headers: &mut HeaderMap, set: &PolicySet, verdict: &Verdict, st
                 .zip(decisions)
                 .filter(|(c, _)| c.policy.unit() == unit)
                 .map(|(_, d)| d)
-                .min_by_key(|d| (d.remaining, std::cmp::Reverse(d.reset)))
+                .min_by_key(|d| (d.remaining(), std::cmp::Reverse(d.reset())))
             else {
                 continue;
             };
             let u = unit.as_str();
             let name = |what: &str| HeaderName::try_from(format!("x-ratelimit-{what}-{u}"));
             if let Ok(n) = name("limit") {
-                headers.insert(n, HeaderValue::from(d.limit));
+                headers.insert(n, HeaderValue::from(d.limit()));
             }
             if let Ok(n) = name("remaining") {
-                headers.insert(n, HeaderValue::from(d.remaining));
+                headers.insert(n, HeaderValue::from(d.remaining()));
             }
             if let (Ok(n), Ok(v)) = (
                 name("reset"),
-                HeaderValue::from_str(&headers::openai_duration(d.reset)),
+                HeaderValue::from_str(&headers::openai_duration(d.reset())),
             ) {
                 headers.insert(n, v);
             }

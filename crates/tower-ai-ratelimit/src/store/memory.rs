@@ -1,15 +1,14 @@
 //! The in-memory backend: every algorithm, for one process.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::Mutex;
 use tower_ai_core::key::ClientKey;
 
-use crate::algorithm::{Decision, Spec, State};
+use crate::algorithm::{Spec, State};
 use crate::clock::{Clock, SystemClock};
 use crate::store::{Charge, Verdict};
 
@@ -20,12 +19,13 @@ const MIN_SWEEP: usize = 16;
 
 /// Rate-limit state for one process.
 ///
-/// Keyed state lives in 64 shards of small maps; each key holds the states
-/// of all its policies under one uncontended mutex, so a request checked
-/// against several policies is admitted by all or charged by none. The time
-/// is read inside that lock, so a thread paused between reading the clock and
-/// deciding can't decide on a stale time (governor-style limiters can, and
-/// then refuse a quota that was never approached).
+/// Keyed state lives in 64 shards, each a table under one mutex held for a
+/// few dozen nanoseconds; each key holds the states of all its policies
+/// together, so a request checked against several policies is admitted by
+/// all or charged by none. The time is read inside the lock, so a thread
+/// paused between reading the clock and deciding can't decide on a stale
+/// time (governor-style limiters can, and then refuse a quota that was never
+/// approached).
 ///
 /// Memory is bounded: a key whose every policy is back to its fresh state is
 /// forgotten by a sweep of its shard, which runs when the shard has doubled
@@ -38,7 +38,7 @@ pub struct MemoryStore {
 }
 
 struct Inner {
-    shards: Box<[RwLock<Shard>]>,
+    shards: Box<[Mutex<Shard>]>,
     hasher: foldhash::fast::RandomState,
     clock: Arc<dyn Clock>,
     max_keys: usize,
@@ -46,44 +46,77 @@ struct Inner {
     overflow: Mutex<Entry>,
 }
 
+/// One shard: a table keyed by the precomputed hash, so a key is hashed
+/// once per check (for the shard and the table alike).
 struct Shard {
-    map: HashMap<ClientKey, Mutex<Entry>, foldhash::fast::RandomState>,
+    map: hashbrown::HashTable<(ClientKey, Entry)>,
     next_sweep: usize,
 }
 
-/// One key's states, by policy slot, each with its policy's numbers.
+impl Shard {
+    fn get(&mut self, hash: u64, key: &ClientKey) -> Option<&mut Entry> {
+        self.map.find_mut(hash, |(k, _)| k == key).map(|(_, e)| e)
+    }
+}
+
+/// One key's states, by policy slot, each with its policy's numbers. The
+/// first lives inline (most keys have one policy), the rest beside it.
 #[derive(Default)]
 struct Entry {
-    states: Vec<(u32, Spec, State)>,
+    first: Option<(u32, Spec, State)>,
+    rest: Vec<(u32, Spec, State)>,
 }
 
 impl Entry {
     fn state(&mut self, slot: u32, spec: &Spec) -> &mut State {
-        let i = match self.states.iter().position(|(s, _, _)| *s == slot) {
-            Some(i) => i,
-            None => {
-                self.states.push((slot, *spec, State::new(spec)));
-                self.states.len() - 1
+        match &mut self.first {
+            None => &mut self.first.insert((slot, *spec, State::new(spec))).2,
+            Some((s, _, _)) if *s == slot => match &mut self.first {
+                Some(first) => &mut first.2,
+                None => unreachable!("just matched"),
+            },
+            Some(_) => {
+                let i = match self.rest.iter().position(|(s, _, _)| *s == slot) {
+                    Some(i) => i,
+                    None => {
+                        self.rest.push((slot, *spec, State::new(spec)));
+                        self.rest.len() - 1
+                    }
+                };
+                &mut self.rest[i].2
             }
-        };
-        &mut self.states[i].2
+        }
     }
 
     fn is_idle(&mut self, now: u64) -> bool {
-        self.states.iter_mut().all(|(_, spec, state)| {
-            state.advance(spec, now);
-            state.is_idle(now)
-        })
+        self.first
+            .iter_mut()
+            .chain(self.rest.iter_mut())
+            .all(|(_, spec, state)| {
+                state.advance(spec, now);
+                state.is_idle(now)
+            })
     }
 
     /// Checks every charge; charges all only if all fit.
     fn check(&mut self, charges: &[Charge<'_>], now: u64, out: &mut Verdict) {
+        if let [one] = charges {
+            let state = self.state(one.slot, &one.spec);
+            state.advance(&one.spec, now);
+            let d = state.decide(&one.spec, now, one.cost);
+            if d.allowed() {
+                state.charge(&one.spec, now, one.cost);
+            }
+            out.push(d);
+            out.set_allowed(d.allowed());
+            return;
+        }
         let mut all = true;
         for charge in charges {
             let state = self.state(charge.slot, &charge.spec);
             state.advance(&charge.spec, now);
             let d = state.decide(&charge.spec, now, charge.cost);
-            all &= d.allowed;
+            all &= d.allowed();
             out.push(d);
         }
         if all {
@@ -94,12 +127,9 @@ impl Entry {
         } else {
             // The ones that fit were not charged: report them as they are.
             for (d, charge) in out.decisions_mut().iter_mut().zip(charges) {
-                if d.allowed {
+                if d.allowed() {
                     let state = self.state(charge.slot, &charge.spec);
-                    *d = Decision {
-                        allowed: true,
-                        ..state.decide(&charge.spec, now, 0)
-                    };
+                    *d = state.decide(&charge.spec, now, 0).admitted();
                 }
             }
         }
@@ -131,8 +161,8 @@ impl MemoryStore {
             inner: Arc::new(Inner {
                 shards: (0..SHARDS)
                     .map(|_| {
-                        RwLock::new(Shard {
-                            map: HashMap::with_hasher(Default::default()),
+                        Mutex::new(Shard {
+                            map: hashbrown::HashTable::new(),
                             next_sweep: MIN_SWEEP,
                         })
                     })
@@ -156,75 +186,76 @@ impl MemoryStore {
         self.len() == 0
     }
 
-    fn shard_of(&self, key: &ClientKey) -> usize {
-        let mut h = self.inner.hasher.build_hasher();
-        key.hash(&mut h);
-        (h.finish() as usize) % SHARDS
+    fn hash(&self, key: &ClientKey) -> u64 {
+        self.inner.hasher.hash_one(key)
+    }
+
+    /// The shard of a hash: middle bits, which the table uses neither for
+    /// its bucket index (low bits) nor its control tags (top 7 bits).
+    fn shard(&self, hash: u64) -> &Mutex<Shard> {
+        &self.inner.shards[(hash >> 32) as usize % SHARDS]
     }
 
     /// Checks `charges` for `key` and charges them if all fit.
     pub(crate) fn check(&self, key: &ClientKey, charges: &[Charge<'_>]) -> Verdict {
         let mut verdict = Verdict::default();
-        let shard = &self.inner.shards[self.shard_of(key)];
-        {
-            let shard = shard.read();
-            if let Some(entry) = shard.map.get(key) {
-                let mut entry = entry.lock();
+        let hash = self.hash(key);
+        let mut shard = self.shard(hash).lock();
+        if let Some(entry) = shard.get(hash, key) {
+            entry.check(charges, self.inner.clock.now(), &mut verdict);
+            return verdict;
+        }
+        if shard.map.len() >= shard.next_sweep {
+            self.sweep(&mut shard);
+        }
+        if self.inner.keys.load(Ordering::Relaxed) >= self.inner.max_keys {
+            self.sweep(&mut shard);
+            if self.inner.keys.load(Ordering::Relaxed) >= self.inner.max_keys {
+                drop(shard);
+                tracing::warn!(
+                    max_keys = self.inner.max_keys,
+                    "rate limit key table full; new keys share the overflow bucket"
+                );
+                metrics::counter!("tower_ai_ratelimit_overflow_total").increment(1);
+                let mut entry = self.inner.overflow.lock();
                 entry.check(charges, self.inner.clock.now(), &mut verdict);
                 return verdict;
             }
         }
-        let mut shard = shard.write();
-        if !shard.map.contains_key(key) {
-            if shard.map.len() >= shard.next_sweep {
-                self.sweep(&mut shard);
-            }
-            if self.inner.keys.load(Ordering::Relaxed) >= self.inner.max_keys {
-                self.sweep(&mut shard);
-                if self.inner.keys.load(Ordering::Relaxed) >= self.inner.max_keys {
-                    drop(shard);
-                    tracing::warn!(
-                        max_keys = self.inner.max_keys,
-                        "rate limit key table full; new keys share the overflow bucket"
-                    );
-                    metrics::counter!("tower_ai_ratelimit_overflow_total").increment(1);
-                    let mut entry = self.inner.overflow.lock();
-                    entry.check(charges, self.inner.clock.now(), &mut verdict);
-                    return verdict;
-                }
-            }
-            self.inner.keys.fetch_add(1, Ordering::Relaxed);
-        }
-        let entry = shard.map.entry(key.clone()).or_default();
-        entry
-            .get_mut()
-            .check(charges, self.inner.clock.now(), &mut verdict);
+        self.inner.keys.fetch_add(1, Ordering::Relaxed);
+        let hasher = &self.inner.hasher;
+        let (_, entry) = shard
+            .map
+            .insert_unique(hash, (key.clone(), Entry::default()), |(k, _)| {
+                hasher.hash_one(k)
+            })
+            .into_mut();
+        entry.check(charges, self.inner.clock.now(), &mut verdict);
         verdict
     }
 
     /// Charges `cost` more (reconciliation found the estimate too low) or
     /// gives `refund` back, for one policy of `key`. Never refuses.
     pub(crate) fn adjust(&self, key: &ClientKey, charge: &Charge<'_>, refund: bool) {
-        let shard = &self.inner.shards[self.shard_of(key)];
-        let read = shard.read();
-        let Some(entry) = read.map.get(key) else {
-            // Forgotten or never held: an extra charge still counts.
-            drop(read);
-            if !refund {
-                let mut write = shard.write();
-                if !write.map.contains_key(key) {
-                    self.inner.keys.fetch_add(1, Ordering::Relaxed);
-                }
-                let entry = write.map.entry(key.clone()).or_default();
-                let now = self.inner.clock.now();
-                let state = entry.get_mut().state(charge.slot, &charge.spec);
-                state.advance(&charge.spec, now);
-                state.charge(&charge.spec, now, charge.cost);
-            }
-            return;
-        };
-        let mut entry = entry.lock();
+        let hash = self.hash(key);
+        let mut shard = self.shard(hash).lock();
         let now = self.inner.clock.now();
+        let entry = match shard.get(hash, key) {
+            Some(entry) => entry,
+            // Forgotten, so full: a refund changes nothing.
+            None if refund => return,
+            None => {
+                self.inner.keys.fetch_add(1, Ordering::Relaxed);
+                let hasher = &self.inner.hasher;
+                &mut shard
+                    .map
+                    .insert_unique(hash, (key.clone(), Entry::default()), |(k, _)| {
+                        hasher.hash_one(k)
+                    })
+                    .into_mut()
+                    .1
+            }
+        };
         let state = entry.state(charge.slot, &charge.spec);
         state.advance(&charge.spec, now);
         if refund {
@@ -238,7 +269,7 @@ impl MemoryStore {
     fn sweep(&self, shard: &mut Shard) {
         let now = self.inner.clock.now();
         let before = shard.map.len();
-        shard.map.retain(|_, entry| !entry.get_mut().is_idle(now));
+        shard.map.retain(|(_, entry)| !entry.is_idle(now));
         self.inner
             .keys
             .fetch_sub(before - shard.map.len(), Ordering::Relaxed);

@@ -30,23 +30,20 @@ pub(crate) struct Charge<'a> {
 }
 
 /// The outcome of checking a request against its policies.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Default)]
 pub struct Verdict {
     allowed: bool,
     unavailable: bool,
-    len: u8,
-    decisions: [Decision; MAX_POLICIES],
+    decisions: Decisions,
 }
 
-impl Default for Verdict {
-    fn default() -> Self {
-        Self {
-            allowed: false,
-            unavailable: false,
-            len: 0,
-            decisions: [Decision::default(); MAX_POLICIES],
-        }
-    }
+/// One decision inline (the common case: no allocation), or several.
+#[derive(Debug, Clone, Default)]
+enum Decisions {
+    #[default]
+    None,
+    One(Decision),
+    Many(Vec<Decision>),
 }
 
 impl Verdict {
@@ -62,18 +59,30 @@ impl Verdict {
 
     /// Each policy's decision, in the order of the policy set.
     pub fn decisions(&self) -> &[Decision] {
-        &self.decisions[..usize::from(self.len)]
+        match &self.decisions {
+            Decisions::None => &[],
+            Decisions::One(d) => std::slice::from_ref(d),
+            Decisions::Many(v) => v,
+        }
     }
 
     pub(crate) fn decisions_mut(&mut self) -> &mut [Decision] {
-        &mut self.decisions[..usize::from(self.len)]
+        match &mut self.decisions {
+            Decisions::None => &mut [],
+            Decisions::One(d) => std::slice::from_mut(d),
+            Decisions::Many(v) => v,
+        }
     }
 
     pub(crate) fn push(&mut self, d: Decision) {
-        if usize::from(self.len) < MAX_POLICIES {
-            self.decisions[usize::from(self.len)] = d;
-            self.len += 1;
-        }
+        self.decisions = match std::mem::take(&mut self.decisions) {
+            Decisions::None => Decisions::One(d),
+            Decisions::One(first) => Decisions::Many(vec![first, d]),
+            Decisions::Many(mut v) => {
+                v.push(d);
+                Decisions::Many(v)
+            }
+        };
     }
 
     pub(crate) fn set_allowed(&mut self, allowed: bool) {
