@@ -13,6 +13,7 @@
 //! - `GET /metrics`: Prometheus text exposition.
 
 mod config;
+mod layers;
 mod metrics;
 mod routes;
 mod upstream;
@@ -101,7 +102,8 @@ impl Gateway {
             metrics,
             started: Arc::new(tokio::time::Instant::now()),
         };
-        let app = routes::router(state);
+        let app = routes::router(state)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             axum::serve(

@@ -11,25 +11,32 @@ use serde_json::{Value, json};
 use tower::ServiceExt;
 use tower_ai_core::llm::ChatRequest;
 use tower_ai_core::reject::Refusal;
+use tower_ai_ratelimit::TokenCostLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::upstream::UpstreamError;
 use crate::{AppState, MAX_CHAT_BODY};
 
-pub(crate) fn router(state: AppState) -> Router {
+pub(crate) fn router(state: AppState) -> Result<Router, tower_ai_ratelimit::ConfigError> {
     let api = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/content/{id}", get(content));
     let admin = Router::new().route("/admin/config", get(admin_config));
-    Router::new()
+    let limits = crate::layers::rate_limit(state.redis.as_ref())?;
+    Ok(Router::new()
         .merge(api)
         .merge(admin)
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(TokenCostLayer::with(crate::layers::token_cost()))
+                .layer(limits),
+        )
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(axum::middleware::from_fn(crate::metrics::record))
         .layer(TraceLayer::new_for_http())
-        .with_state(state)
+        .with_state(state))
 }
 
 /// A refusal as an axum response. The problem document also carries an

@@ -116,12 +116,19 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
-        let this = self.project();
-        let frame = std::task::ready!(this.inner.poll_frame(cx));
+        let mut this = self.project();
+        let frame = std::task::ready!(this.inner.as_mut().poll_frame(cx));
         match &frame {
             Some(Ok(frame)) => {
                 if let (Some(r), Some(data)) = (this.reconcile.as_mut(), frame.data_ref()) {
                     r.tap.observe(data);
+                }
+                // A server stops polling a body that says it has ended, so
+                // the end is seen here, not only at the final `None`.
+                if this.inner.is_end_stream()
+                    && let Some(r) = this.reconcile.take()
+                {
+                    r.finish();
                 }
             }
             None => {

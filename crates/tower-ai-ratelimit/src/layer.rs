@@ -49,6 +49,27 @@ impl Default for HeaderStyle {
 }
 
 impl HeaderStyle {
+    /// Sends (or not) `X-RateLimit-*`.
+    #[must_use]
+    pub const fn x_ratelimit(mut self, on: bool) -> Self {
+        self.x_ratelimit = on;
+        self
+    }
+
+    /// Sends (or not) the IETF fields.
+    #[must_use]
+    pub const fn ietf(mut self, on: bool) -> Self {
+        self.ietf = on;
+        self
+    }
+
+    /// Sends (or not) OpenAI's fields.
+    #[must_use]
+    pub const fn openai(mut self, on: bool) -> Self {
+        self.openai = on;
+        self
+    }
+
     /// Every field family.
     pub const fn all() -> Self {
         Self {
