@@ -282,22 +282,20 @@ mod tests {
 
     #[test]
     fn openai_durations() {
-        for (d, s) in [
-            (Duration::from_millis(20), "20ms"),
-            (Duration::from_secs(1), "1s"),
-            (Duration::from_millis(1_200), "2s"),
-            (Duration::from_secs(360), "6m0s"),
-            (Duration::from_secs(3_723), "1h2m3s"),
+        // Formatting rounds up to whole seconds past one second.
+        for (d, text, back) in [
+            (Duration::from_millis(20), "20ms", Duration::from_millis(20)),
+            (Duration::from_secs(1), "1s", Duration::from_secs(1)),
+            (Duration::from_millis(1_200), "2s", Duration::from_secs(2)),
+            (Duration::from_secs(360), "6m0s", Duration::from_secs(360)),
+            (
+                Duration::from_secs(3_723),
+                "1h2m3s",
+                Duration::from_secs(3_723),
+            ),
         ] {
-            assert_eq!(openai_duration(d), s);
-            assert_eq!(
-                parse_openai_duration(s),
-                Some(
-                    Duration::from_secs(secs_ceil(d)).min(d.max(Duration::from_secs(secs_ceil(d))))
-                )
-                .filter(|_| d.as_millis() >= 1000)
-                .or(Some(d))
-            );
+            assert_eq!(openai_duration(d), text);
+            assert_eq!(parse_openai_duration(text), Some(back));
         }
         assert_eq!(
             parse_openai_duration("1.5s"),

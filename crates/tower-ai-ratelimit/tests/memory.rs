@@ -412,3 +412,31 @@ fn invalid_configurations_are_errors_not_panics() {
             .is_err()
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn throttle_mode_waits_for_capacity_then_refuses_beyond_the_maximum() {
+    let build = |max_delay| {
+        service(
+            RateLimitLayer::builder()
+                .policy(Policy::token_bucket(1, Rate::per_second(1.0)))
+                .memory(MemoryStore::with_clock(TokioClock::new()))
+                .throttle(max_delay)
+                .build()
+                .expect("valid"),
+        )
+    };
+    let mut patient = build(Duration::from_secs(2));
+    assert!(admitted(&mut patient, 1).await);
+    let started = tokio::time::Instant::now();
+    assert!(admitted(&mut patient, 1).await, "waits for the next token");
+    assert_eq!(started.elapsed(), Duration::from_secs(1));
+
+    let mut hasty = build(Duration::from_millis(500));
+    assert!(admitted(&mut hasty, 1).await);
+    let started = tokio::time::Instant::now();
+    assert!(
+        !admitted(&mut hasty, 1).await,
+        "a second is more than it may wait"
+    );
+    assert_eq!(started.elapsed(), Duration::ZERO, "refused at once");
+}
