@@ -243,6 +243,30 @@ impl Policy {
         }
     }
 
+    /// The limit in words, e.g. `5 requests at once, refilled at 0.1/s` or
+    /// `1000 requests per 86400 s`.
+    pub fn describe(&self) -> String {
+        let unit = self.unit.as_str();
+        match self.algorithm {
+            Algorithm::TokenBucket { refill: rate } | Algorithm::LeakyBucket { drain: rate } => {
+                format!(
+                    "{} {unit} at once, refilled at {}/s",
+                    self.capacity,
+                    trim_float(rate.per_second_f64())
+                )
+            }
+            Algorithm::FixedWindow { window }
+            | Algorithm::SlidingLog { window }
+            | Algorithm::SlidingWindow { window } => {
+                format!(
+                    "{} {unit} per {} s",
+                    self.capacity,
+                    trim_float(window.as_secs_f64())
+                )
+            }
+        }
+    }
+
     pub(crate) fn validate(&self) -> Result<(), crate::ConfigError> {
         let bad = |why: &str| {
             Err(crate::ConfigError::new(format!(
@@ -273,6 +297,12 @@ impl Policy {
         }
         Ok(())
     }
+}
+
+/// A number without trailing zeros: `0.1`, `10`, `333.33`.
+fn trim_float(v: f64) -> String {
+    let s = format!("{v:.2}");
+    s.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
 impl fmt::Debug for Policy {

@@ -277,11 +277,9 @@ fn refuse<R, B>(
     let mut fields = HeaderMap::new();
     write_headers(&mut fields, set, verdict, style);
     let detail = format!(
-        "rate limit {:?} exceeded: {} {} per {} s",
+        "rate limit {:?} exceeded: {}",
         policy.name(),
-        policy.capacity(),
-        policy.unit().as_str(),
-        policy.window().as_secs().max(1)
+        policy.describe()
     );
     wrap(
         Refusal::too_many_requests()
