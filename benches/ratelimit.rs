@@ -93,7 +93,10 @@ where
 }
 
 fn layer_by_ip(c: &mut Criterion) {
-    let peers: Vec<SocketAddr> = ips().into_iter().map(|ip| SocketAddr::new(ip, 40_000)).collect();
+    let peers: Vec<SocketAddr> = ips()
+        .into_iter()
+        .map(|ip| SocketAddr::new(ip, 40_000))
+        .collect();
     let mut bare = tower::service_fn(hello);
     let governor_config = tower_governor::governor::GovernorConfigBuilder::default()
         .per_nanosecond(1)
@@ -176,6 +179,15 @@ fn redis_32_callers(c: &mut Criterion) {
         .degrade(DegradeConfig::default().timeout(Duration::from_secs(5)))
         .build();
     let ours = Limiter::redis([generous()], store).expect("a valid policy");
+    let leased = Limiter::redis(
+        [generous()],
+        RedisStore::builder(client.clone())
+            .prefix("bench-lease")
+            .degrade(DegradeConfig::default().timeout(Duration::from_secs(5)))
+            .lease(100, Duration::from_secs(10))
+            .build(),
+    )
+    .expect("a valid policy");
     let keys: Arc<Vec<ClientKey>> = Arc::new(
         (0..CALLERS)
             .map(|i| ClientKey::digest("bench", i.to_string()))
@@ -220,6 +232,19 @@ fn redis_32_callers(c: &mut Criterion) {
                 let keys = keys.clone();
                 async move {
                     black_box(ours.check(&keys[t as usize], 1).await.allowed());
+                }
+            }))
+        })
+    });
+    group.bench_function("tower-ai Redis store + leases of 100", |b| {
+        b.iter_custom(|iters| {
+            let leased = leased.clone();
+            let keys = keys.clone();
+            runtime.block_on(concurrently(iters, move |t| {
+                let leased = leased.clone();
+                let keys = keys.clone();
+                async move {
+                    black_box(leased.check(&keys[t as usize], 1).await.allowed());
                 }
             }))
         })

@@ -288,3 +288,79 @@ async fn fail_closed_refuses_with_503_while_redis_is_down() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_never_admit_past_the_limit_and_lose_at_most_a_lease_per_replica() {
+    let server = RedisServer::start();
+    let prefix = prefix();
+    let mut instances = Vec::new();
+    for _ in 0..3 {
+        let store = RedisStore::builder(client(&[server.url()]).await)
+            .prefix(&prefix)
+            .degrade(DegradeConfig::default().timeout(Duration::from_secs(5)))
+            .lease(10, Duration::from_secs(60))
+            .build();
+        let layer = RateLimitLayer::builder()
+            .policy(Policy::token_bucket(
+                100,
+                Rate::every(Duration::from_secs(3_600)),
+            ))
+            .redis(store)
+            .build()
+            .expect("valid");
+        instances.push(service(layer));
+    }
+    let tasks: Vec<_> = (0..1_000)
+        .map(|i| {
+            let mut svc = instances[i % 3].clone();
+            tokio::spawn(async move { admitted(&mut svc, 1).await })
+        })
+        .collect();
+    let mut n = 0;
+    for t in tasks {
+        n += usize::from(t.await.expect("task"));
+    }
+    assert!(n <= 100, "admitted {n}: past the limit");
+    assert!(
+        n >= 100 - 3 * 10,
+        "admitted {n}: more than a lease per replica lost"
+    );
+}
+
+#[tokio::test]
+async fn a_lease_is_spent_while_redis_is_down() {
+    let mut server = RedisServer::start();
+    let store = RedisStore::builder(client(&[server.url()]).await)
+        .prefix(&prefix())
+        .degrade(DegradeConfig::default().timeout(Duration::from_millis(100)))
+        .fail_mode(FailMode::Closed)
+        .lease(5, Duration::from_secs(60))
+        .build();
+    let layer = RateLimitLayer::builder()
+        .policy(Policy::token_bucket(100, Rate::per_minute(1.0)))
+        .redis(store)
+        .build()
+        .expect("valid");
+    let mut svc = service(layer);
+    let res = send(&mut svc, from(1)).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    // 95 left in Redis, 4 in the lease.
+    assert_eq!(
+        RateLimitInfo::read(res.headers()).map(|i| i.remaining),
+        Some(99)
+    );
+    server.stop();
+    for left in (0..4).rev() {
+        let res = send(&mut svc, from(1)).await;
+        assert_eq!(res.status(), StatusCode::OK, "served from the lease");
+        assert_eq!(
+            RateLimitInfo::read(res.headers()).map(|i| i.remaining),
+            Some(95 + left)
+        );
+    }
+    assert_eq!(
+        send(&mut svc, from(1)).await.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "the lease is spent; fail-closed"
+    );
+}

@@ -38,6 +38,20 @@ pub enum FailMode {
 /// and expire when idle. Every call has a timeout (default 50 ms); after a
 /// failure the store uses its fallback for a backoff period (see
 /// [`Degrade`]), per its [`FailMode`].
+///
+/// # Quota leases
+///
+/// One Redis core runs roughly 130k script calls a second. Past that, a
+/// store built with [`RedisStoreBuilder::lease`] borrows `size` units at a
+/// time for a client key (charged in Redis at once, like a request of that
+/// cost) and spends them locally, so most checks make no round trip. Nothing
+/// is ever admitted that Redis did not charge, so leases never let a client
+/// past its limit; the price is the other way: units a replica has borrowed
+/// but not spent when its lease expires are lost to the client until they
+/// refill, so across `n` replicas a client may be refused up to `n × size`
+/// units early. Leases apply to checks whose policies all charge the same
+/// cost (request counting), not to token policies. While Redis is down a
+/// replica spends what is left of its lease, then falls back.
 #[derive(Clone)]
 pub struct RedisStore {
     inner: Arc<Inner>,
@@ -52,6 +66,19 @@ struct Inner {
     fallback: MemoryStore,
     fail: FailMode,
     nonce: AtomicU64,
+    leases: Option<Leases>,
+}
+
+struct Leases {
+    size: u64,
+    held: moka::sync::Cache<ClientKey, Arc<Lease>>,
+}
+
+/// Units borrowed from Redis for one client key, and the decisions Redis
+/// gave when they were borrowed (to report what is left).
+struct Lease {
+    left: AtomicU64,
+    decisions: Vec<Decision>,
 }
 
 /// Builds a [`RedisStore`].
@@ -63,9 +90,17 @@ pub struct RedisStoreBuilder {
     degrade: DegradeConfig,
     fallback: Option<MemoryStore>,
     fail: FailMode,
+    lease: Option<(u64, Duration)>,
 }
 
 impl RedisStoreBuilder {
+    /// Borrows `size` units at a time per client key and spends them
+    /// locally; a lease is given up after `ttl` (see the type's docs).
+    pub fn lease(mut self, size: u64, ttl: Duration) -> Self {
+        self.lease = (size > 1).then_some((size, ttl));
+        self
+    }
+
     /// The prefix of every key (default `"tower-ai"`).
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
         self.prefix = prefix.into();
@@ -103,6 +138,13 @@ impl RedisStoreBuilder {
                 fallback: self.fallback.unwrap_or_default(),
                 fail: self.fail,
                 nonce: AtomicU64::new(initial_nonce()),
+                leases: self.lease.map(|(size, ttl)| Leases {
+                    size,
+                    held: moka::sync::Cache::builder()
+                        .max_capacity(100_000)
+                        .time_to_live(ttl)
+                        .build(),
+                }),
             }),
         }
     }
@@ -122,6 +164,7 @@ impl RedisStore {
             degrade: DegradeConfig::default(),
             fallback: None,
             fail: FailMode::Open,
+            lease: None,
         }
     }
 
@@ -144,6 +187,43 @@ impl RedisStore {
     }
 
     pub(crate) async fn check(&self, key: &ClientKey, charges: &[Charge<'_>]) -> Verdict {
+        if let Some(leases) = &self.inner.leases
+            && let Some(cost) = uniform_cost(charges)
+            && cost <= leases.size
+        {
+            if let Some(verdict) = spend(leases, key, cost) {
+                return verdict;
+            }
+            let borrow: Vec<Charge<'_>> = charges
+                .iter()
+                .map(|c| Charge {
+                    cost: leases.size,
+                    ..*c
+                })
+                .collect();
+            let verdict = self.check_in_redis(key, &borrow).await;
+            if verdict.allowed() {
+                let left = leases.size - cost;
+                let lease = Arc::new(Lease {
+                    left: AtomicU64::new(left),
+                    decisions: verdict.decisions().to_vec(),
+                });
+                let reported = lease.report(left);
+                match leases.held.get(key) {
+                    // A lease borrowed meanwhile by another request: pool them.
+                    Some(existing) => {
+                        existing.left.fetch_add(left, Ordering::AcqRel);
+                    }
+                    None => leases.held.insert(key.clone(), lease),
+                }
+                return reported;
+            }
+            // Less than a lease is left: check this request alone.
+        }
+        self.check_in_redis(key, charges).await
+    }
+
+    async fn check_in_redis(&self, key: &ClientKey, charges: &[Charge<'_>]) -> Verdict {
         let inner = &self.inner;
         let tag = Tag::digest(key.to_bytes());
         let keys: Vec<String> = charges.iter().map(|c| self.key(&tag, c)).collect();
@@ -219,6 +299,51 @@ impl RedisStore {
             }
             inner.fallback.adjust(key, &charge, refund);
         }
+    }
+}
+
+/// The cost every charge shares, if they all share one.
+fn uniform_cost(charges: &[Charge<'_>]) -> Option<u64> {
+    let first = charges.first()?.cost;
+    charges.iter().all(|c| c.cost == first).then_some(first)
+}
+
+/// Spends `cost` from the key's lease, if it holds that much.
+fn spend(leases: &Leases, key: &ClientKey, cost: u64) -> Option<Verdict> {
+    let lease = leases.held.get(key)?;
+    let mut left = lease.left.load(Ordering::Acquire);
+    loop {
+        if left < cost {
+            return None;
+        }
+        match lease.left.compare_exchange_weak(
+            left,
+            left - cost,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => return Some(lease.report(left - cost)),
+            Err(now) => left = now,
+        }
+    }
+}
+
+impl Lease {
+    /// A verdict for a request served from the lease: what Redis had left
+    /// when the lease was borrowed, plus what the lease still holds.
+    fn report(&self, left: u64) -> Verdict {
+        let mut verdict = Verdict::default();
+        for d in &self.decisions {
+            verdict.push(Decision::new(
+                true,
+                d.limit(),
+                d.remaining() + left,
+                d.reset(),
+                None,
+            ));
+        }
+        verdict.set_allowed(true);
+        verdict
     }
 }
 
