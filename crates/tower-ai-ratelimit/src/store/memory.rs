@@ -107,8 +107,7 @@ impl Entry {
             if d.allowed() {
                 state.charge(&one.spec, now, one.cost);
             }
-            out.push(d);
-            out.set_allowed(d.allowed());
+            *out = Verdict::single(d);
             return;
         }
         let mut all = true;

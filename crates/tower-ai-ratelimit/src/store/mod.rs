@@ -74,15 +74,24 @@ impl Verdict {
         }
     }
 
+    /// A verdict of one decision.
+    pub(crate) fn single(d: Decision) -> Self {
+        Self {
+            allowed: d.allowed(),
+            unavailable: false,
+            decisions: Decisions::One(d),
+        }
+    }
+
     pub(crate) fn push(&mut self, d: Decision) {
-        self.decisions = match std::mem::take(&mut self.decisions) {
-            Decisions::None => Decisions::One(d),
-            Decisions::One(first) => Decisions::Many(vec![first, d]),
-            Decisions::Many(mut v) => {
-                v.push(d);
-                Decisions::Many(v)
+        match &mut self.decisions {
+            Decisions::None => self.decisions = Decisions::One(d),
+            Decisions::One(first) => {
+                let first = *first;
+                self.decisions = Decisions::Many(vec![first, d]);
             }
-        };
+            Decisions::Many(v) => v.push(d),
+        }
     }
 
     pub(crate) fn set_allowed(&mut self, allowed: bool) {
