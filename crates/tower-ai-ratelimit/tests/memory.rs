@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use common::{admitted, every_algorithm, from, json, scripts, send, service};
+use common::{
+    admitted, admitted_concurrently, every_algorithm, from, json, scripts, send, service,
+};
 use http::StatusCode;
 use tower_ai_core::key::{ForwardedIp, Global, KeyExtractorExt, PeerIp};
 use tower_ai_ratelimit::headers::{RateLimitInfo, retry_after};
@@ -361,17 +363,7 @@ async fn every_algorithm_admits_exactly_its_capacity_under_concurrency() {
             .policy(policy.clone())
             .build()
             .expect("valid");
-        let svc = service(layer);
-        let tasks: Vec<_> = (0..1_000)
-            .map(|_| {
-                let mut svc = svc.clone();
-                tokio::spawn(async move { admitted(&mut svc, 1).await })
-            })
-            .collect();
-        let mut n = 0;
-        for t in tasks {
-            n += usize::from(t.await.expect("task"));
-        }
+        let n = admitted_concurrently(&[service(layer)], 1_000).await;
         assert_eq!(n, 100, "{policy:?}");
     }
 }

@@ -6,7 +6,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{admitted, every_algorithm, from, json, scripts, send, service};
+use common::{
+    admitted, admitted_concurrently, every_algorithm, from, json, scripts, send, service,
+};
 use fred::prelude::ClientLike;
 use http::StatusCode;
 use test_support::{RedisCluster, RedisServer};
@@ -94,16 +96,7 @@ async fn three_instances_admit_exactly_the_capacity(urls: Vec<String>) {
                 .expect("valid");
             instances.push(service(layer));
         }
-        let tasks: Vec<_> = (0..1_000)
-            .map(|i| {
-                let mut svc = instances[i % 3].clone();
-                tokio::spawn(async move { admitted(&mut svc, 1).await })
-            })
-            .collect();
-        let mut n = 0;
-        for t in tasks {
-            n += usize::from(t.await.expect("task"));
-        }
+        let n = admitted_concurrently(&instances, 1_000).await;
         assert_eq!(n, 100, "{policy:?}");
     }
 }
@@ -310,16 +303,7 @@ async fn leases_never_admit_past_the_limit_and_lose_at_most_a_lease_per_replica(
             .expect("valid");
         instances.push(service(layer));
     }
-    let tasks: Vec<_> = (0..1_000)
-        .map(|i| {
-            let mut svc = instances[i % 3].clone();
-            tokio::spawn(async move { admitted(&mut svc, 1).await })
-        })
-        .collect();
-    let mut n = 0;
-    for t in tasks {
-        n += usize::from(t.await.expect("task"));
-    }
+    let n = admitted_concurrently(&instances, 1_000).await;
     assert!(n <= 100, "admitted {n}: past the limit");
     assert!(
         n >= 100 - 3 * 10,

@@ -55,6 +55,22 @@ pub async fn admitted(svc: &mut Svc, client: u8) -> bool {
     }
 }
 
+/// Sends `requests` requests from client 1 at once, spread round-robin over
+/// `instances`, and counts the admitted ones.
+pub async fn admitted_concurrently(instances: &[Svc], requests: usize) -> usize {
+    let tasks: Vec<_> = (0..requests)
+        .map(|i| {
+            let mut svc = instances[i % instances.len()].clone();
+            tokio::spawn(async move { admitted(&mut svc, 1).await })
+        })
+        .collect();
+    let mut n = 0;
+    for t in tasks {
+        n += usize::from(t.await.expect("task"));
+    }
+    n
+}
+
 /// The body of a response as JSON.
 pub async fn json(res: Response<RateLimitBody<Full<Bytes>>>) -> serde_json::Value {
     let bytes = match res.into_body().collect().await {
