@@ -3,10 +3,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::StatusCode;
-use tower_ai_core::key::{ApiKey, KeyExtractor, KeyExtractorExt, Or, PeerIp, RequestHead};
+use tower_ai_core::key::{
+    ApiKey, ClientKey, KeyExtractor, KeyExtractorExt, Or, PeerIp, RequestHead,
+};
+use tower_ai_core::reject::Refusal;
 use tower_layer::Layer;
 
 use crate::ConfigError;
+use crate::algorithm::Decision;
 use crate::policy::Policy;
 use crate::resolver::{Policies, Resolver};
 use crate::service::RateLimit;
@@ -83,6 +87,24 @@ impl HeaderStyle {
 /// A request's cost in requests, from its head (1 when unset).
 pub(crate) type CostFn = Arc<dyn Fn(RequestHead<'_>) -> u64 + Send + Sync>;
 
+/// Shapes the refusal of a rate-limited request.
+pub(crate) type RefusalFn = Arc<dyn Fn(&Refused<'_>) -> Refusal + Send + Sync>;
+
+/// What a refusal is about, for a custom refusal
+/// ([`RateLimitBuilder::refusal`]).
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Refused<'a> {
+    /// The policy that refused (the one with the longest wait).
+    pub policy: &'a Policy,
+    /// Its decision.
+    pub decision: Decision,
+    /// Who was refused.
+    pub key: &'a ClientKey,
+    /// Until every refusing policy would admit the request.
+    pub retry_after: Duration,
+}
+
 /// The default key: the API key, else the peer address.
 pub type DefaultKey = Or<ApiKey, PeerIp>;
 
@@ -100,6 +122,7 @@ pub(crate) struct Shared<K> {
     pub(crate) throttle: Option<Duration>,
     pub(crate) headers: HeaderStyle,
     pub(crate) cost: Option<CostFn>,
+    pub(crate) refusal: Option<RefusalFn>,
     pub(crate) default_tokens: u64,
     pub(crate) usage_body_limit: usize,
 }
@@ -136,6 +159,7 @@ impl RateLimitLayer {
             throttle: None,
             headers: HeaderStyle::default(),
             cost: None,
+            refusal: None,
             default_tokens: 1_024,
             usage_body_limit: 1 << 20,
         }
@@ -172,6 +196,7 @@ pub struct RateLimitBuilder<K> {
     throttle: Option<Duration>,
     headers: HeaderStyle,
     cost: Option<CostFn>,
+    refusal: Option<RefusalFn>,
     default_tokens: u64,
     usage_body_limit: usize,
 }
@@ -197,6 +222,7 @@ impl<K> RateLimitBuilder<K> {
             throttle: self.throttle,
             headers: self.headers,
             cost: self.cost,
+            refusal: self.refusal,
             default_tokens: self.default_tokens,
             usage_body_limit: self.usage_body_limit,
         }
@@ -257,6 +283,32 @@ impl<K> RateLimitBuilder<K> {
         self
     }
 
+    /// Shapes the refusal (status stays yours to choose; the rate-limit
+    /// fields and `Retry-After` are added to whatever it returns). For a
+    /// gRPC call the refusal becomes a trailers-only status.
+    ///
+    /// ```
+    /// use tower_ai_core::reject::Refusal;
+    /// use tower_ai_ratelimit::{Policy, Rate, RateLimitLayer};
+    ///
+    /// let layer = RateLimitLayer::builder()
+    ///     .policy(Policy::token_bucket(5, Rate::per_second(1.0)))
+    ///     .refusal(|refused| {
+    ///         Refusal::too_many_requests()
+    ///             .problem_type("https://example.com/problems/slow-down")
+    ///             .detail(format!("slow down: {}", refused.policy.describe()))
+    ///     })
+    ///     .build();
+    /// assert!(layer.is_ok());
+    /// ```
+    pub fn refusal<F>(mut self, refusal: F) -> Self
+    where
+        F: Fn(&Refused<'_>) -> Refusal + Send + Sync + 'static,
+    {
+        self.refusal = Some(Arc::new(refusal));
+        self
+    }
+
     /// The tokens charged to token policies when no [`TokenEstimate`]
     /// (from [`TokenCostLayer`]) is present (default 1,024); reconciled with
     /// the reported usage afterwards.
@@ -294,6 +346,7 @@ impl<K> RateLimitBuilder<K> {
                 throttle: self.throttle,
                 headers: self.headers,
                 cost: self.cost,
+                refusal: self.refusal,
                 default_tokens: self.default_tokens,
                 usage_body_limit: self.usage_body_limit,
             }),

@@ -72,7 +72,9 @@ pub use crate::body::RateLimitBody;
 pub use crate::clock::{Clock, ManualClock, SystemClock, TokioClock};
 pub use crate::cost::{TokenCost, TokenCostLayer, TokenEstimate};
 pub use crate::error::ConfigError;
-pub use crate::layer::{DefaultKey, HeaderStyle, MissingKey, RateLimitBuilder, RateLimitLayer};
+pub use crate::layer::{
+    DefaultKey, HeaderStyle, MissingKey, RateLimitBuilder, RateLimitLayer, Refused,
+};
 pub use crate::limiter::Limiter;
 pub use crate::policy::{Algorithm, Policy, Rate, Unit};
 pub use crate::resolver::{Policies, TierSource};

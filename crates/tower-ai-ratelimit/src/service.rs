@@ -16,7 +16,7 @@ use crate::body::{RateLimitBody, Reconcile};
 use crate::cost::TokenEstimate;
 use crate::future::ResponseFuture;
 use crate::headers::{self, IetfLimit, IetfPolicy, RateLimitInfo};
-use crate::layer::{DefaultKey, HeaderStyle, MissingKey, Shared};
+use crate::layer::{DefaultKey, HeaderStyle, MissingKey, Refused, Shared};
 use crate::policy::Unit;
 use crate::resolver::PolicySet;
 use crate::store::{Backend, Charge, Verdict};
@@ -180,7 +180,7 @@ where
             }
             let wait = longest_wait(&verdict);
             if !shared.throttle.is_some_and(|max| wait <= max) {
-                return ResponseFuture::ready(refuse(&req, &set, &verdict, shared.headers, &key));
+                return ResponseFuture::ready(refuse(&req, &set, &verdict, shared, &key));
             }
         }
 
@@ -210,7 +210,7 @@ where
                 ));
             }
             if !verdict.allowed() {
-                return Ok(refuse(&req, &set, &verdict, shared.headers, &key));
+                return Ok(refuse(&req, &set, &verdict, &shared, &key));
             }
             metrics::counter!("tower_ai_ratelimit_requests_total", "outcome" => "allowed")
                 .increment(1);
@@ -261,11 +261,11 @@ fn longest_wait(verdict: &Verdict) -> Duration {
         .unwrap_or(Duration::ZERO)
 }
 
-fn refuse<R, B>(
+fn refuse<R, B, K>(
     req: &Request<R>,
     set: &PolicySet,
     verdict: &Verdict,
-    style: HeaderStyle,
+    shared: &Shared<K>,
     key: &ClientKey,
 ) -> Response<RateLimitBody<B>> {
     metrics::counter!("tower_ai_ratelimit_requests_total", "outcome" => "refused").increment(1);
@@ -275,21 +275,25 @@ fn refuse<R, B>(
         .increment(1);
     tracing::debug!(key = %key, policy = policy.name(), retry_after_ms = d.retry_after().unwrap_or_default().as_millis() as u64, "rate limited");
     let mut fields = HeaderMap::new();
-    write_headers(&mut fields, set, verdict, style);
-    let detail = format!(
-        "rate limit {:?} exceeded: {}",
-        policy.name(),
-        policy.describe()
-    );
-    wrap(
-        Refusal::too_many_requests()
-            .detail(detail)
-            .retry_after(longest_wait(verdict))
+    write_headers(&mut fields, set, verdict, shared.headers);
+    let wait = longest_wait(verdict);
+    let refusal = match &shared.refusal {
+        Some(custom) => custom(&Refused {
+            policy,
+            decision: d,
+            key,
+            retry_after: wait,
+        }),
+        None => Refusal::too_many_requests()
+            .detail(format!(
+                "rate limit {:?} exceeded: {}",
+                policy.name(),
+                policy.describe()
+            ))
             .member("policy", policy.name())
-            .member("limit", policy.capacity())
-            .headers(fields)
-            .for_request(req),
-    )
+            .member("limit", policy.capacity()),
+    };
+    wrap(refusal.retry_after(wait).headers(fields).for_request(req))
 }
 
 /// The decision the `X-RateLimit-*` fields report: when refused, the

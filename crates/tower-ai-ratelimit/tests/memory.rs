@@ -432,3 +432,29 @@ async fn throttle_mode_waits_for_capacity_then_refuses_beyond_the_maximum() {
     );
     assert_eq!(started.elapsed(), Duration::ZERO, "refused at once");
 }
+
+#[tokio::test]
+async fn a_custom_refusal_keeps_the_rate_limit_fields() {
+    let layer = RateLimitLayer::builder()
+        .policy(Policy::token_bucket(1, Rate::per_minute(1.0)).named("chat"))
+        .refusal(|refused| {
+            tower_ai_core::reject::Refusal::too_many_requests()
+                .problem_type("https://example.com/problems/slow-down")
+                .detail(format!(
+                    "{} left for {}",
+                    refused.decision.remaining(),
+                    refused.key
+                ))
+        })
+        .build()
+        .expect("valid");
+    let mut svc = service(layer);
+    assert!(admitted(&mut svc, 7).await);
+    let res = send(&mut svc, from(7)).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(retry_after(res.headers()), Some(Duration::from_secs(60)));
+    assert_eq!(res.headers()["x-ratelimit-remaining"], "0");
+    let doc = json(res).await;
+    assert_eq!(doc["type"], "https://example.com/problems/slow-down");
+    assert_eq!(doc["detail"], "0 left for ip:192.0.2.7");
+}
