@@ -170,7 +170,10 @@ async fn the_rate_limiter_answers_a_tonic_client_with_resource_exhausted() {
     assert_eq!(status.code(), tonic::Code::ResourceExhausted);
     assert!(status.message().contains("grpc"), "{}", status.message());
     assert_eq!(
-        status.metadata().get("retry-after").and_then(|v| v.to_str().ok()),
+        status
+            .metadata()
+            .get("retry-after")
+            .and_then(|v| v.to_str().ok()),
         Some("60")
     );
 }

@@ -1,71 +1,28 @@
-//! A circuit breaker tower `Layer`: failure-rate and slow-call windows, judged at the end of a streamed body.
-//!
-//! **Status: in development.** The public entry types exist so that the
-//! workspace layout is fixed; [`CircuitBreakerLayer`] currently passes every request
-//! through unchanged.
+#![doc = include_str!("../README.md")]
 
-use std::task::{Context, Poll};
+mod body;
+mod breaker;
+pub mod classify;
+mod config;
+pub mod fallback;
+pub mod future;
+pub mod handle;
+pub mod key;
+mod layer;
+mod registry;
+mod service;
+#[cfg(feature = "redis")]
+mod store;
+mod window;
 
-use tower_layer::Layer;
-use tower_service::Service;
-
-/// The [`Layer`] that wraps a service in [`CircuitBreaker`].
-#[derive(Debug, Clone, Default)]
-#[non_exhaustive]
-pub struct CircuitBreakerLayer {}
-
-impl CircuitBreakerLayer {
-    /// A layer with the default configuration.
-    #[must_use]
-    pub const fn new() -> Self {
-        Self {}
-    }
-}
-
-impl<S> Layer<S> for CircuitBreakerLayer {
-    type Service = CircuitBreaker<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        CircuitBreaker { inner }
-    }
-}
-
-/// The [`Service`] built by [`CircuitBreakerLayer`].
-#[derive(Debug, Clone)]
-pub struct CircuitBreaker<S> {
-    inner: S,
-}
-
-impl<S> CircuitBreaker<S> {
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
-
-impl<S, Req> Service<Req> for CircuitBreaker<S>
-where
-    S: Service<Req>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Req) -> Self::Future {
-        self.inner.call(req)
-    }
-}
+pub use body::CircuitBody;
+pub use classify::{DefaultClassifier, Outcome};
+pub use config::{ConfigError, Jitter, Window};
+pub use fallback::{FallbackContext, FallbackReason, NoFallback};
+pub use future::ResponseFuture;
+pub use handle::{CircuitHandle, CircuitSnapshot, Control, State, Transition};
+pub use key::{ByExtension, ByHeader, ByHost, KeyExtractor, Single, key_fn};
+pub use layer::{Builder, CircuitBreakerLayer};
+pub use service::CircuitBreaker;
+#[cfg(feature = "redis")]
+pub use store::redis::RedisState;
