@@ -369,7 +369,7 @@ async fn content_admin_health_and_metrics_answer() {
         .expect("JSON");
     assert_eq!(health["status"], "ok");
     assert_eq!(health["redis"]["configured"], false);
-    assert!(health["circuits"].is_object());
+    assert!(health["circuits"].is_array());
 
     let res = client
         .get(format!("{}/metrics", gateway.url()))
@@ -421,4 +421,78 @@ async fn health_follows_redis_down_and_up_and_requests_keep_flowing() {
         assert!(Instant::now() < deadline, "Redis never came back");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn a_failing_model_opens_its_circuit_and_recovers() {
+    let mut config = config();
+    config.circuit_open_wait = Duration::from_millis(800);
+    let gateway = start(config).await;
+    let mock = gateway.mock().expect("the in-process mock");
+    let client = reqwest::Client::new();
+    let mut fault = mock_llm::Fault::default();
+    fault.fail_rate = 1.0;
+    mock.set_fault(fault);
+
+    // Ten failures (a fresh key each, so no rate limit gets in the way):
+    // 100% over at least 10 calls opens the model's circuit.
+    for i in 0..10 {
+        let res = chat_as(&client, &gateway, &format!("k{i}"), &chat(false)).await;
+        assert_eq!(res.status(), 500, "the upstream's own error passes through");
+    }
+    let counted = mock.stats().requests;
+    assert_eq!(counted, 10);
+
+    let mut fastest = Duration::MAX;
+    for i in 10..20 {
+        let sent = Instant::now();
+        let res = chat_as(&client, &gateway, &format!("k{i}"), &chat(false)).await;
+        fastest = fastest.min(sent.elapsed());
+        assert!(res.headers().contains_key("retry-after"));
+        problem(res, 503).await;
+    }
+    assert!(fastest < Duration::from_millis(5), "refused in {fastest:?}");
+    assert_eq!(
+        mock.stats().requests,
+        counted,
+        "an open circuit spares the upstream"
+    );
+    let health: Value = client
+        .get(format!("{}/healthz", gateway.url()))
+        .send()
+        .await
+        .expect("a response")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(health["circuits"][0]["key"], "mock-1");
+    assert_eq!(health["circuits"][0]["state"], "open");
+
+    // The fault cleared and the wait over, three trial calls close it.
+    mock.set_fault(mock_llm::Fault::default());
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    for i in 20..23 {
+        let res = chat_as(&client, &gateway, &format!("k{i}"), &chat(false)).await;
+        assert_eq!(res.status(), 200);
+    }
+    let circuits: Value = client
+        .get(format!("{}/admin/circuits", gateway.url()))
+        .send()
+        .await
+        .expect("a response")
+        .json()
+        .await
+        .expect("JSON");
+    assert_eq!(circuits[0]["state"], "closed");
+
+    // And it can be forced open by hand.
+    let res = client
+        .post(format!("{}/admin/circuits", gateway.url()))
+        .json(&json!({ "key": "mock-1", "control": "force_open" }))
+        .send()
+        .await
+        .expect("a response");
+    assert_eq!(res.status(), 200);
+    let res = chat_as(&client, &gateway, "k99", &chat(false)).await;
+    assert_eq!(res.status(), 503);
 }

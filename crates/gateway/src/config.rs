@@ -20,6 +20,9 @@ pub struct Config {
     pub mock_token_delay: Duration,
     /// How long to wait for the upstream's response head (default 60 s).
     pub upstream_timeout: Duration,
+    /// How long a model's circuit stays open before trial calls (default
+    /// 30 s).
+    pub circuit_open_wait: Duration,
 }
 
 impl Default for Config {
@@ -30,6 +33,7 @@ impl Default for Config {
             redis: Vec::new(),
             mock_token_delay: Duration::from_millis(20),
             upstream_timeout: DEFAULT_UPSTREAM_TIMEOUT,
+            circuit_open_wait: Duration::from_secs(30),
         }
     }
 }
@@ -55,7 +59,8 @@ usage: gateway [--listen ADDR] [--upstream URL] [--redis URL]... [--token-delay-
   --redis URL           Redis for shared state; repeat the flag, or give several
                         comma-separated URLs, for a Redis Cluster (default: in memory)
   --token-delay-ms N    the in-process mock's delay between tokens (default 20)
-  --upstream-timeout-ms N  how long to wait for the upstream's response head (default 60000)";
+  --upstream-timeout-ms N  how long to wait for the upstream's response head (default 60000)
+  --circuit-open-wait-ms N how long a model's circuit stays open before trial calls (default 30000)";
 
 impl Config {
     /// Reads the command line (without the program name).
@@ -110,6 +115,9 @@ impl Config {
                 }
                 "--upstream-timeout-ms" => {
                     config.upstream_timeout = Duration::from_millis(millis(&name, &value()?)?);
+                }
+                "--circuit-open-wait-ms" => {
+                    config.circuit_open_wait = Duration::from_millis(millis(&name, &value()?)?);
                 }
                 other => {
                     return Err(ConfigError(format!("unknown flag {other}\n\n{USAGE}")));

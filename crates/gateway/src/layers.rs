@@ -1,12 +1,59 @@
 //! The layers the gateway stacks, with the defaults of the design.
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use tower_ai_core::key::{ApiKey, KeyExtractorExt, PeerIp};
 use tower_ai_ratelimit::{
     ConfigError, HeaderStyle, MissingKey, Policies, Policy, Rate, RateLimitLayer, RedisStore,
     TokenCost,
 };
+use tower_circuit::key::ByExtension;
+use tower_circuit::{CircuitBreaker, CircuitBreakerLayer, Window};
+use tower_layer::Layer;
 
+use crate::upstream::Upstream;
 use crate::{MAX_CHAT_BODY, RedisState};
+
+/// The model a chat request asks for, put in its extensions by the chat
+/// handler: the circuit breaker keys by it.
+#[derive(Debug, Clone)]
+pub(crate) struct Model(pub(crate) Arc<str>);
+
+impl AsRef<str> for Model {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// The upstream client behind its circuit breakers.
+pub(crate) type GuardedUpstream = CircuitBreaker<Upstream, ByExtension<Model>>;
+
+/// One breaker per upstream model, as the design sets them: open at a 50%
+/// failure rate over the last 20 calls (at least 10), a call of 10 s or more
+/// is slow, 30 s open (configurable), then 3 trial calls. Shared through Redis when the
+/// gateway has one.
+pub(crate) fn circuit_breakers(
+    upstream: Upstream,
+    open_wait: Duration,
+    redis: Option<&RedisState>,
+) -> Result<(GuardedUpstream, tower_circuit::CircuitHandle), tower_circuit::ConfigError> {
+    let mut builder = CircuitBreakerLayer::builder()
+        .name("upstream")
+        .keyed_by(ByExtension::<Model>::new())
+        .window(Window::count(20))
+        .minimum_calls(10)
+        .failure_rate_threshold(50.0)
+        .slow_call_duration(Duration::from_secs(10))
+        .open_wait(open_wait)
+        .half_open_trials(3);
+    if let Some(redis) = redis {
+        builder = builder.shared(tower_circuit::RedisState::new(redis.client.clone()));
+    }
+    let layer = builder.build()?;
+    let handle = layer.handle();
+    Ok((layer.layer(upstream), handle))
+}
 
 /// Who a client is: `Authorization: Bearer`, else `X-API-Key`, else the
 /// peer address.

@@ -49,7 +49,8 @@ pub struct Gateway {
 /// What the request handlers share.
 #[derive(Debug, Clone)]
 pub(crate) struct AppState {
-    pub(crate) upstream: Upstream,
+    pub(crate) upstream: layers::GuardedUpstream,
+    pub(crate) circuits: tower_circuit::CircuitHandle,
     pub(crate) redis: Option<RedisState>,
     pub(crate) metrics: metrics_exporter_prometheus::PrometheusHandle,
     pub(crate) started: Arc<tokio::time::Instant>,
@@ -95,9 +96,14 @@ impl Gateway {
             [] => None,
             urls => Some(connect_redis(urls).await?),
         };
+        let upstream = Upstream::new(&upstream_url, config.upstream_timeout)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        let (upstream, circuits) =
+            layers::circuit_breakers(upstream, config.circuit_open_wait, redis.as_ref())
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let state = AppState {
-            upstream: Upstream::new(&upstream_url, config.upstream_timeout)
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?,
+            upstream,
+            circuits,
             redis,
             metrics,
             started: Arc::new(tokio::time::Instant::now()),

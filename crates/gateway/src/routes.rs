@@ -21,7 +21,9 @@ pub(crate) fn router(state: AppState) -> Result<Router, tower_ai_ratelimit::Conf
     let api = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/content/{id}", get(content));
-    let admin = Router::new().route("/admin/config", get(admin_config));
+    let admin = Router::new()
+        .route("/admin/config", get(admin_config))
+        .route("/admin/circuits", get(circuits).post(control_circuit));
     let limits = crate::layers::rate_limit(state.redis.as_ref())?;
     Ok(Router::new()
         .merge(api)
@@ -70,8 +72,8 @@ async fn chat_completions(State(state): State<AppState>, req: Request) -> Respon
             );
         }
     };
-    match ChatRequest::from_json(&bytes) {
-        Ok(chat) if chat.model.is_some() && chat.messages > 0 => {}
+    let model = match ChatRequest::from_json(&bytes) {
+        Ok(chat) if chat.messages > 0 && chat.model.is_some() => chat.model.unwrap_or_default(),
         Ok(_) => {
             return problem(
                 Refusal::bad_request(),
@@ -86,10 +88,12 @@ async fn chat_completions(State(state): State<AppState>, req: Request) -> Respon
                 &e.to_string(),
             );
         }
-    }
-    let req = Request::from_parts(parts, Body::from(bytes));
+    };
+    let mut req = Request::from_parts(parts, Body::from(bytes));
+    req.extensions_mut()
+        .insert(crate::layers::Model(model.as_str().into()));
     match state.upstream.clone().oneshot(req).await {
-        Ok(res) => res,
+        Ok(res) => res.map(Body::new),
         Err(e) => upstream_failed(&e),
     }
 }
@@ -171,9 +175,43 @@ async fn healthz(State(state): State<AppState>) -> Response {
         "status": if degraded { "degraded" } else { "ok" },
         "uptime_seconds": state.started.elapsed().as_secs(),
         "redis": redis,
-        "circuits": {},
+        "circuits": state.circuits.snapshot(),
     }))
     .into_response()
+}
+
+async fn circuits(State(state): State<AppState>) -> Response {
+    axum::Json(state.circuits.snapshot()).into_response()
+}
+
+/// `{"key": "<model>", "control": "force_open" | "force_closed" | "disable" | "reset"}`
+#[derive(serde::Deserialize)]
+struct CircuitControl {
+    key: String,
+    control: tower_circuit::Control,
+}
+
+async fn control_circuit(State(state): State<AppState>, body: axum::body::Bytes) -> Response {
+    let command: CircuitControl = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => {
+            return problem(
+                Refusal::bad_request(),
+                "invalid_request_error",
+                &format!(
+                    "expected {{\"key\": …, \"control\": \"force_open\" | \"force_closed\" | \"disable\" | \"reset\"}}: {e}"
+                ),
+            );
+        }
+    };
+    match state.circuits.control(&command.key, command.control) {
+        Ok(()) => axum::Json(state.circuits.get(&command.key)).into_response(),
+        Err(e) => problem(
+            Refusal::new(StatusCode::NOT_FOUND),
+            "invalid_request_error",
+            &e.to_string(),
+        ),
+    }
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
