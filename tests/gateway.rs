@@ -496,3 +496,124 @@ async fn a_failing_model_opens_its_circuit_and_recovers() {
     let res = chat_as(&client, &gateway, "k99", &chat(false)).await;
     assert_eq!(res.status(), 503);
 }
+
+/// The `sid` cookie a response sets, as a `Cookie` header value.
+fn sid(res: &reqwest::Response) -> Option<String> {
+    res.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|c| c.starts_with("sid="))
+        .and_then(|c| c.split(';').next())
+        .map(str::to_owned)
+}
+
+async fn session_of(client: &reqwest::Client, gateway: &Gateway, cookie: &str) -> Value {
+    client
+        .get(format!("{}/session", gateway.url()))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .expect("a response")
+        .json()
+        .await
+        .expect("JSON")
+}
+
+#[tokio::test]
+async fn sessions_are_shared_by_replicas_and_keep_the_conversation() {
+    let redis = RedisServer::start();
+    let mut shared = config();
+    shared.redis = vec![redis.url()];
+    let a = start(shared.clone()).await;
+    let b = start(shared).await;
+    let client = reqwest::Client::new();
+
+    // A visitor's first session, then a login on A: the id changes.
+    let res = client
+        .get(format!("{}/session", a.url()))
+        .send()
+        .await
+        .expect("a response");
+    let visitor = sid(&res);
+    let res = client
+        .post(format!("{}/session/login", a.url()))
+        .header("cookie", visitor.clone().unwrap_or_default())
+        .json(&json!({ "user": "ada" }))
+        .send()
+        .await
+        .expect("a response");
+    assert_eq!(res.status(), 200);
+    let cookie = sid(&res).expect("login sets a cookie");
+    assert_ne!(Some(&cookie), visitor.as_ref(), "login cycles the id");
+
+    // The same cookie opens the same session on B.
+    assert_eq!(session_of(&client, &b, &cookie).await["user"], "ada");
+
+    // A chat made with the session joins its history, answer included.
+    let res = client
+        .post(format!("{}/v1/chat/completions", b.url()))
+        .header("cookie", &cookie)
+        .json(&chat(true))
+        .send()
+        .await
+        .expect("a response");
+    assert_eq!(res.status(), 200);
+    let streamed = res.text().await.expect("the stream");
+    let answer = mock_llm::answer(&chat(true)).expect("the mock answers");
+    assert!(streamed.contains("[DONE]"));
+    let turns = session_of(&client, &a, &cookie).await["turns"].clone();
+    assert_eq!(turns[0]["role"], "user");
+    assert_eq!(turns[0]["content"], "Tell me about tower middleware.");
+    assert_eq!(turns[1]["role"], "assistant");
+    assert_eq!(turns[1]["content"], answer.content.as_str());
+
+    // Logout on B: A answers the same cookie as a new visitor, at once.
+    let res = client
+        .post(format!("{}/session/logout", b.url()))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .expect("a response");
+    assert_eq!(res.status(), 200);
+    let after = session_of(&client, &a, &cookie).await;
+    assert_eq!(after["user"], Value::Null);
+    assert_eq!(after["turns"], json!([]));
+}
+
+#[tokio::test]
+async fn a_client_chosen_session_id_is_never_adopted() {
+    let gateway = start(config()).await;
+    let client = reqwest::Client::new();
+    let chosen = "sid=AAAAAAAAAAAAAAAAAAAAAA";
+    let res = client
+        .post(format!("{}/session/login", gateway.url()))
+        .header("cookie", chosen)
+        .json(&json!({ "user": "mallory" }))
+        .send()
+        .await
+        .expect("a response");
+    let issued = sid(&res).expect("a fresh id");
+    assert_ne!(issued, chosen);
+    assert_eq!(
+        session_of(&client, &gateway, chosen).await["user"],
+        Value::Null
+    );
+    assert_eq!(
+        session_of(&client, &gateway, &issued).await["user"],
+        "mallory"
+    );
+
+    // Garbage cookies are a fresh visitor, never an error.
+    let long = format!("sid={}", "a".repeat(5_000));
+    for bad in [&b"sid="[..], b"sid=%%%", b"sid=\xff\xfe", long.as_bytes()] {
+        let value = reqwest::header::HeaderValue::from_bytes(bad).expect("a header value");
+        let res = client
+            .get(format!("{}/session", gateway.url()))
+            .header("cookie", value)
+            .send()
+            .await
+            .expect("a response");
+        assert_eq!(res.status(), 200, "{bad:?}");
+    }
+}

@@ -23,6 +23,10 @@ pub struct Config {
     /// How long a model's circuit stays open before trial calls (default
     /// 30 s).
     pub circuit_open_wait: Duration,
+    /// Whether the session cookie is `Secure` (sent over HTTPS only). Off by
+    /// default because the gateway itself serves plain HTTP; turn it on
+    /// behind a TLS-terminating proxy.
+    pub secure_cookies: bool,
 }
 
 impl Default for Config {
@@ -34,6 +38,7 @@ impl Default for Config {
             mock_token_delay: Duration::from_millis(20),
             upstream_timeout: DEFAULT_UPSTREAM_TIMEOUT,
             circuit_open_wait: Duration::from_secs(30),
+            secure_cookies: false,
         }
     }
 }
@@ -50,6 +55,18 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+impl ConfigError {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        Self(message.into())
+    }
+}
+
+impl From<tower_ai_ratelimit::ConfigError> for ConfigError {
+    fn from(e: tower_ai_ratelimit::ConfigError) -> Self {
+        Self(e.to_string())
+    }
+}
+
 /// The command line's help text.
 pub const USAGE: &str = "\
 usage: gateway [--listen ADDR] [--upstream URL] [--redis URL]... [--token-delay-ms N]
@@ -60,7 +77,8 @@ usage: gateway [--listen ADDR] [--upstream URL] [--redis URL]... [--token-delay-
                         comma-separated URLs, for a Redis Cluster (default: in memory)
   --token-delay-ms N    the in-process mock's delay between tokens (default 20)
   --upstream-timeout-ms N  how long to wait for the upstream's response head (default 60000)
-  --circuit-open-wait-ms N how long a model's circuit stays open before trial calls (default 30000)";
+  --circuit-open-wait-ms N how long a model's circuit stays open before trial calls (default 30000)
+  --secure-cookies      mark the session cookie Secure (behind a TLS-terminating proxy)";
 
 impl Config {
     /// Reads the command line (without the program name).
@@ -78,6 +96,10 @@ impl Config {
             };
             if name == "--help" || name == "-h" {
                 return Err(ConfigError(USAGE.to_owned()));
+            }
+            if name == "--secure-cookies" {
+                config.secure_cookies = true;
+                continue;
             }
             let mut value = || {
                 inline

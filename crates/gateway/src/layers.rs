@@ -96,6 +96,28 @@ pub(crate) fn rate_limit(
     builder.build()
 }
 
+/// Sessions on every route: cookie `sid`, 30 minutes of sliding expiry, in
+/// Redis when the gateway has one. A Redis outage doesn't stop the gateway:
+/// requests go on without their session.
+pub(crate) fn sessions(
+    redis: Option<&RedisState>,
+    secure_cookies: bool,
+) -> Result<tower_session::SessionLayer, tower_session::ConfigError> {
+    let builder = match redis {
+        Some(redis) => tower_session::SessionLayer::builder(
+            tower_session::RedisStore::new(redis.client.clone()).with_prefix("tower-ai"),
+        ),
+        None => tower_session::SessionLayer::builder(tower_session::MemoryStore::new()),
+    };
+    builder
+        .cookie_name("sid")
+        .ttl(Duration::from_secs(30 * 60))
+        .secure(secure_cookies)
+        .on_outage(tower_session::OutagePolicy::Continue)
+        .history_limit(100)
+        .build()
+}
+
 /// Token estimates read at most the chat route's body limit.
 pub(crate) fn token_cost() -> TokenCost {
     let mut cost = TokenCost::default();

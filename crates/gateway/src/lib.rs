@@ -13,6 +13,7 @@
 //! - `GET /metrics`: Prometheus text exposition.
 
 mod config;
+mod history;
 mod layers;
 mod metrics;
 mod routes;
@@ -52,6 +53,7 @@ pub(crate) struct AppState {
     pub(crate) upstream: layers::GuardedUpstream,
     pub(crate) circuits: tower_circuit::CircuitHandle,
     pub(crate) redis: Option<RedisState>,
+    pub(crate) secure_cookies: bool,
     pub(crate) metrics: metrics_exporter_prometheus::PrometheusHandle,
     pub(crate) started: Arc<tokio::time::Instant>,
 }
@@ -105,6 +107,7 @@ impl Gateway {
             upstream,
             circuits,
             redis,
+            secure_cookies: config.secure_cookies,
             metrics,
             started: Arc::new(tokio::time::Instant::now()),
         };

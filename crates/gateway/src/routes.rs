@@ -13,11 +13,12 @@ use tower_ai_core::llm::ChatRequest;
 use tower_ai_core::reject::Refusal;
 use tower_ai_ratelimit::TokenCostLayer;
 use tower_http::trace::TraceLayer;
+use tower_session::Session;
 
 use crate::upstream::UpstreamError;
 use crate::{AppState, MAX_CHAT_BODY};
 
-pub(crate) fn router(state: AppState) -> Result<Router, tower_ai_ratelimit::ConfigError> {
+pub(crate) fn router(state: AppState) -> Result<Router, crate::config::ConfigError> {
     let api = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/content/{id}", get(content));
@@ -25,6 +26,12 @@ pub(crate) fn router(state: AppState) -> Result<Router, tower_ai_ratelimit::Conf
         .route("/admin/config", get(admin_config))
         .route("/admin/circuits", get(circuits).post(control_circuit));
     let limits = crate::layers::rate_limit(state.redis.as_ref())?;
+    let sessions = crate::layers::sessions(state.redis.as_ref(), state.secure_cookies)
+        .map_err(|e| crate::config::ConfigError::new(e.to_string()))?;
+    let session_routes = Router::new()
+        .route("/session", get(session_info))
+        .route("/session/login", post(login))
+        .route("/session/logout", post(logout));
     Ok(Router::new()
         .merge(api)
         .merge(admin)
@@ -33,9 +40,11 @@ pub(crate) fn router(state: AppState) -> Result<Router, tower_ai_ratelimit::Conf
                 .layer(TokenCostLayer::with(crate::layers::token_cost()))
                 .layer(limits),
         )
+        .merge(session_routes)
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
+        .layer(sessions)
         .layer(axum::middleware::from_fn(crate::metrics::record))
         .layer(TraceLayer::new_for_http())
         .with_state(state))
@@ -51,7 +60,11 @@ pub(crate) fn problem(refusal: Refusal, error_type: &str, message: &str) -> Resp
         .map(Body::new)
 }
 
-async fn chat_completions(State(state): State<AppState>, req: Request) -> Response {
+async fn chat_completions(
+    State(state): State<AppState>,
+    session: Session,
+    req: Request,
+) -> Response {
     let (parts, body) = req.into_parts();
     let declared = parts
         .headers
@@ -89,13 +102,85 @@ async fn chat_completions(State(state): State<AppState>, req: Request) -> Respon
             );
         }
     };
+    // A signed-in session keeps the conversation: the user's message now,
+    // the answer when its body ends.
+    let signed_in = matches!(session.user_id().await, Ok(Some(_)));
+    if signed_in
+        && let Some(turn) = crate::history::user_turn(&bytes)
+        && let Err(e) = session.history().append_later(turn)
+    {
+        tracing::debug!(error = %e, "the message could not join the history");
+    }
     let mut req = Request::from_parts(parts, Body::from(bytes));
     req.extensions_mut()
         .insert(crate::layers::Model(model.as_str().into()));
     match state.upstream.clone().oneshot(req).await {
+        Ok(res) if signed_in => crate::history::record_answer(res.map(Body::new), session),
         Ok(res) => res.map(Body::new),
         Err(e) => upstream_failed(&e),
     }
+}
+
+#[derive(serde::Deserialize)]
+struct Login {
+    user: String,
+}
+
+/// `POST /session/login` with `{"user": "…"}`: signs the session in and
+/// gives it a new id (the old one, which the client may have been handed by
+/// someone else, stops working).
+async fn login(session: Session, body: axum::body::Bytes) -> Response {
+    let login: Login = match serde_json::from_slice(&body) {
+        Ok(l) => l,
+        Err(e) => {
+            return problem(
+                Refusal::bad_request(),
+                "invalid_request_error",
+                &format!("expected {{\"user\": \"…\"}}: {e}"),
+            );
+        }
+    };
+    let user = login.user.trim();
+    if user.is_empty() || user.len() > 128 || user.chars().any(char::is_control) {
+        return problem(
+            Refusal::bad_request(),
+            "invalid_request_error",
+            "a user name is 1 to 128 characters, without control characters",
+        );
+    }
+    if let Err(e) = session.insert("user", user) {
+        return e.into_response();
+    }
+    if let Err(e) = session.cycle_id().await {
+        return e.into_response();
+    }
+    axum::Json(json!({ "user": user })).into_response()
+}
+
+/// `POST /session/logout`: ends the session on every replica at once.
+async fn logout(session: Session) -> Response {
+    match session.logout().await {
+        Ok(()) => axum::Json(json!({ "user": null })).into_response(),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `GET /session`: the signed-in user and the last turns of the
+/// conversation.
+async fn session_info(session: Session) -> Response {
+    let user = match session.user_id().await {
+        Ok(user) => user,
+        Err(e) => return e.into_response(),
+    };
+    let turns = if user.is_some() {
+        match session.history().last(20).await {
+            Ok(turns) => turns,
+            Err(e) => return e.into_response(),
+        }
+    } else {
+        Vec::new()
+    };
+    axum::Json(json!({ "user": user, "turns": turns })).into_response()
 }
 
 pub(crate) fn upstream_failed(e: &UpstreamError) -> Response {

@@ -243,6 +243,9 @@ pub struct AnswerSummary {
     pub done: bool,
     /// For streams: how many events arrived.
     pub events: u64,
+    /// The first choice's text, when the tap was asked to gather it
+    /// ([`AnswerTap::gather_content`]).
+    pub content: Option<String>,
 }
 
 /// Reads an OpenAI-style answer as its body passes, without holding it up:
@@ -261,11 +264,17 @@ pub struct AnswerSummary {
 /// let summary = tap.finish();
 /// assert!(summary.done);
 /// assert_eq!(summary.usage.map(|u| u.total()), Some(7));
+///
+/// let mut tap = AnswerTap::for_response(&headers, 1 << 20).gather_content(1 << 16);
+/// tap.observe(b"data: {\"choices\":[{\"delta\":{\"content\":\"Hel\"}}]}\n\n");
+/// tap.observe(b"data: {\"choices\":[{\"delta\":{\"content\":\"lo\"}}]}\n\ndata: [DONE]\n\n");
+/// assert_eq!(tap.finish().content.as_deref(), Some("Hello"));
 /// ```
 #[derive(Debug)]
 pub struct AnswerTap {
     kind: TapKind,
     summary: AnswerSummary,
+    content_limit: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -301,7 +310,17 @@ impl AnswerTap {
         Self {
             kind,
             summary: AnswerSummary::default(),
+            content_limit: None,
         }
+    }
+
+    /// Also gathers the first choice's text (a JSON answer's
+    /// `message.content`, or a stream's `delta.content` pieces), up to
+    /// `limit` bytes.
+    #[must_use]
+    pub fn gather_content(mut self, limit: usize) -> Self {
+        self.content_limit = Some(limit);
+        self
     }
 
     /// Whether the body is a stream of events.
@@ -316,7 +335,7 @@ impl AnswerTap {
                 decoder.push_slice(chunk);
                 while let Some(event) = decoder.next_event() {
                     if let Ok(event) = event {
-                        Self::absorb_event(&mut self.summary, event.data());
+                        Self::absorb_event(&mut self.summary, self.content_limit, event.data());
                     }
                 }
             }
@@ -336,8 +355,16 @@ impl AnswerTap {
         }
     }
 
-    fn absorb_event(summary: &mut AnswerSummary, data: &str) {
+    fn absorb_event(summary: &mut AnswerSummary, content_limit: Option<usize>, data: &str) {
         summary.events += 1;
+        if let Some(limit) = content_limit
+            && let Some(piece) = first_choice_text(data.as_bytes())
+        {
+            let content = summary.content.get_or_insert_with(String::new);
+            if content.len() + piece.len() <= limit {
+                content.push_str(&piece);
+            }
+        }
         let chunk = StreamChunk::parse(data);
         if chunk.usage.is_some() {
             summary.usage = chunk.usage;
@@ -361,7 +388,7 @@ impl AnswerTap {
                 decoder.finish();
                 while let Some(event) = decoder.next_event() {
                     if let Ok(event) = event {
-                        Self::absorb_event(&mut self.summary, event.data());
+                        Self::absorb_event(&mut self.summary, self.content_limit, event.data());
                     }
                 }
             }
@@ -370,6 +397,12 @@ impl AnswerTap {
                     self.summary.usage = c.usage;
                     self.summary.finish_reason = c.finish_reason;
                     self.summary.error = c.error;
+                    if let Some(limit) = self.content_limit {
+                        self.summary.content = first_choice_text(buf).map(|mut t| {
+                            t.truncate(floor_char_boundary(&t, limit));
+                            t
+                        });
+                    }
                 }
                 buf.clear();
                 buf.shrink_to_fit();
@@ -378,6 +411,35 @@ impl AnswerTap {
         }
         &self.summary
     }
+}
+
+/// The first choice's text in a completion (`message.content`) or a stream
+/// chunk (`delta.content`).
+fn first_choice_text(json: &[u8]) -> Option<String> {
+    #[derive(Deserialize)]
+    struct Answer {
+        #[serde(default)]
+        choices: Vec<Choice>,
+    }
+    #[derive(Deserialize)]
+    struct Choice {
+        message: Option<Text>,
+        delta: Option<Text>,
+    }
+    #[derive(Deserialize)]
+    struct Text {
+        content: Option<String>,
+    }
+    let answer: Answer = serde_json::from_slice(json).ok()?;
+    let choice = answer.choices.into_iter().next()?;
+    choice.message.or(choice.delta)?.content
+}
+
+fn floor_char_boundary(s: &str, at: usize) -> usize {
+    if at >= s.len() {
+        return s.len();
+    }
+    (0..=at).rev().find(|&i| s.is_char_boundary(i)).unwrap_or(0)
 }
 
 /// A body that could not be read as OpenAI JSON.

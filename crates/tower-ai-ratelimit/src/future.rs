@@ -73,7 +73,7 @@ where
             KindProj::Call { fut, applied } => {
                 let res = std::task::ready!(fut.poll(cx))?;
                 Poll::Ready(Ok(match applied.take() {
-                    Some(applied) => applied.finish(res),
+                    Some(applied) => (*applied).finish(res),
                     None => res.map(|b| RateLimitBody::new(ResponseBody::inner(b), None)),
                 }))
             }

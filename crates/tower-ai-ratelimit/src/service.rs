@@ -98,13 +98,13 @@ pub(crate) struct Applied {
 
 impl Applied {
     /// Adds the rate-limit fields to the response and wraps its body.
-    pub(crate) fn finish<B>(self: Box<Self>, res: Response<B>) -> Response<RateLimitBody<B>> {
+    pub(crate) fn finish<B>(self, res: Response<B>) -> Response<RateLimitBody<B>> {
         let Applied {
             set,
             verdict,
             style,
             reconcile,
-        } = *self;
+        } = self;
         let (mut parts, body) = res.into_parts();
         write_headers(&mut parts.headers, &set, &verdict, style);
         let reconcile = reconcile.map(|(backend, key, estimate, limit)| {
@@ -179,7 +179,7 @@ where
                 return ResponseFuture::call(self.inner.call(req), Some(applied));
             }
             let wait = longest_wait(&verdict);
-            if !shared.throttle.is_some_and(|max| wait <= max) {
+            if shared.throttle.is_none_or(|max| wait > max) {
                 return ResponseFuture::ready(refuse(&req, &set, &verdict, shared, &key));
             }
         }
@@ -216,7 +216,7 @@ where
                 .increment(1);
             let applied = applied(&shared, set, verdict, key, costs);
             let res = inner.call(req).await?;
-            Ok(applied.finish(res))
+            Ok((*applied).finish(res))
         }))
     }
 }

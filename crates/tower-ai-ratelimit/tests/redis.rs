@@ -256,7 +256,7 @@ async fn fail_closed_refuses_with_503_while_redis_is_down() {
         .policy(Policy::token_bucket(3, Rate::per_minute(1.0)))
         .redis(
             RedisStore::builder(client(&[server.url()]).await)
-                .prefix(&prefix())
+                .prefix(prefix())
                 .degrade(DegradeConfig::default().timeout(Duration::from_millis(100)))
                 .fail_mode(FailMode::Closed)
                 .build(),
@@ -315,7 +315,7 @@ async fn leases_never_admit_past_the_limit_and_lose_at_most_a_lease_per_replica(
 async fn a_lease_is_spent_while_redis_is_down() {
     let mut server = RedisServer::start();
     let store = RedisStore::builder(client(&[server.url()]).await)
-        .prefix(&prefix())
+        .prefix(prefix())
         .degrade(DegradeConfig::default().timeout(Duration::from_millis(100)))
         .fail_mode(FailMode::Closed)
         .lease(5, Duration::from_secs(60))

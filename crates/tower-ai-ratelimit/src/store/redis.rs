@@ -233,7 +233,7 @@ impl RedisStore {
         for c in charges {
             args.push(i64::from(c.spec.kind().code()).into());
             args.push((c.spec.capacity() as i64).into());
-            args.push(micros(c.spec.period_ns()).into());
+            args.push(micros(c.spec.period_ns()));
             args.push((c.cost as i64).into());
         }
         let result = inner
@@ -281,7 +281,7 @@ impl RedisStore {
             self.nonce().into(),
             i64::from(charge.spec.kind().code()).into(),
             (charge.spec.capacity() as i64).into(),
-            micros(charge.spec.period_ns()).into(),
+            micros(charge.spec.period_ns()),
             (charge.cost as i64).into(),
             i64::from(refund).into(),
         ];
