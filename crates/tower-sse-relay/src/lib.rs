@@ -1,71 +1,56 @@
-//! Relay LLM token streams as Server-Sent Events, resumable with `Last-Event-ID` across reconnects and replicas.
+#![doc = include_str!("../README.md")]
 //!
-//! **Status: in development.** The public entry types exist so that the
-//! workspace layout is fixed; [`SseRelayLayer`] currently passes every request
-//! through unchanged.
+//! # Modules
+//!
+//! - [`sse`]: the spec-exact SSE codec (re-exported from `tower-ai-core`).
+//! - [`store`]: where resumable streams are kept: [`MemoryStore`], with the
+//!   `redis` feature `RedisStore` (Redis Streams), or either ([`AnyStore`]).
+//! - [`streams`]: the re-attach endpoint and the `Last-Event-ID` rules.
+//! - [`tap`]: hooks that see each event and the stream's end.
+//! - [`future`]: the response future.
+//!
+//! # Metrics
+//!
+//! Through the `metrics` facade, recorded at a stream's first event and at
+//! its end (never per event), labelled by `mode` (`direct`, `resumable`: the
+//! generation, `reader`: a client of a stored stream):
+//! `tower_ai_sse_time_to_first_event_seconds` (histogram, from the request),
+//! `tower_ai_sse_events_per_second` (histogram), `tower_ai_sse_events_total`,
+//! `tower_ai_sse_streams_total` (with `outcome`),
+//! `tower_ai_sse_heartbeats_total`, `tower_ai_sse_resumes_total` (with
+//! `outcome`), `tower_ai_sse_generations_active` (gauge),
+//! `tower_ai_sse_generations_refused_total`, `tower_ai_sse_usage_drains_total`,
+//! `tower_ai_sse_store_errors_total` and `tower_ai_sse_store_forgotten_total`.
+//! Labels are bounded (mode, outcome, operation); never a stream id.
+//!
+//! Tracing: a `sse_generation` span (field `stream_id`) around each detached
+//! generation; events with `stream_id` fields when a stream ends, breaks,
+//! re-attaches or falls back.
 
-use std::task::{Context, Poll};
+mod body;
+mod error;
+pub mod future;
+mod generate;
+mod id;
+mod layer;
+mod relay;
+mod service;
+pub mod store;
+pub mod streams;
+pub mod tap;
 
-use tower_layer::Layer;
-use tower_service::Service;
+/// The SSE codec: [`Decoder`](sse::Decoder), [`Event`](sse::Event),
+/// [`encode`](sse::encode), [`EventStream`](sse::EventStream).
+pub use tower_ai_core::sse;
 
-/// The [`Layer`] that wraps a service in [`SseRelay`].
-#[derive(Debug, Clone, Default)]
-#[non_exhaustive]
-pub struct SseRelayLayer {}
-
-impl SseRelayLayer {
-    /// A layer with the default configuration.
-    #[must_use]
-    pub const fn new() -> Self {
-        Self {}
-    }
-}
-
-impl<S> Layer<S> for SseRelayLayer {
-    type Service = SseRelay<S>;
-
-    fn layer(&self, inner: S) -> Self::Service {
-        SseRelay { inner }
-    }
-}
-
-/// The [`Service`] built by [`SseRelayLayer`].
-#[derive(Debug, Clone)]
-pub struct SseRelay<S> {
-    inner: S,
-}
-
-impl<S> SseRelay<S> {
-    /// The wrapped service.
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
-
-    /// The wrapped service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
-        &mut self.inner
-    }
-
-    /// Unwraps the inner service.
-    pub fn into_inner(self) -> S {
-        self.inner
-    }
-}
-
-impl<S, Req> Service<Req> for SseRelay<S>
-where
-    S: Service<Req>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Req) -> Self::Future {
-        self.inner.call(req)
-    }
-}
+pub use crate::body::RelayBody;
+pub use crate::error::{BoxError, ConfigError};
+pub use crate::id::{EventId, IdError, ResumeFrom, StreamId};
+pub use crate::layer::{InvalidResume, SseRelayBuilder, SseRelayLayer};
+pub use crate::relay::RelayStats;
+pub use crate::service::SseRelay;
+#[cfg(feature = "redis")]
+pub use crate::store::RedisStore;
+pub use crate::store::{AnyStore, MemoryStore, StreamStore};
+pub use crate::streams::StreamsService;
+pub use crate::tap::{EndReason, MakeTap, StreamSummary, Tap};
