@@ -74,7 +74,7 @@ async fn streams_tokens_as_they_are_generated() {
         pending.push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
         while let Some(end) = pending.find("\n\n") {
             let event: String = pending.drain(..end + 2).collect();
-            if let Some(data) = event.trim_end().strip_prefix("data: ") {
+            if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) {
                 events.push((sent.elapsed(), data.to_owned()));
             }
         }
@@ -616,4 +616,139 @@ async fn a_client_chosen_session_id_is_never_adopted() {
             .expect("a response");
         assert_eq!(res.status(), 200, "{bad:?}");
     }
+}
+
+/// Reads `res` as SSE, stopping after `limit` data events (or at the end):
+/// each event's id and data, and how many heartbeat comments came.
+async fn events(res: reqwest::Response, limit: usize) -> (Vec<(String, String)>, usize) {
+    let mut decoder = tower_ai_core::sse::Decoder::new();
+    let mut out = Vec::new();
+    let mut heartbeats = 0;
+    let mut body = res.bytes_stream();
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.expect("the stream doesn't break");
+        heartbeats += chunk
+            .split(|&b| b == b'\n')
+            .filter(|line| line.starts_with(b":"))
+            .count();
+        decoder.push(chunk);
+        while let Some(event) = decoder.next_event() {
+            let event = event.expect("a well-formed event");
+            out.push((
+                event.id().unwrap_or_default().to_owned(),
+                event.data().to_owned(),
+            ));
+            if out.len() == limit {
+                return (out, heartbeats);
+            }
+        }
+    }
+    (out, heartbeats)
+}
+
+/// The text of a stream's content deltas.
+fn text(events: &[(String, String)]) -> String {
+    events
+        .iter()
+        .filter_map(|(_, d)| serde_json::from_str::<Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_owned)
+        })
+        .collect()
+}
+
+async fn resume_on(
+    client: &reqwest::Client,
+    gateway: &Gateway,
+    stream: &str,
+    after: &str,
+) -> reqwest::Response {
+    client
+        .get(format!("{}/v1/streams/{stream}", gateway.url()))
+        .header("last-event-id", after)
+        .send()
+        .await
+        .expect("a response")
+}
+
+/// Starts a streamed chat on `first`, reads `k` events, hangs up, and
+/// resumes on `second`: the two parts make the whole answer, each event once.
+async fn resume_after(first: &Gateway, second: &Gateway, k: usize) {
+    let client = reqwest::Client::new();
+    let res = chat_as(&client, first, "resumer", &chat(true)).await;
+    assert_eq!(res.status(), 200);
+    let stream = res
+        .headers()
+        .get("x-stream-id")
+        .and_then(|v| v.to_str().ok())
+        .expect("the stream's id")
+        .to_owned();
+    let (head, _) = events(res, k).await;
+    assert_eq!(head.len(), k);
+    let last_id = head[k - 1].0.clone();
+
+    let res = resume_on(&client, second, &stream, &last_id).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(
+        res.headers()
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok()),
+        Some(last_id.as_str()),
+        "the resumed response says what it resumes after"
+    );
+    let (tail, _) = events(res, usize::MAX).await;
+    assert_eq!(tail.last().map(|e| e.1.as_str()), Some("[DONE]"));
+
+    let all: Vec<(String, String)> = head.into_iter().chain(tail).collect();
+    let ids: std::collections::HashSet<&str> = all.iter().map(|e| e.0.as_str()).collect();
+    assert_eq!(ids.len(), all.len(), "no event twice");
+    let answer = mock_llm::answer(&chat(true)).expect("the mock answers");
+    assert_eq!(text(&all), answer.content, "no event lost");
+}
+
+#[tokio::test]
+async fn a_stream_resumes_on_the_same_gateway() {
+    let mut config = config();
+    config.mock_token_delay = Duration::from_millis(30);
+    let gateway = start(config).await;
+    resume_after(&gateway, &gateway, 4).await;
+}
+
+#[tokio::test]
+async fn a_stream_resumes_on_another_replica_through_redis() {
+    let redis = RedisServer::start();
+    let mut shared = config();
+    shared.redis = vec![redis.url()];
+    shared.mock_token_delay = Duration::from_millis(30);
+    let a = start(shared.clone()).await;
+    let b = start(shared).await;
+    resume_after(&a, &b, 5).await;
+}
+
+#[tokio::test]
+async fn heartbeats_fill_idle_gaps_and_a_dropped_client_leaves_the_generation_running() {
+    let mut config = config();
+    config.mock_token_delay = Duration::from_millis(250);
+    config.sse_heartbeat = Duration::from_millis(60);
+    let gateway = start(config).await;
+    let mock = gateway.mock().expect("the in-process mock");
+    let client = reqwest::Client::new();
+
+    let res = chat_as(&client, &gateway, "beats", &chat(true)).await;
+    let (got, heartbeats) = events(res, 4).await;
+    assert_eq!(got.len(), 4);
+    assert!(
+        heartbeats >= 2,
+        "{heartbeats} heartbeats in three 250 ms gaps"
+    );
+
+    // The client is gone; in resumable mode the generation completes.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while mock.stats().streams_completed < 1 {
+        assert!(Instant::now() < deadline, "{:?}", mock.stats());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(mock.stats().streams_cancelled, 0);
 }

@@ -27,6 +27,9 @@ pub struct Config {
     /// default because the gateway itself serves plain HTTP; turn it on
     /// behind a TLS-terminating proxy.
     pub secure_cookies: bool,
+    /// How long a relayed stream may stay silent before a heartbeat comment
+    /// (default 15 s).
+    pub sse_heartbeat: Duration,
 }
 
 impl Default for Config {
@@ -39,6 +42,7 @@ impl Default for Config {
             upstream_timeout: DEFAULT_UPSTREAM_TIMEOUT,
             circuit_open_wait: Duration::from_secs(30),
             secure_cookies: false,
+            sse_heartbeat: Duration::from_secs(15),
         }
     }
 }
@@ -78,7 +82,8 @@ usage: gateway [--listen ADDR] [--upstream URL] [--redis URL]... [--token-delay-
   --token-delay-ms N    the in-process mock's delay between tokens (default 20)
   --upstream-timeout-ms N  how long to wait for the upstream's response head (default 60000)
   --circuit-open-wait-ms N how long a model's circuit stays open before trial calls (default 30000)
-  --secure-cookies      mark the session cookie Secure (behind a TLS-terminating proxy)";
+  --secure-cookies      mark the session cookie Secure (behind a TLS-terminating proxy)
+  --sse-heartbeat-ms N  a heartbeat comment after this long without an event (default 15000)";
 
 impl Config {
     /// Reads the command line (without the program name).
@@ -137,6 +142,9 @@ impl Config {
                 }
                 "--upstream-timeout-ms" => {
                     config.upstream_timeout = Duration::from_millis(millis(&name, &value()?)?);
+                }
+                "--sse-heartbeat-ms" => {
+                    config.sse_heartbeat = Duration::from_millis(millis(&name, &value()?)?);
                 }
                 "--circuit-open-wait-ms" => {
                     config.circuit_open_wait = Duration::from_millis(millis(&name, &value()?)?);

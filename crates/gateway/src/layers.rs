@@ -96,6 +96,39 @@ pub(crate) fn rate_limit(
     builder.build()
 }
 
+/// The upstream behind its breakers, behind the relay.
+pub(crate) type RelayedUpstream =
+    tower_sse_relay::SseRelay<GuardedUpstream, tower_sse_relay::AnyStore>;
+
+/// Streamed answers go through the relay in resumable mode: each event gets
+/// an id, the generation goes on if the client drops, and
+/// `GET /v1/streams/{id}` re-attaches with `Last-Event-ID`, on any replica
+/// sharing the gateway's Redis.
+pub(crate) fn relay(
+    upstream: GuardedUpstream,
+    heartbeat: Duration,
+    redis: Option<&RedisState>,
+) -> Result<
+    (
+        RelayedUpstream,
+        tower_sse_relay::streams::StreamsService<tower_sse_relay::AnyStore>,
+    ),
+    tower_sse_relay::ConfigError,
+> {
+    let store = match redis {
+        Some(redis) => {
+            tower_sse_relay::AnyStore::Redis(tower_sse_relay::RedisStore::new(redis.client.clone()))
+        }
+        None => tower_sse_relay::AnyStore::Memory(tower_sse_relay::MemoryStore::new()),
+    };
+    let layer = tower_sse_relay::SseRelayLayer::builder()
+        .resumable(store)
+        .heartbeat(heartbeat)
+        .build()?;
+    let streams = layer.streams();
+    Ok((layer.layer(upstream), streams))
+}
+
 /// Sessions on every route: cookie `sid`, 30 minutes of sliding expiry, in
 /// Redis when the gateway has one. A Redis outage doesn't stop the gateway:
 /// requests go on without their session.

@@ -50,7 +50,8 @@ pub struct Gateway {
 /// What the request handlers share.
 #[derive(Debug, Clone)]
 pub(crate) struct AppState {
-    pub(crate) upstream: layers::GuardedUpstream,
+    pub(crate) upstream: layers::RelayedUpstream,
+    pub(crate) streams: tower_sse_relay::streams::StreamsService<tower_sse_relay::AnyStore>,
     pub(crate) circuits: tower_circuit::CircuitHandle,
     pub(crate) redis: Option<RedisState>,
     pub(crate) secure_cookies: bool,
@@ -103,8 +104,11 @@ impl Gateway {
         let (upstream, circuits) =
             layers::circuit_breakers(upstream, config.circuit_open_wait, redis.as_ref())
                 .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let (upstream, streams) = layers::relay(upstream, config.sse_heartbeat, redis.as_ref())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let state = AppState {
             upstream,
+            streams,
             circuits,
             redis,
             secure_cookies: config.secure_cookies,

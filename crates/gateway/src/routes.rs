@@ -21,7 +21,8 @@ use crate::{AppState, MAX_CHAT_BODY};
 pub(crate) fn router(state: AppState) -> Result<Router, crate::config::ConfigError> {
     let api = Router::new()
         .route("/v1/chat/completions", post(chat_completions))
-        .route("/v1/content/{id}", get(content));
+        .route("/v1/content/{id}", get(content))
+        .route_service("/v1/streams/{id}", state.streams.clone());
     let admin = Router::new()
         .route("/admin/config", get(admin_config))
         .route("/admin/circuits", get(circuits).post(control_circuit));
