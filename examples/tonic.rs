@@ -117,9 +117,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
     let addr = listener.local_addr()?;
 
-    // Layers go on the server builder and apply to every service.
+    // Layers go on the server builder and apply to every service: here one
+    // rate limit for the whole server, 100 calls refilled at 10 a second.
+    let limits = tower_ai::ratelimit::RateLimitLayer::builder()
+        .key(tower_ai::core::key::Global)
+        .policy(tower_ai::ratelimit::Policy::token_bucket(
+            100,
+            tower_ai::ratelimit::Rate::per_second(10.0),
+        ))
+        .build()?;
     let server = tonic::transport::Server::builder()
-        .layer(tower_ai::ratelimit::RateLimitLayer::new())
+        .layer(limits)
         .add_service(Greeter)
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener),

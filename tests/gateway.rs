@@ -430,9 +430,10 @@ async fn a_failing_model_opens_its_circuit_and_recovers() {
     let gateway = start(config).await;
     let mock = gateway.mock().expect("the in-process mock");
     let client = reqwest::Client::new();
-    let mut fault = mock_llm::Fault::default();
-    fault.fail_rate = 1.0;
-    mock.set_fault(fault);
+    mock.set_fault(mock_llm::Fault {
+        fail_rate: 1.0,
+        ..mock_llm::Fault::default()
+    });
 
     // Ten failures (a fresh key each, so no rate limit gets in the way):
     // 100% over at least 10 calls opens the model's circuit.
