@@ -99,16 +99,18 @@ fn layer_by_ip(c: &mut Criterion) {
         .collect();
     let mut bare = tower::service_fn(hello);
     let governor_config = tower_governor::governor::GovernorConfigBuilder::default()
-        .per_nanosecond(1)
-        .burst_size(u32::MAX)
+        .per_nanosecond(1_000)
+        .burst_size(1_000)
         .use_headers()
         .finish()
         .expect("a valid governor config");
     let mut governed = tower_governor::GovernorLayer::new(Arc::new(governor_config))
         .layer(tower::service_fn(hello));
+    // A realistic capacity (headers carry three-digit numbers), refilled far
+    // faster than 1,024 rotating clients can spend it.
     let mut ours = RateLimitLayer::builder()
         .key(PeerIp::new())
-        .policy(generous())
+        .policy(Policy::token_bucket(1_000, Rate::per_second(1_000_000.0)).named("bench"))
         .build()
         .expect("a valid layer")
         .layer(tower::service_fn(hello));

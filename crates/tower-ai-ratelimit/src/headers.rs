@@ -40,6 +40,27 @@ pub static RATELIMIT_POLICY: HeaderName = HeaderName::from_static("ratelimit-pol
 /// `RateLimit` (IETF draft).
 pub static RATELIMIT: HeaderName = HeaderName::from_static("ratelimit");
 
+/// A header value for a number. Values below 4,096 come from a table made
+/// once, whose entries are static: cloning one neither allocates nor counts
+/// references, where formatting a number allocates every time.
+pub(crate) fn number(n: u64) -> HeaderValue {
+    static SMALL: std::sync::OnceLock<Vec<HeaderValue>> = std::sync::OnceLock::new();
+    const TABLE: u64 = 4_096;
+    if n >= TABLE {
+        return HeaderValue::from(n);
+    }
+    let table = SMALL.get_or_init(|| {
+        (0..TABLE)
+            .map(|i| {
+                // Leaked once per process: 4,096 short strings.
+                let text: &'static str = Box::leak(i.to_string().into_boxed_str());
+                HeaderValue::from_static(text)
+            })
+            .collect()
+    });
+    table[n as usize].clone()
+}
+
 /// Whole seconds, rounded up.
 fn secs_ceil(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
@@ -59,15 +80,9 @@ pub struct RateLimitInfo {
 impl RateLimitInfo {
     /// Writes the three fields.
     pub fn write(&self, headers: &mut HeaderMap) {
-        headers.insert(X_RATELIMIT_LIMIT.clone(), HeaderValue::from(self.limit));
-        headers.insert(
-            X_RATELIMIT_REMAINING.clone(),
-            HeaderValue::from(self.remaining),
-        );
-        headers.insert(
-            X_RATELIMIT_RESET.clone(),
-            HeaderValue::from(secs_ceil(self.reset)),
-        );
+        headers.insert(X_RATELIMIT_LIMIT.clone(), number(self.limit));
+        headers.insert(X_RATELIMIT_REMAINING.clone(), number(self.remaining));
+        headers.insert(X_RATELIMIT_RESET.clone(), number(secs_ceil(self.reset)));
     }
 
     /// Reads the three fields (all must be there and be whole numbers).
