@@ -1,0 +1,662 @@
+//! Cache keys: a BLAKE3 digest of the method, the path, the scope and the
+//! canonical form of the request body.
+//!
+//! Every byte of the request that can change the answer is in the key: the
+//! method, the path with its query, the configured `vary` headers, the scope
+//! (whose answer this is) and the whole body. A JSON body is hashed in its
+//! canonical form ([RFC 8785] style: object keys sorted by their UTF-16 code
+//! units, no insignificant whitespace, numbers normalised so `1`, `1.0` and
+//! `1e0` are one number), so key order and formatting don't split the cache,
+//! while `model`, `messages`, `tools`, `temperature`, `seed`, `n`,
+//! `response_format` and every other parameter do. Only the fields on an
+//! explicit [`IgnoreList`] are left out (by default `user`, which names the
+//! end user for abuse monitoring and doesn't change the answer).
+//!
+//! **Malformed JSON is keyed as bytes**: a body that doesn't parse (or isn't
+//! JSON at all: a protobuf message, a form) is hashed as its raw bytes, in a
+//! separate domain, so it can never collide with a canonical JSON body. It is
+//! never a panic, and the upstream's answer to it (usually a `400`) is not
+//! stored anyway.
+//!
+//! The key is a 256-bit digest; the request itself (the prompt, the API key)
+//! never appears in a Redis key name or a log line.
+//!
+//! [RFC 8785]: https://www.rfc-editor.org/rfc/rfc8785
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::io::{self, Write};
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderName, Method};
+use serde_json::Value;
+use tower_ai_core::key::ClientKey;
+
+/// The domain of every key digest; bump it when the layout changes.
+const KEY_CONTEXT: &str = "tower-ai-cache 2025 request key v1";
+
+/// The keyed-hash key derived from [`KEY_CONTEXT`], once.
+static KEY_KEY: std::sync::LazyLock<[u8; 32]> =
+    std::sync::LazyLock::new(|| blake3::derive_key(KEY_CONTEXT, b""));
+
+/// The domain of the digest of a request's raw bytes (see [`Aliases`]).
+static RAW_KEY: std::sync::LazyLock<[u8; 32]> = std::sync::LazyLock::new(|| {
+    blake3::derive_key("tower-ai-cache 2025 raw request alias v1", b"")
+});
+
+/// How many raw-body digests [`Aliases`] remembers.
+const ALIASES: u64 = 16_384;
+
+/// Whose answer an entry is: one caller's, or everybody's.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum KeyScope {
+    /// One caller (an API key, a session user, a peer address): nobody else
+    /// ever sees the entry.
+    Caller(ClientKey),
+    /// Shared by every caller: only for routes whose answers hold no
+    /// tenant's data, and only when configured explicitly.
+    Public,
+}
+
+impl KeyScope {
+    fn write(&self, out: &mut impl Write) -> io::Result<()> {
+        match self {
+            Self::Caller(key) => {
+                let bytes = key.to_bytes();
+                out.write_all(b"c")?;
+                write_len(out, bytes.len())?;
+                out.write_all(&bytes)
+            }
+            Self::Public => out.write_all(b"p"),
+        }
+    }
+
+    /// A stable byte form, the same in every process (for the tenant tag).
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(24);
+        // Writing to a Vec can't fail.
+        let _ = self.write(&mut out);
+        out
+    }
+}
+
+/// Request body fields left out of the key: top-level names (`user`) or
+/// dotted paths into nested objects (`metadata.trace_id`).
+///
+/// Leave out only what can't change the answer. `stream_options` is *not*
+/// ignored by default: `include_usage` adds a usage chunk to a stream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IgnoreList {
+    paths: Arc<[Box<[Box<str>]>]>,
+}
+
+impl Default for IgnoreList {
+    /// `user` only.
+    fn default() -> Self {
+        Self::new(["user"])
+    }
+}
+
+impl IgnoreList {
+    /// Ignores these fields (top-level names or dotted paths).
+    pub fn new<I, S>(fields: I) -> Self
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<str>,
+    {
+        let paths: Vec<Box<[Box<str>]>> = fields
+            .into_iter()
+            .filter(|f| !f.as_ref().is_empty())
+            .map(|f| f.as_ref().split('.').map(Box::from).collect())
+            .collect();
+        Self {
+            paths: paths.into(),
+        }
+    }
+
+    /// Ignores nothing.
+    pub fn none() -> Self {
+        Self {
+            paths: Arc::new([]),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+    }
+
+    /// Removes the ignored fields from a parsed body.
+    fn strip(&self, value: &mut Value) {
+        for path in self.paths.iter() {
+            remove_path(value, path);
+        }
+    }
+}
+
+fn remove_path(value: &mut Value, path: &[Box<str>]) {
+    let Value::Object(map) = value else {
+        return;
+    };
+    match path {
+        [] => {}
+        [last] => {
+            map.remove(last.as_ref());
+        }
+        [first, rest @ ..] => {
+            if let Some(inner) = map.get_mut(first.as_ref()) {
+                remove_path(inner, rest);
+            }
+        }
+    }
+}
+
+/// A cache key: a 256-bit BLAKE3 digest of everything in a request that can
+/// change its answer, and of its scope.
+///
+/// In it: the method, the path with its query, the configured `vary`
+/// headers, the scope (whose answer this is) and the whole body. A JSON body
+/// is hashed in its canonical form ([RFC 8785] style: object keys sorted by
+/// their UTF-16 code units, no insignificant whitespace, numbers normalised
+/// so `1`, `1.0` and `1e0` are one number), so key order and formatting
+/// don't split the cache, while `model`, `messages`, `tools`, `temperature`,
+/// `seed`, `n`, `response_format` and every other parameter, known or not,
+/// do. Only the fields of an explicit [`IgnoreList`] are left out.
+///
+/// **Malformed JSON is keyed as bytes**: a body that doesn't parse (or isn't
+/// JSON: a protobuf message, a form) is hashed as its raw bytes, in a domain
+/// of its own, so it never collides with a JSON body; never a panic.
+///
+/// The request itself (the prompt, the API key) never appears in a Redis
+/// key name or a log line: only this digest does.
+///
+/// [RFC 8785]: https://www.rfc-editor.org/rfc/rfc8785
+///
+/// Shown (`Display`) as 64 hex digits, the form
+/// [`CacheHandle::invalidate_key`](crate::CacheHandle::invalidate_key) and the
+/// `key` parameter of `Cache-Status` use.
+///
+/// # Example
+/// ```
+/// use http::Method;
+/// use tower_ai_core::key::ClientKey;
+/// use tower_ai_cache::{CacheKey, IgnoreList, KeyScope};
+///
+/// let tenant = KeyScope::Caller(ClientKey::digest("api-key", "sk-tenant-1"));
+/// let ignore = IgnoreList::default(); // leaves out `user`
+/// let key = |body: &str| {
+///     CacheKey::for_request(&Method::POST, "/v1/chat/completions", body.as_bytes(), &tenant, &ignore)
+/// };
+///
+/// let a = key(r#"{"model":"m","temperature":0,"messages":[{"role":"user","content":"hi"}]}"#);
+/// let b = key(r#"{ "messages": [ {"content":"hi", "role":"user"} ], "temperature": 0.0, "model": "m", "user": "u-7" }"#);
+/// let c = key(r#"{"model":"m","temperature":0.2,"messages":[{"role":"user","content":"hi"}]}"#);
+/// assert_eq!(a, b); // key order, whitespace, `0` vs `0.0`, an ignored field
+/// assert_ne!(a, c); // a different temperature
+///
+/// let other = KeyScope::Caller(ClientKey::digest("api-key", "sk-tenant-2"));
+/// let d = CacheKey::for_request(&Method::POST, "/v1/chat/completions",
+///     br#"{"model":"m","temperature":0,"messages":[{"role":"user","content":"hi"}]}"#, &other, &ignore);
+/// assert_ne!(a, d); // another tenant never shares an entry
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CacheKey([u8; 32]);
+
+impl CacheKey {
+    /// The key of a request with this method, path (with its query), body
+    /// and scope, leaving out the fields in `ignore`.
+    ///
+    /// A body that parses as JSON is hashed in its canonical form; anything
+    /// else as its bytes. Costs one parse of the body (for JSON) and one
+    /// BLAKE3 pass; never panics.
+    pub fn for_request(
+        method: &Method,
+        path_and_query: &str,
+        body: &[u8],
+        scope: &KeyScope,
+        ignore: &IgnoreList,
+    ) -> Self {
+        KeyInput {
+            method,
+            path_and_query,
+            vary: &[],
+            headers: None,
+            scope,
+            ignore,
+        }
+        .digest(body)
+        .0
+    }
+
+    /// The raw digest.
+    pub const fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// A key from its raw digest.
+    pub const fn from_bytes(bytes: [u8; 32]) -> Self {
+        Self(bytes)
+    }
+
+    /// Reads the 64 hex digits [`Display`](fmt::Display) writes.
+    pub fn from_hex(hex: &str) -> Option<Self> {
+        let hex = hex.as_bytes();
+        if hex.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (i, pair) in hex.chunks_exact(2).enumerate() {
+            let hi = hex_value(pair[0])?;
+            let lo = hex_value(pair[1])?;
+            out[i] = hi << 4 | lo;
+        }
+        Some(Self(out))
+    }
+
+    /// The first 8 hex digits, for logs.
+    pub(crate) fn short(&self) -> String {
+        let mut s = String::with_capacity(8);
+        for b in &self.0[..4] {
+            push_hex(&mut s, *b);
+        }
+        s
+    }
+}
+
+fn hex_value(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        b'A'..=b'F' => Some(c - b'A' + 10),
+        _ => None,
+    }
+}
+
+pub(crate) fn push_hex(s: &mut String, b: u8) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    s.push(char::from(HEX[usize::from(b >> 4)]));
+    s.push(char::from(HEX[usize::from(b & 0xf)]));
+}
+
+impl fmt::Display for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut s = String::with_capacity(64);
+        for b in &self.0 {
+            push_hex(&mut s, *b);
+        }
+        f.write_str(&s)
+    }
+}
+
+impl fmt::Debug for CacheKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CacheKey({})", self.short())
+    }
+}
+
+/// Everything but the body that goes into a key.
+pub(crate) struct KeyInput<'a> {
+    pub(crate) method: &'a Method,
+    pub(crate) path_and_query: &'a str,
+    pub(crate) vary: &'a [HeaderName],
+    pub(crate) headers: Option<&'a HeaderMap>,
+    pub(crate) scope: &'a KeyScope,
+    pub(crate) ignore: &'a IgnoreList,
+}
+
+/// What the body said about itself while it was keyed.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct BodyFacts {
+    /// The JSON body's `model`, when it has one.
+    pub(crate) model: Option<Arc<str>>,
+    /// Whether the JSON body asks for a deterministic answer
+    /// (`temperature` 0 or a `seed`).
+    pub(crate) deterministic: bool,
+}
+
+impl KeyInput<'_> {
+    /// The key, and what the body says about itself.
+    pub(crate) fn digest(&self, body: &[u8]) -> (CacheKey, BodyFacts) {
+        // One buffer, hashed at once: many tiny hasher updates cost more
+        // than the copy.
+        let mut buf = Vec::with_capacity(body.len() + self.path_and_query.len() + 96);
+        // Writing into a Vec never fails; each part is length-prefixed so
+        // no two different requests write the same bytes.
+        let _ = self.write_head(&mut buf);
+        let facts = write_body(&mut buf, body, self.ignore);
+        (
+            CacheKey(*blake3::keyed_hash(&KEY_KEY, &buf).as_bytes()),
+            facts,
+        )
+    }
+
+    /// A digest of the head and the body's raw bytes: equal for byte-equal
+    /// requests only (a cryptographic hash, so never equal by accident).
+    fn raw_digest(&self, body: &[u8]) -> [u8; 32] {
+        let mut head = Vec::with_capacity(self.path_and_query.len() + 96);
+        let _ = self.write_head(&mut head);
+        let mut hasher = blake3::Hasher::new_keyed(&RAW_KEY);
+        hasher.update(&(head.len() as u64).to_le_bytes());
+        hasher.update(&head);
+        hasher.update(body);
+        *hasher.finalize().as_bytes()
+    }
+
+    fn write_head(&self, w: &mut impl Write) -> io::Result<()> {
+        write_field(w, self.method.as_str().as_bytes())?;
+        write_field(w, self.path_and_query.as_bytes())?;
+        self.scope.write(w)?;
+        write_len(w, self.vary.len())?;
+        for name in self.vary {
+            write_field(w, name.as_str().as_bytes())?;
+            let values = self
+                .headers
+                .map(|h| h.get_all(name).iter().collect::<Vec<_>>())
+                .unwrap_or_default();
+            write_len(w, values.len())?;
+            for v in values {
+                write_field(w, v.as_bytes())?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Remembers the keys of recently seen request bytes, so that a repeated
+/// request (byte for byte, as a retrying client or a hot prompt sends it)
+/// is keyed by one hash of its bytes instead of a JSON parse, a canonical
+/// rewrite and a hash. The mapping is a pure function of the bytes, so it is
+/// never stale; the map is bounded.
+pub(crate) struct Aliases {
+    map: moka::sync::Cache<[u8; 32], (CacheKey, BodyFacts)>,
+}
+
+impl fmt::Debug for Aliases {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Aliases").finish_non_exhaustive()
+    }
+}
+
+impl Aliases {
+    pub(crate) fn new() -> Self {
+        Self {
+            map: moka::sync::Cache::new(ALIASES),
+        }
+    }
+
+    /// The key of a request, and what its body says about itself.
+    pub(crate) fn key(&self, input: &KeyInput<'_>, body: &[u8]) -> (CacheKey, BodyFacts) {
+        // An empty or tiny body is as cheap to key directly.
+        if body.len() < 64 {
+            return input.digest(body);
+        }
+        let raw = input.raw_digest(body);
+        if let Some(known) = self.map.get(&raw) {
+            return known;
+        }
+        let keyed = input.digest(body);
+        self.map.insert(raw, keyed.clone());
+        keyed
+    }
+}
+
+fn write_body(w: &mut impl Write, body: &[u8], ignore: &IgnoreList) -> BodyFacts {
+    let parsed = if starts_like_json(body) {
+        serde_json::from_slice::<Value>(body).ok()
+    } else {
+        None
+    };
+    match parsed {
+        Some(mut value) => {
+            if !ignore.is_empty() {
+                ignore.strip(&mut value);
+            }
+            let facts = facts_of(&value);
+            let _ = w.write_all(b"J");
+            let _ = write_canonical(w, &value);
+            facts
+        }
+        None => {
+            let _ = w.write_all(b"R");
+            let _ = write_field(w, body);
+            BodyFacts::default()
+        }
+    }
+}
+
+/// Whether the first non-whitespace byte could start a JSON text (saves a
+/// failed parse of a binary body).
+fn starts_like_json(body: &[u8]) -> bool {
+    body.iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        .is_some_and(|b| {
+            matches!(
+                b,
+                b'{' | b'[' | b'"' | b'-' | b'0'..=b'9' | b't' | b'f' | b'n'
+            )
+        })
+}
+
+fn facts_of(value: &Value) -> BodyFacts {
+    let Value::Object(map) = value else {
+        return BodyFacts::default();
+    };
+    let model = map.get("model").and_then(Value::as_str).map(Arc::from);
+    let zero_temperature = map
+        .get("temperature")
+        .and_then(Value::as_f64)
+        .is_some_and(|t| t == 0.0);
+    let seeded = map.get("seed").is_some_and(|s| !s.is_null());
+    BodyFacts {
+        model,
+        deterministic: zero_temperature || seeded,
+    }
+}
+
+fn write_len(w: &mut impl Write, len: usize) -> io::Result<()> {
+    w.write_all(&(len as u64).to_le_bytes())
+}
+
+fn write_field(w: &mut impl Write, bytes: &[u8]) -> io::Result<()> {
+    write_len(w, bytes.len())?;
+    w.write_all(bytes)
+}
+
+/// Writes `value` as canonical JSON: object members sorted by the UTF-16
+/// code units of their names (RFC 8785 §3.2.3), no whitespace, strings
+/// escaped as `JSON.stringify` does, numbers normalised.
+pub(crate) fn write_canonical(w: &mut impl Write, value: &Value) -> io::Result<()> {
+    match value {
+        Value::Null => w.write_all(b"null"),
+        Value::Bool(true) => w.write_all(b"true"),
+        Value::Bool(false) => w.write_all(b"false"),
+        Value::Number(n) => write_number(w, n),
+        Value::String(s) => write_string(w, s),
+        Value::Array(items) => {
+            w.write_all(b"[")?;
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    w.write_all(b",")?;
+                }
+                write_canonical(w, item)?;
+            }
+            w.write_all(b"]")
+        }
+        Value::Object(map) => {
+            w.write_all(b"{")?;
+            // serde_json's map iterates sorted by bytes unless
+            // `preserve_order` is on somewhere in the build; for ASCII names
+            // that is the UTF-16 order already. Otherwise, sort.
+            if map.keys().all(|k| k.is_ascii()) && map.keys().is_sorted() {
+                write_members(w, map.iter())?;
+            } else {
+                let mut members: Vec<(&String, &Value)> = map.iter().collect();
+                members.sort_by(|a, b| utf16_cmp(a.0, b.0));
+                write_members(w, members.into_iter())?;
+            }
+            w.write_all(b"}")
+        }
+    }
+}
+
+fn write_members<'a>(
+    w: &mut impl Write,
+    members: impl Iterator<Item = (&'a String, &'a Value)>,
+) -> io::Result<()> {
+    for (i, (name, item)) in members.enumerate() {
+        if i > 0 {
+            w.write_all(b",")?;
+        }
+        write_string(w, name)?;
+        w.write_all(b":")?;
+        write_canonical(w, item)?;
+    }
+    Ok(())
+}
+
+/// Canonical JSON of `value` as a string (see [`write_canonical`]).
+pub fn canonical_json(value: &Value) -> String {
+    let mut out = Vec::new();
+    let _ = write_canonical(&mut out, value);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+fn utf16_cmp(a: &str, b: &str) -> Ordering {
+    if a.is_ascii() && b.is_ascii() {
+        return a.cmp(b);
+    }
+    a.encode_utf16().cmp(b.encode_utf16())
+}
+
+fn write_string(w: &mut impl Write, s: &str) -> io::Result<()> {
+    // serde_json escapes exactly what JSON.stringify escapes: `"`, `\`, and
+    // control characters (as \b \f \n \r \t or \u00xx, lowercase).
+    serde_json::to_writer(&mut *w, s).map_err(io::Error::other)
+}
+
+/// Integers are written as integers (`1.0` and `1e0` are `1`); other numbers
+/// in Rust's shortest round-trip form, which is one text per `f64`.
+fn write_number(w: &mut impl Write, n: &serde_json::Number) -> io::Result<()> {
+    if let Some(u) = n.as_u64() {
+        return write!(w, "{u}");
+    }
+    if let Some(i) = n.as_i64() {
+        return write!(w, "{i}");
+    }
+    let f = n.as_f64().unwrap_or(0.0);
+    // Below 2^53 an integral f64 is an exact integer.
+    if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 {
+        #[allow(clippy::cast_possible_truncation)]
+        let i = f as i64;
+        return write!(w, "{i}");
+    }
+    write!(w, "{f}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn canon(text: &str) -> String {
+        serde_json::from_str::<Value>(text)
+            .map(|v| canonical_json(&v))
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn canonical_form() {
+        assert_eq!(
+            canon(r#" { "b" : [1, 2.0, -0.0, 1e2, 0.5, 1E-7], "a": {"y":null,"x":true} } "#),
+            r#"{"a":{"x":true,"y":null},"b":[1,2,0,100,0.5,0.0000001]}"#
+        );
+        assert_eq!(canon(r#""\u00e9\n\u001f\"""#), "\"é\\n\\u001f\\\"\"");
+        // UTF-16 order: U+1F600 (surrogates D83D…) sorts before U+FF61.
+        assert_eq!(
+            canon("{\"\u{ff61}\":1,\"\u{1f600}\":2}"),
+            "{\"\u{1f600}\":2,\"\u{ff61}\":1}"
+        );
+        assert_eq!(canon("18446744073709551615"), "18446744073709551615");
+        assert_eq!(canon("-9223372036854775808"), "-9223372036854775808");
+    }
+
+    #[test]
+    fn hex_round_trip() {
+        let key = CacheKey::for_request(
+            &Method::GET,
+            "/",
+            b"",
+            &KeyScope::Public,
+            &IgnoreList::none(),
+        );
+        let hex = key.to_string();
+        assert_eq!(hex.len(), 64);
+        assert_eq!(CacheKey::from_hex(&hex), Some(key));
+        assert_eq!(CacheKey::from_hex(&hex.to_uppercase()), Some(key));
+        assert_eq!(CacheKey::from_hex("zz"), None);
+        assert_eq!(CacheKey::from_hex(&"g".repeat(64)), None);
+    }
+
+    #[test]
+    fn ignore_paths() {
+        let ignore = IgnoreList::new(["user", "metadata.trace"]);
+        let key = |body: &str| {
+            CacheKey::for_request(
+                &Method::POST,
+                "/",
+                body.as_bytes(),
+                &KeyScope::Public,
+                &ignore,
+            )
+        };
+        assert_eq!(
+            key(r#"{"a":1,"user":"x","metadata":{"trace":"1","keep":2}}"#),
+            key(r#"{"a":1,"metadata":{"keep":2,"trace":"2"}}"#)
+        );
+        assert_ne!(
+            key(r#"{"a":1,"metadata":{"keep":2}}"#),
+            key(r#"{"a":1,"metadata":{"keep":3}}"#)
+        );
+    }
+
+    #[test]
+    fn aliases_give_the_canonical_key() {
+        let aliases = Aliases::new();
+        let body = br#"{"model":"m","temperature":0,"messages":[{"role":"user","content":"a prompt of more than sixty-four bytes"}]}"#;
+        let tenant = |name: &str| KeyScope::Caller(ClientKey::digest("api-key", name));
+        let (a, b) = (tenant("a"), tenant("b"));
+        let ignore = IgnoreList::default();
+        let input = |scope| KeyInput {
+            method: &Method::POST,
+            path_and_query: "/v1/chat/completions",
+            vary: &[],
+            headers: None,
+            scope,
+            ignore: &ignore,
+        };
+        let direct = input(&a).digest(body);
+        for _ in 0..2 {
+            let aliased = aliases.key(&input(&a), body);
+            assert_eq!(aliased.0, direct.0);
+            assert_eq!(aliased.1.model.as_deref(), Some("m"));
+            assert!(aliased.1.deterministic);
+        }
+        // The same bytes under another scope are another key.
+        assert_ne!(aliases.key(&input(&b), body).0, direct.0);
+        assert_eq!(aliases.key(&input(&b), body).0, input(&b).digest(body).0);
+    }
+
+    #[test]
+    fn raw_and_json_domains_differ() {
+        let key = |body: &[u8]| {
+            CacheKey::for_request(
+                &Method::POST,
+                "/",
+                body,
+                &KeyScope::Public,
+                &IgnoreList::none(),
+            )
+        };
+        assert_ne!(key(b"{\"a\":1"), key(b"{\"a\":1}"));
+        assert_eq!(key(b"\xff\x00binary"), key(b"\xff\x00binary"));
+        assert_ne!(key(b"\xff\x00binary"), key(b"\xff\x00binarz"));
+    }
+}

@@ -1,0 +1,802 @@
+//! L2: entries shared by every replica in Redis, the cross-replica lock and
+//! stream recording, and invalidation by pub/sub.
+//!
+//! Keys, all under one hash tag per cache key (so each script's keys share a
+//! Cluster slot), with the tag a digest: no prompt or API key ever appears in
+//! a key name.
+//!
+//! | key | what |
+//! |---|---|
+//! | `{prefix}:cache:{K}:v` | the entry (binary), `PX` = TTL + stale grace |
+//! | `{prefix}:cache:{K}:l` | the leader's lock (`SET NX PX`), renewed as its stream passes |
+//! | `{prefix}:cache:{K}:s` | the recording in flight (a Redis Stream: `h` head, `d` data, `e` end) |
+//! | `{prefix}:cache:{T}:t` | a tag's set of entry keys |
+//!
+//! A hit costs one `GET`. A miss costs that and one script (`GET` +
+//! `SET NX PX`). Invalidations are published on `{prefix}:cache:invalidate`;
+//! every replica's subscriber evicts its L1 copies, and flushes its whole L1
+//! when its subscription reconnects (it may have missed messages).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use fred::clients::Client;
+use fred::interfaces::{
+    ClientLike, EventInterface, KeysInterface, PubsubInterface, StreamsInterface,
+};
+use fred::types::Value;
+use futures_util::StreamExt;
+use parking_lot::Mutex;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tower_ai_core::redis::{Degrade, DegradeConfig, KeySpace, Script, Tag, Unavailable};
+
+use crate::entry::{Entry, Head, millis};
+use crate::key::CacheKey;
+use crate::store::memory::L1;
+use crate::store::{END_ABORTED, END_STORED};
+use crate::tag::TagId;
+
+/// `GET` the value and try to take the lock; a new leader starts a fresh
+/// stream.
+const LOCK: &str = r"
+local v = redis.call('GET', KEYS[1])
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  redis.call('DEL', KEYS[3])
+  return {1, v}
+end
+return {0, v}
+";
+
+/// Stores the value; the lock's owner also releases it and ends its stream.
+const STORE: &str = r"
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+if redis.call('GET', KEYS[2]) == ARGV[3] then
+  redis.call('DEL', KEYS[2])
+  redis.call('XADD', KEYS[3], '*', 'e', ARGV[5])
+  redis.call('PEXPIRE', KEYS[3], ARGV[4])
+end
+return 1
+";
+
+/// Ends the owner's stream without a value and releases its lock.
+const END: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  redis.call('XADD', KEYS[2], '*', 'e', ARGV[3])
+  redis.call('PEXPIRE', KEYS[2], ARGV[2])
+end
+return 1
+";
+
+/// Appends to the owner's stream and renews its lock; 0 once the lock is
+/// someone else's.
+const APPEND: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('XADD', KEYS[2], '*', ARGV[2], ARGV[3])
+redis.call('PEXPIRE', KEYS[2], ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
+return 1
+";
+
+/// Whether the value and the lock exist.
+const PROBE: &str = r"
+return {redis.call('EXISTS', KEYS[1]), redis.call('EXISTS', KEYS[2])}
+";
+
+/// Adds an entry key to a tag's set, keeping the set as long as its
+/// longest-lived entry.
+const TAG: &str = r"
+redis.call('SADD', KEYS[1], ARGV[1])
+if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 1
+";
+
+/// Takes up to ARGV[1] members out of a tag's set.
+const TAKE: &str = r"
+return redis.call('SPOP', KEYS[1], ARGV[1])
+";
+
+/// What the lock script found.
+#[derive(Debug)]
+pub(crate) struct Locked {
+    /// Whether this call took the lock.
+    pub(crate) acquired: bool,
+    /// The value present at the time (fresh or stale), if any.
+    pub(crate) value: Option<Entry>,
+}
+
+/// One item of a recording read from Redis.
+#[derive(Debug)]
+pub(crate) enum Item {
+    Head(Head),
+    Data(Bytes),
+    End(String),
+}
+
+/// How an L2 store is configured.
+#[derive(Debug, Clone)]
+pub(crate) struct L2Config {
+    pub(crate) prefix: String,
+    pub(crate) degrade: DegradeConfig,
+    pub(crate) lock_ttl: Duration,
+    pub(crate) stream_keep: Duration,
+    pub(crate) block: Duration,
+    pub(crate) blocking_connections: usize,
+}
+
+struct Scripts {
+    lock: Script,
+    store: Script,
+    end: Script,
+    append: Script,
+    probe: Script,
+    tag: Script,
+    take: Script,
+}
+
+/// The Redis side of the cache.
+pub(crate) struct L2 {
+    client: Client,
+    keys: KeySpace,
+    channel: String,
+    degrade: Degrade,
+    follow: Degrade,
+    scripts: Scripts,
+    instance: String,
+    seq: AtomicU64,
+    config: L2Config,
+    pool: BlockingPool,
+    seen_recoveries: AtomicU64,
+    _stop: watch::Sender<()>,
+}
+
+impl std::fmt::Debug for L2 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("L2")
+            .field("keys", &self.keys)
+            .field("degrade", &self.degrade)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The key names of one entry.
+pub(crate) struct Names {
+    pub(crate) value: String,
+    pub(crate) lock: String,
+    pub(crate) stream: String,
+}
+
+impl L2 {
+    /// The L2 store on `client`; starts the invalidation subscriber (a
+    /// connection of its own), which evicts from `l1`.
+    pub(crate) fn start(client: Client, config: L2Config, l1: L1) -> Arc<Self> {
+        let keys = KeySpace::new(&config.prefix, "cache");
+        let channel = format!("{}:cache:invalidate", config.prefix);
+        let degrade = Degrade::new("cache", config.degrade.clone());
+        // Blocking reads wait up to `block` by design: their own state, with a
+        // timeout that leaves room for it.
+        let follow = Degrade::new(
+            "cache-follow",
+            config
+                .degrade
+                .clone()
+                .timeout(config.block + config.degrade.timeout.max(Duration::from_millis(250))),
+        );
+        let (stop, stopped) = watch::channel(());
+        let instance = instance_id();
+        let l2 = Arc::new(Self {
+            pool: BlockingPool::new(client.clone(), config.blocking_connections),
+            client,
+            keys,
+            channel,
+            degrade,
+            follow,
+            scripts: Scripts {
+                lock: Script::new(LOCK),
+                store: Script::new(STORE),
+                end: Script::new(END),
+                append: Script::new(APPEND),
+                probe: Script::new(PROBE),
+                tag: Script::new(TAG),
+                take: Script::new(TAKE),
+            },
+            instance,
+            seq: AtomicU64::new(0),
+            config,
+            seen_recoveries: AtomicU64::new(0),
+            _stop: stop,
+        });
+        let subscriber = l2.client.clone_new();
+        tokio::spawn(listen(subscriber, l2.channel.clone(), l1, stopped));
+        l2
+    }
+
+    pub(crate) fn degrade(&self) -> &Degrade {
+        &self.degrade
+    }
+
+    /// Whether Redis came back since the last call (then L1 must be
+    /// flushed: invalidations may have been missed).
+    pub(crate) fn recovered(&self) -> bool {
+        let now = self.degrade.recoveries();
+        let seen = self.seen_recoveries.load(Ordering::Acquire);
+        now != seen
+            && self
+                .seen_recoveries
+                .compare_exchange(seen, now, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+    }
+
+    fn names(&self, key: &CacheKey) -> Names {
+        let mut hex = String::with_capacity(32);
+        for b in &key.as_bytes()[..16] {
+            crate::key::push_hex(&mut hex, *b);
+        }
+        let tag = Tag::fixed(&hex);
+        Names {
+            value: self.keys.key(&tag, "v"),
+            lock: self.keys.key(&tag, "l"),
+            stream: self.keys.key(&tag, "s"),
+        }
+    }
+
+    fn tag_key(&self, tag: TagId) -> String {
+        self.keys.key(&Tag::fixed(&tag.hex()), "t")
+    }
+
+    /// A lock token unique to this call.
+    pub(crate) fn owner(&self) -> String {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n}", self.instance)
+    }
+
+    fn count_error(op: &'static str, e: &Unavailable) {
+        if !matches!(e, Unavailable::Degraded { .. }) {
+            metrics::counter!("tower_ai_cache_l2_errors_total", "op" => op).increment(1);
+            tracing::debug!(op, error = %e, "cache: Redis call failed");
+        }
+    }
+
+    /// The entry, fresh or stale. One `GET`.
+    pub(crate) async fn get(&self, key: &CacheKey) -> Result<Option<Entry>, Unavailable> {
+        let name = self.names(key).value;
+        let value = self
+            .degrade
+            .call(self.client.get::<Value, _>(name))
+            .await
+            .inspect_err(|e| Self::count_error("get", e))?;
+        Ok(decode(value))
+    }
+
+    /// Reads the value and tries to take the lock for `owner`. One script.
+    pub(crate) async fn lock(&self, key: &CacheKey, owner: &str) -> Result<Locked, Unavailable> {
+        let n = self.names(key);
+        let reply: Value = self
+            .degrade
+            .call(self.scripts.lock.call(
+                &self.client,
+                vec![n.value, n.lock, n.stream],
+                vec![owner.to_owned(), millis(self.config.lock_ttl).to_string()],
+            ))
+            .await
+            .inspect_err(|e| Self::count_error("lock", e))?;
+        let mut items = reply.into_array().into_iter();
+        let acquired = items.next().and_then(|v| v.as_i64()) == Some(1);
+        let value = items.next().and_then(decode);
+        Ok(Locked { acquired, value })
+    }
+
+    /// Whether the value and the lock exist.
+    pub(crate) async fn probe(&self, key: &CacheKey) -> Result<(bool, bool), Unavailable> {
+        let n = self.names(key);
+        let reply: Value = self
+            .degrade
+            .call(self.scripts.probe.call(
+                &self.client,
+                vec![n.value, n.lock],
+                Vec::<String>::new(),
+            ))
+            .await
+            .inspect_err(|e| Self::count_error("probe", e))?;
+        let items = reply.into_array();
+        let flag = |i: usize| items.get(i).and_then(Value::as_i64) == Some(1);
+        Ok((flag(0), flag(1)))
+    }
+
+    /// Appends a recording item for the lock's owner and renews the lock;
+    /// `false` once the lock is someone else's.
+    pub(crate) async fn append(
+        &self,
+        key: &CacheKey,
+        owner: &str,
+        kind: &'static str,
+        payload: Bytes,
+    ) -> Result<bool, Unavailable> {
+        let n = self.names(key);
+        let lock_ms = millis(self.config.lock_ttl);
+        let args: Vec<Value> = vec![
+            owner.into(),
+            kind.into(),
+            Value::Bytes(payload),
+            (lock_ms + millis(self.config.stream_keep))
+                .to_string()
+                .into(),
+            lock_ms.to_string().into(),
+        ];
+        let reply: i64 = self
+            .degrade
+            .call(
+                self.scripts
+                    .append
+                    .call(&self.client, vec![n.lock, n.stream], args),
+            )
+            .await
+            .inspect_err(|e| Self::count_error("append", e))?;
+        Ok(reply == 1)
+    }
+
+    /// Stores an entry (for `keep` from now); if `owner` holds the lock, it
+    /// is released and its recording ended with `end`. Then adds the entry
+    /// to its tags' sets.
+    pub(crate) async fn store(
+        &self,
+        key: &CacheKey,
+        entry: &Entry,
+        keep: Duration,
+        owner: Option<&str>,
+        end: &'static str,
+    ) -> Result<(), Unavailable> {
+        let n = self.names(key);
+        let px = millis(keep).max(1);
+        let args: Vec<Value> = vec![
+            Value::Bytes(entry.encode()),
+            px.to_string().into(),
+            owner.unwrap_or("").into(),
+            millis(self.config.stream_keep).to_string().into(),
+            end.into(),
+        ];
+        let value_name = n.value.clone();
+        self.degrade
+            .call(self.scripts.store.call::<i64, _, _, _>(
+                &self.client,
+                vec![n.value, n.lock, n.stream],
+                args,
+            ))
+            .await
+            .inspect_err(|e| Self::count_error("store", e))?;
+        for tag in &entry.tags {
+            let tag_key = self.tag_key(*tag);
+            self.degrade
+                .call(self.scripts.tag.call::<i64, _, _, _>(
+                    &self.client,
+                    vec![tag_key],
+                    vec![value_name.clone(), px.to_string()],
+                ))
+                .await
+                .inspect_err(|e| Self::count_error("tag", e))?;
+        }
+        Ok(())
+    }
+
+    /// Releases `owner`'s lock and ends its recording with `end`.
+    pub(crate) async fn end(&self, key: &CacheKey, owner: &str, end: &'static str) {
+        let n = self.names(key);
+        let _ = self
+            .degrade
+            .call(self.scripts.end.call::<i64, _, _, _>(
+                &self.client,
+                vec![n.lock, n.stream],
+                vec![
+                    owner.to_owned(),
+                    millis(self.config.stream_keep).to_string(),
+                    end.to_owned(),
+                ],
+            ))
+            .await
+            .inspect_err(|e| Self::count_error("end", e));
+    }
+
+    /// Deletes one entry and tells every replica. `Ok(true)` if it existed.
+    pub(crate) async fn invalidate_key(&self, key: &CacheKey) -> Result<bool, Unavailable> {
+        let n = self.names(key);
+        let removed: i64 = self
+            .degrade
+            .call(self.client.del::<i64, _>(n.value))
+            .await
+            .inspect_err(|e| Self::count_error("del", e))?;
+        self.publish(format!("k:{key}")).await?;
+        Ok(removed > 0)
+    }
+
+    /// Deletes every entry of a tag and tells every replica. Returns how
+    /// many entries were deleted.
+    pub(crate) async fn invalidate_tag(&self, tag: TagId) -> Result<u64, Unavailable> {
+        let set = self.tag_key(tag);
+        let mut removed = 0u64;
+        loop {
+            let members: Value = self
+                .degrade
+                .call(self.scripts.take.call(
+                    &self.client,
+                    vec![set.clone()],
+                    vec!["512".to_owned()],
+                ))
+                .await
+                .inspect_err(|e| Self::count_error("take", e))?;
+            let names: Vec<String> = members
+                .into_array()
+                .into_iter()
+                .filter_map(|v| v.as_string())
+                .collect();
+            if names.is_empty() {
+                break;
+            }
+            // Each entry has its own slot: delete them one by one, 32 at a time.
+            let deleted: Vec<Result<i64, Unavailable>> = futures_util::stream::iter(names)
+                .map(|name| self.degrade.call(self.client.del::<i64, _>(name)))
+                .buffer_unordered(32)
+                .collect()
+                .await;
+            for d in deleted {
+                removed +=
+                    u64::try_from(d.inspect_err(|e| Self::count_error("del", e))?).unwrap_or(0);
+            }
+        }
+        self.publish(format!("t:{}", tag.hex())).await?;
+        Ok(removed)
+    }
+
+    /// Tells every replica to flush its L1.
+    pub(crate) async fn flush_replicas(&self) -> Result<(), Unavailable> {
+        self.publish("all".to_owned()).await
+    }
+
+    async fn publish(&self, message: String) -> Result<(), Unavailable> {
+        self.degrade
+            .call(
+                self.client
+                    .publish::<i64, _, _>(self.channel.clone(), message),
+            )
+            .await
+            .inspect_err(|e| Self::count_error("publish", e))
+            .map(drop)
+    }
+
+    /// Reads the recording from after `last_id`: waits up to the block time
+    /// for something new on a connection of its own when one is free, else
+    /// polls. Empty when nothing came.
+    pub(crate) async fn read(
+        &self,
+        key: &CacheKey,
+        last_id: &str,
+        conn: Option<&Client>,
+    ) -> Result<Vec<(String, Item)>, Unavailable> {
+        let stream = self.names(key).stream;
+        let reply: Value = match conn {
+            Some(conn) => {
+                let block = millis(self.config.block);
+                self.follow
+                    .call(conn.xread::<Value, _, _>(Some(256), Some(block), stream, last_id))
+                    .await
+            }
+            None => {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+                self.degrade
+                    .call(
+                        self.client
+                            .xread::<Value, _, _>(Some(256), None, stream, last_id),
+                    )
+                    .await
+            }
+        }
+        .inspect_err(|e| Self::count_error("xread", e))?;
+        Ok(parse_xread(reply))
+    }
+
+    /// A connection for blocking reads, while one of the bounded set is free.
+    pub(crate) async fn blocking_connection(&self) -> Option<PooledConnection<'_>> {
+        self.pool
+            .acquire(self.degrade.timeout().max(Duration::from_millis(500)))
+            .await
+    }
+}
+
+fn decode(value: Value) -> Option<Entry> {
+    let bytes = value.into_bytes()?;
+    let entry = Entry::decode(&bytes);
+    if entry.is_none() {
+        metrics::counter!("tower_ai_cache_l2_errors_total", "op" => "decode").increment(1);
+    }
+    entry
+}
+
+/// `[[stream, [[id, [field, value, …]], …]]]` (RESP2) or a map (RESP3).
+fn parse_xread(reply: Value) -> Vec<(String, Item)> {
+    let streams = match reply {
+        Value::Null => return Vec::new(),
+        Value::Map(map) => map.inner().into_values().collect(),
+        Value::Array(items) => items
+            .into_iter()
+            .filter_map(|s| s.into_array().into_iter().nth(1))
+            .collect::<Vec<_>>(),
+        _ => return Vec::new(),
+    };
+    let mut out = Vec::new();
+    for entries in streams {
+        for entry in entries.into_array() {
+            let mut parts = entry.into_array().into_iter();
+            let (Some(id), Some(fields)) = (parts.next(), parts.next()) else {
+                continue;
+            };
+            let Some(id) = id.as_string() else { continue };
+            let mut fields = fields.into_array().into_iter();
+            while let (Some(field), Some(value)) = (fields.next(), fields.next()) {
+                let item = match field.as_string().as_deref() {
+                    Some("h") => value
+                        .into_bytes()
+                        .and_then(|b| Head::decode(&b))
+                        .map(Item::Head),
+                    Some("d") => value.into_bytes().map(Item::Data),
+                    Some("e") => value.as_string().map(Item::End),
+                    _ => None,
+                };
+                if let Some(item) = item {
+                    out.push((id.clone(), item));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Evicts L1 entries as invalidations arrive; flushes L1 when the
+/// subscription (re)connects or falls behind. Ends when the layer is gone.
+async fn listen(subscriber: Client, channel: String, l1: L1, mut stopped: watch::Receiver<()>) {
+    let mut messages = subscriber.message_rx();
+    let mut reconnects = subscriber.reconnect_rx();
+    subscriber.connect();
+    let subscribe = || async {
+        loop {
+            let attempt = tokio::time::timeout(
+                Duration::from_secs(1),
+                subscriber.subscribe(channel.clone()),
+            );
+            match attempt.await {
+                Ok(Ok(())) => return,
+                Ok(Err(e)) => {
+                    tracing::debug!(error = %e, "cache: subscribing to invalidations failed; retrying");
+                }
+                Err(_) => {
+                    tracing::debug!("cache: subscribing to invalidations timed out; retrying")
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::select! {
+        () = subscribe() => {}
+        _ = stopped.changed() => {
+            let _ = subscriber.quit().await;
+            return;
+        }
+    }
+    loop {
+        tokio::select! {
+            message = messages.recv() => match message {
+                Ok(message) => {
+                    let text = message.value.as_string().unwrap_or_default();
+                    apply(&l1, &text);
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    tracing::info!("cache: invalidations fell behind; flushing L1");
+                    l1.clear();
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            },
+            reconnect = reconnects.recv() => {
+                if reconnect.is_err() {
+                    continue;
+                }
+                // Invalidations may have been missed while disconnected.
+                tracing::info!("cache: invalidation subscriber reconnected; flushing L1");
+                metrics::counter!("tower_ai_cache_l1_flushes_total", "reason" => "reconnect").increment(1);
+                l1.clear();
+                subscribe().await;
+            }
+            _ = stopped.changed() => break,
+        }
+    }
+    let _ = subscriber.quit().await;
+}
+
+/// Applies one invalidation message to L1.
+pub(crate) fn apply(l1: &L1, message: &str) {
+    if let Some(hex) = message.strip_prefix("k:") {
+        if let Some(key) = CacheKey::from_hex(hex) {
+            l1.remove(&key);
+        }
+    } else if let Some(hex) = message.strip_prefix("t:") {
+        if let Some(tag) = TagId::from_hex(hex) {
+            l1.remove_tag(tag);
+        }
+    } else if message == "all" {
+        l1.clear();
+    }
+}
+
+/// A bounded set of connections for blocking reads (`XREAD BLOCK` holds its
+/// connection until it returns).
+struct BlockingPool {
+    template: Client,
+    idle: Mutex<Vec<Client>>,
+    permits: Semaphore,
+}
+
+/// A blocking-read connection, given back when dropped.
+pub(crate) struct PooledConnection<'a> {
+    pool: &'a BlockingPool,
+    client: Option<Client>,
+    _permit: tokio::sync::SemaphorePermit<'a>,
+}
+
+impl PooledConnection<'_> {
+    pub(crate) fn client(&self) -> Option<&Client> {
+        self.client.as_ref()
+    }
+}
+
+impl Drop for PooledConnection<'_> {
+    fn drop(&mut self) {
+        if let Some(client) = self.client.take() {
+            self.pool.idle.lock().push(client);
+        }
+    }
+}
+
+impl BlockingPool {
+    fn new(template: Client, size: usize) -> Self {
+        Self {
+            template,
+            idle: Mutex::new(Vec::new()),
+            permits: Semaphore::new(size),
+        }
+    }
+
+    async fn acquire(&self, connect_timeout: Duration) -> Option<PooledConnection<'_>> {
+        let permit = self.permits.try_acquire().ok()?;
+        let idle = self.idle.lock().pop();
+        let client = match idle {
+            Some(client) => client,
+            None => {
+                let client = self.template.clone_new();
+                client.connect();
+                match tokio::time::timeout(connect_timeout, client.wait_for_connect()).await {
+                    Ok(Ok(())) => client,
+                    _ => {
+                        let _ = client.quit().await;
+                        return None;
+                    }
+                }
+            }
+        };
+        Some(PooledConnection {
+            pool: self,
+            client: Some(client),
+            _permit: permit,
+        })
+    }
+}
+
+impl Drop for BlockingPool {
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut *self.idle.lock());
+        if idle.is_empty() {
+            return;
+        }
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            handle.spawn(async move {
+                for client in idle {
+                    let _ = client.quit().await;
+                }
+            });
+        }
+    }
+}
+
+/// What a leader sends to the task that writes its recording to Redis, in
+/// order.
+#[derive(Debug)]
+pub(crate) enum Write {
+    Head(Bytes),
+    Data(Bytes),
+    Store(Arc<Entry>, Duration),
+    End(&'static str),
+}
+
+/// Writes a leader's recording to Redis as it passes, off the client's path:
+/// the head and data chunks into the stream (batched while Redis is busy),
+/// then the value, or the end marker.
+pub(crate) fn spawn_writer(
+    l2: Arc<L2>,
+    key: CacheKey,
+    owner: String,
+) -> Option<mpsc::UnboundedSender<Write>> {
+    let handle = tokio::runtime::Handle::try_current().ok()?;
+    let (tx, mut rx) = mpsc::unbounded_channel::<Write>();
+    handle.spawn(async move {
+        let mut streaming = true;
+        let mut pending: Option<Write> = None;
+        loop {
+            let Some(message) = pending.take().or(rx.recv().await) else {
+                // The leader went away without an end: release the lock.
+                l2.end(&key, &owner, END_ABORTED).await;
+                return;
+            };
+            match message {
+                Write::Head(head) => {
+                    if streaming {
+                        streaming = matches!(l2.append(&key, &owner, "h", head).await, Ok(true));
+                    }
+                }
+                Write::Data(first) => {
+                    let mut batch = bytes::BytesMut::from(first.as_ref());
+                    while let Ok(next) = rx.try_recv() {
+                        match next {
+                            Write::Data(more) => batch.extend_from_slice(&more),
+                            other => {
+                                pending = Some(other);
+                                break;
+                            }
+                        }
+                    }
+                    if streaming {
+                        streaming =
+                            matches!(l2.append(&key, &owner, "d", batch.freeze()).await, Ok(true));
+                    }
+                }
+                Write::Store(entry, keep) => {
+                    let end = if streaming { END_STORED } else { END_ABORTED };
+                    if l2
+                        .store(&key, &entry, keep, Some(&owner), end)
+                        .await
+                        .is_ok()
+                    {
+                        metrics::counter!("tower_ai_cache_stores_total", "layer" => "l2")
+                            .increment(1);
+                    } else {
+                        l2.end(&key, &owner, END_ABORTED).await;
+                    }
+                    return;
+                }
+                Write::End(end) => {
+                    let end = if streaming { end } else { END_ABORTED };
+                    l2.end(&key, &owner, end).await;
+                    return;
+                }
+            }
+        }
+    });
+    Some(tx)
+}
+
+/// A name unique to this process instance, for lock tokens.
+fn instance_id() -> String {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&std::process::id().to_le_bytes());
+    hasher.update(&crate::entry::now_ms().to_le_bytes());
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    hasher.update(&nanos.to_le_bytes());
+    static INSTANCES: AtomicU64 = AtomicU64::new(0);
+    hasher.update(&INSTANCES.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    let mut s = String::with_capacity(16);
+    for b in &hasher.finalize().as_bytes()[..8] {
+        crate::key::push_hex(&mut s, *b);
+    }
+    s
+}
