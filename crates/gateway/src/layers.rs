@@ -26,16 +26,63 @@ impl AsRef<str> for Model {
     }
 }
 
+/// What answers when a model's circuit is open: the cache's stored answer,
+/// fresh or stale, else a 503.
+pub(crate) type CacheFallback = tower::util::MapResponse<
+    tower_ai_cache::StaleFallback<crate::upstream::UpstreamError>,
+    fn(
+        http::Response<tower_ai_cache::CacheBody<http_body_util::Empty<bytes::Bytes>>>,
+    ) -> http::Response<axum::body::Body>,
+>;
+
+fn to_axum_body(
+    res: http::Response<tower_ai_cache::CacheBody<http_body_util::Empty<bytes::Bytes>>>,
+) -> http::Response<axum::body::Body> {
+    res.map(axum::body::Body::new)
+}
+
 /// The upstream client behind its circuit breakers.
-pub(crate) type GuardedUpstream = CircuitBreaker<Upstream, ByExtension<Model>>;
+pub(crate) type GuardedUpstream = CircuitBreaker<
+    Upstream,
+    ByExtension<Model>,
+    tower_circuit::classify::DefaultClassifier,
+    tower_circuit::fallback::OnRefusal<CacheFallback>,
+>;
+
+/// The response cache, as the design sets it: chat completions for an hour
+/// and content for five minutes, scoped per client key (never shared across
+/// tenants), in Redis as well as in memory when the gateway has Redis.
+pub(crate) fn cache(
+    redis: Option<&RedisState>,
+) -> Result<tower_ai_cache::CacheLayer, tower_ai_cache::ConfigError> {
+    let mut builder = tower_ai_cache::CacheLayer::builder()
+        .scope(ApiKey::new().or(PeerIp::new()))
+        .route(
+            tower_ai_cache::Route::post("/v1/chat/completions")
+                .name("chat")
+                .ttl(Duration::from_secs(3_600)),
+        )
+        .route(
+            tower_ai_cache::Route::get("/v1/content/*")
+                .name("content")
+                .ttl(Duration::from_secs(300)),
+        );
+    if let Some(redis) = redis {
+        builder = builder.redis(redis.client.clone());
+    }
+    builder.build()
+}
 
 /// One breaker per upstream model, as the design sets them: open at a 50%
 /// failure rate over the last 20 calls (at least 10), a call of 10 s or more
-/// is slow, 30 s open (configurable), then 3 trial calls. Shared through Redis when the
+/// is slow, 30 s open (configurable), then 3 trial calls. While a model's
+/// circuit is open, the cache answers what it holds for the request (even
+/// stale), else 503. Shared through Redis when the
 /// gateway has one.
 pub(crate) fn circuit_breakers(
     upstream: Upstream,
     open_wait: Duration,
+    cache: &tower_ai_cache::CacheHandle,
     redis: Option<&RedisState>,
 ) -> Result<(GuardedUpstream, tower_circuit::CircuitHandle), tower_circuit::ConfigError> {
     let mut builder = CircuitBreakerLayer::builder()
@@ -46,7 +93,11 @@ pub(crate) fn circuit_breakers(
         .failure_rate_threshold(50.0)
         .slow_call_duration(Duration::from_secs(10))
         .open_wait(open_wait)
-        .half_open_trials(3);
+        .half_open_trials(3)
+        .fallback(tower::util::MapResponse::new(
+            cache.stale_fallback::<crate::upstream::UpstreamError>(),
+            to_axum_body as fn(_) -> _,
+        ));
     if let Some(redis) = redis {
         builder = builder.shared(tower_circuit::RedisState::new(redis.client.clone()));
     }

@@ -53,6 +53,7 @@ pub(crate) struct AppState {
     pub(crate) upstream: layers::RelayedUpstream,
     pub(crate) streams: tower_sse_relay::streams::StreamsService<tower_sse_relay::AnyStore>,
     pub(crate) circuits: tower_circuit::CircuitHandle,
+    pub(crate) cache: tower_ai_cache::CacheLayer,
     pub(crate) redis: Option<RedisState>,
     pub(crate) secure_cookies: bool,
     pub(crate) metrics: metrics_exporter_prometheus::PrometheusHandle,
@@ -101,15 +102,22 @@ impl Gateway {
         };
         let upstream = Upstream::new(&upstream_url, config.upstream_timeout)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let (upstream, circuits) =
-            layers::circuit_breakers(upstream, config.circuit_open_wait, redis.as_ref())
-                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let cache = layers::cache(redis.as_ref())
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let (upstream, circuits) = layers::circuit_breakers(
+            upstream,
+            config.circuit_open_wait,
+            &cache.handle(),
+            redis.as_ref(),
+        )
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let (upstream, streams) = layers::relay(upstream, config.sse_heartbeat, redis.as_ref())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let state = AppState {
             upstream,
             streams,
             circuits,
+            cache,
             redis,
             secure_cookies: config.secure_cookies,
             metrics,

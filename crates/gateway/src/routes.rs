@@ -25,7 +25,8 @@ pub(crate) fn router(state: AppState) -> Result<Router, crate::config::ConfigErr
         .route_service("/v1/streams/{id}", state.streams.clone());
     let admin = Router::new()
         .route("/admin/config", get(admin_config))
-        .route("/admin/circuits", get(circuits).post(control_circuit));
+        .route("/admin/circuits", get(circuits).post(control_circuit))
+        .route("/admin/cache/invalidate", post(invalidate_cache));
     let limits = crate::layers::rate_limit(state.redis.as_ref())?;
     let sessions = crate::layers::sessions(state.redis.as_ref(), state.secure_cookies)
         .map_err(|e| crate::config::ConfigError::new(e.to_string()))?;
@@ -39,7 +40,8 @@ pub(crate) fn router(state: AppState) -> Result<Router, crate::config::ConfigErr
         .layer(
             tower::ServiceBuilder::new()
                 .layer(TokenCostLayer::with(crate::layers::token_cost()))
-                .layer(limits),
+                .layer(limits)
+                .layer(state.cache.clone()),
         )
         .merge(session_routes)
         .route("/healthz", get(healthz))
@@ -268,6 +270,34 @@ async fn healthz(State(state): State<AppState>) -> Response {
 
 async fn circuits(State(state): State<AppState>) -> Response {
     axum::Json(state.circuits.snapshot()).into_response()
+}
+
+/// `{"key": "<64 hex digits>"}` or `{"tag": "model:<name>" | "route:<name>"}`:
+/// drops the entries on every replica.
+#[derive(serde::Deserialize)]
+struct Invalidate {
+    key: Option<String>,
+    tag: Option<String>,
+}
+
+async fn invalidate_cache(State(state): State<AppState>, body: axum::body::Bytes) -> Response {
+    let bad = |detail: &str| problem(Refusal::bad_request(), "invalid_request_error", detail);
+    let Ok(command) = serde_json::from_slice::<Invalidate>(&body) else {
+        return bad("expected {\"key\": \"<hex>\"} or {\"tag\": \"model:<name>\"}");
+    };
+    let handle = state.cache.handle();
+    let done = match (command.key, command.tag) {
+        (Some(key), None) => match tower_ai_cache::CacheKey::from_hex(&key) {
+            Some(key) => handle.invalidate_key(&key).await,
+            None => return bad("a cache key is 64 hex digits"),
+        },
+        (None, Some(tag)) => match tower_ai_cache::CacheTag::parse(&tag) {
+            Some(tag) => handle.invalidate_tag(&tag).await,
+            None => return bad("a tag is model:<name> or route:<name>"),
+        },
+        _ => return bad("give exactly one of key and tag"),
+    };
+    axum::Json(json!({ "removed": done.removed, "replicated": done.replicated })).into_response()
 }
 
 /// `{"key": "<model>", "control": "force_open" | "force_closed" | "disable" | "reset"}`
