@@ -31,6 +31,18 @@ fn chat(stream: bool) -> Value {
     })
 }
 
+/// `GET url`, read as JSON.
+async fn get_json(client: &reqwest::Client, url: String) -> Value {
+    client
+        .get(url)
+        .send()
+        .await
+        .expect("a response")
+        .json()
+        .await
+        .expect("JSON")
+}
+
 async fn problem(res: reqwest::Response, status: u16) -> Value {
     assert_eq!(res.status().as_u16(), status);
     assert_eq!(
@@ -361,14 +373,7 @@ async fn content_admin_health_and_metrics_answer() {
         .expect("a response");
     assert_eq!(res.status(), 200);
 
-    let health: Value = client
-        .get(format!("{}/healthz", gateway.url()))
-        .send()
-        .await
-        .expect("a response")
-        .json()
-        .await
-        .expect("JSON");
+    let health = get_json(&client, format!("{}/healthz", gateway.url())).await;
     assert_eq!(health["status"], "ok");
     assert_eq!(health["redis"]["configured"], false);
     assert!(health["circuits"].is_array());
@@ -460,14 +465,7 @@ async fn a_failing_model_opens_its_circuit_and_recovers() {
         counted,
         "an open circuit spares the upstream"
     );
-    let health: Value = client
-        .get(format!("{}/healthz", gateway.url()))
-        .send()
-        .await
-        .expect("a response")
-        .json()
-        .await
-        .expect("JSON");
+    let health = get_json(&client, format!("{}/healthz", gateway.url())).await;
     assert_eq!(health["circuits"][0]["key"], "mock-1");
     assert_eq!(health["circuits"][0]["state"], "open");
 
@@ -478,14 +476,7 @@ async fn a_failing_model_opens_its_circuit_and_recovers() {
         let res = chat_as(&client, &gateway, &format!("k{i}"), &chat(false)).await;
         assert_eq!(res.status(), 200);
     }
-    let circuits: Value = client
-        .get(format!("{}/admin/circuits", gateway.url()))
-        .send()
-        .await
-        .expect("a response")
-        .json()
-        .await
-        .expect("JSON");
+    let circuits = get_json(&client, format!("{}/admin/circuits", gateway.url())).await;
     assert_eq!(circuits[0]["state"], "closed");
 
     // And it can be forced open by hand.
