@@ -456,7 +456,13 @@ async fn a_failing_model_opens_its_circuit_and_recovers() {
         let sent = Instant::now();
         let res = chat_as(&client, &gateway, &format!("k{i}"), &chat(false)).await;
         fastest = fastest.min(sent.elapsed());
-        // The fallback looked in the cache, found nothing for this tenant.
+        // The fallback looked in the cache and found nothing for this
+        // tenant: the breaker's refusal says when to come back.
+        assert_eq!(
+            header_u64(&res, "retry-after"),
+            1,
+            "0.8 s left open, rounded up"
+        );
         problem(res, 503).await;
     }
     assert!(fastest < Duration::from_millis(5), "refused in {fastest:?}");

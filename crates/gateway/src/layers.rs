@@ -27,18 +27,41 @@ impl AsRef<str> for Model {
 }
 
 /// What answers when a model's circuit is open: the cache's stored answer,
-/// fresh or stale, else a 503.
-pub(crate) type CacheFallback = tower::util::MapResponse<
-    tower_ai_cache::StaleFallback<crate::upstream::UpstreamError>,
-    fn(
-        http::Response<tower_ai_cache::CacheBody<http_body_util::Empty<bytes::Bytes>>>,
-    ) -> http::Response<axum::body::Body>,
+/// fresh or stale, else the breaker's own 503 with `Retry-After` (the time
+/// left open).
+pub(crate) type CacheFallback = tower::util::BoxCloneSyncService<
+    http::Request<axum::body::Body>,
+    http::Response<axum::body::Body>,
+    crate::upstream::UpstreamError,
 >;
 
-fn to_axum_body(
-    res: http::Response<tower_ai_cache::CacheBody<http_body_util::Empty<bytes::Bytes>>>,
-) -> http::Response<axum::body::Body> {
-    res.map(axum::body::Body::new)
+fn cache_fallback(cache: &tower_ai_cache::CacheHandle) -> CacheFallback {
+    use tower::ServiceExt;
+    let stale = cache.stale_fallback::<crate::upstream::UpstreamError>();
+    tower::util::BoxCloneSyncService::new(tower::service_fn(
+        move |req: http::Request<axum::body::Body>| {
+            let stale = stale.clone();
+            let context = req
+                .extensions()
+                .get::<tower_circuit::fallback::FallbackContext>()
+                .cloned();
+            async move {
+                let res = stale.oneshot(req).await?;
+                if res.status() != http::StatusCode::SERVICE_UNAVAILABLE {
+                    return Ok(res.map(axum::body::Body::new));
+                }
+                // Nothing cached: the breaker's refusal, which says when to
+                // come back.
+                Ok(match context {
+                    Some(context) => context
+                        .refusal()
+                        .into_http::<axum::body::Body>()
+                        .map(axum::body::Body::new),
+                    None => res.map(axum::body::Body::new),
+                })
+            }
+        },
+    ))
 }
 
 /// The upstream client behind its circuit breakers.
@@ -94,10 +117,7 @@ pub(crate) fn circuit_breakers(
         .slow_call_duration(Duration::from_secs(10))
         .open_wait(open_wait)
         .half_open_trials(3)
-        .fallback(tower::util::MapResponse::new(
-            cache.stale_fallback::<crate::upstream::UpstreamError>(),
-            to_axum_body as fn(_) -> _,
-        ));
+        .fallback(cache_fallback(cache));
     if let Some(redis) = redis {
         builder = builder.shared(tower_circuit::RedisState::new(redis.client.clone()));
     }
