@@ -1,5 +1,3 @@
-use std::error::Error as _;
-
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
@@ -9,6 +7,7 @@ use axum::routing::{get, post};
 use fred::prelude::ClientLike;
 use serde_json::{Value, json};
 use tower::ServiceExt;
+use tower_ai_core::body::{ReadError, read_limited};
 use tower_ai_core::llm::ChatRequest;
 use tower_ai_core::reject::Refusal;
 use tower_ai_ratelimit::TokenCostLayer;
@@ -77,14 +76,21 @@ async fn chat_completions(
     if declared.is_some_and(|n| n > MAX_CHAT_BODY as u64) {
         return too_large();
     }
-    let bytes = match axum::body::to_bytes(body, MAX_CHAT_BODY).await {
+    let bytes = match read_limited(body, MAX_CHAT_BODY).await {
         Ok(bytes) => bytes,
-        Err(e) if is_length_limit(&e) => return too_large(),
-        Err(e) => {
+        Err(ReadError::TooLarge { .. }) => return too_large(),
+        Err(ReadError::Failed(e)) => {
             return problem(
                 Refusal::bad_request(),
                 "invalid_request_error",
                 &format!("the request body could not be read: {e}"),
+            );
+        }
+        Err(e) => {
+            return problem(
+                Refusal::bad_request(),
+                "invalid_request_error",
+                &e.to_string(),
             );
         }
     };
@@ -201,17 +207,6 @@ fn too_large() -> Response {
         "invalid_request_error",
         &format!("the request body is larger than {MAX_CHAT_BODY} bytes"),
     )
-}
-
-fn is_length_limit(e: &axum::Error) -> bool {
-    let mut source = e.source();
-    while let Some(s) = source {
-        if s.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        source = s.source();
-    }
-    false
 }
 
 async fn content(Path(id): Path<String>) -> Response {

@@ -8,7 +8,7 @@ use http::header::{self, HeaderValue};
 use http::request::Parts;
 use http::{Request, Response};
 use http_body::Body;
-use http_body_util::{BodyExt, Limited};
+use tower_ai_core::body::ReadError;
 use tower_ai_core::key::RequestHead;
 use tower_ai_core::reject::Refusal;
 use tower_service::Service;
@@ -274,18 +274,6 @@ impl Ctx {
 }
 
 /// Reads a request body up to `limit` bytes.
-async fn read_body<B>(body: B, limit: usize) -> Result<Bytes, Result<(), BoxError>>
-where
-    B: Body<Data = Bytes>,
-    B::Error: Into<BoxError>,
-{
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(Ok(())),
-        Err(e) => Err(Err(e)),
-    }
-}
-
 async fn run<S, ReqBody, ResBody>(
     shared: Arc<Shared>,
     route: usize,
@@ -304,17 +292,16 @@ where
     ResBody::Error: Into<BoxError>,
 {
     let (parts, body) = req.into_parts();
-    let bytes = match read_body(body, shared.max_request_body).await {
+    let bytes = match tower_ai_core::body::read_limited(body, shared.max_request_body).await {
         Ok(bytes) => bytes,
         Err(e) => {
             let head = Request::from_parts(parts, ());
             let refusal = match e {
-                Ok(()) => Refusal::payload_too_large().detail(format!(
-                    "the request body is larger than {} bytes",
-                    shared.max_request_body
-                )),
-                Err(e) => Refusal::bad_request()
+                ReadError::TooLarge { limit } => Refusal::payload_too_large()
+                    .detail(format!("the request body is larger than {limit} bytes")),
+                ReadError::Failed(e) => Refusal::bad_request()
                     .detail(format!("the request body could not be read: {e}")),
+                e => Refusal::bad_request().detail(e.to_string()),
             };
             return Ok(refusal
                 .for_request::<ResBody, _>(&head)

@@ -16,6 +16,7 @@
 //! assert_eq!(body.size_hint().exact(), Some(7));
 //! ```
 
+use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
@@ -99,5 +100,48 @@ where
                 SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
             }
         }
+    }
+}
+
+/// An error a body can end with, boxed.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why a body could not be read whole by [`read_limited`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ReadError {
+    /// The body is longer than the limit (answer `413`).
+    TooLarge {
+        /// The limit, in bytes.
+        limit: usize,
+    },
+    /// The body failed before its end (answer `400`).
+    Failed(BoxError),
+}
+
+impl fmt::Display for ReadError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::TooLarge { limit } => write!(f, "the body is larger than {limit} bytes"),
+            Self::Failed(e) => write!(f, "the body could not be read: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ReadError {}
+
+/// Reads a whole body, at most `limit` bytes: for a layer that must see a
+/// request body (a cost estimate, a cache key) and then rebuilds the request
+/// from the bytes.
+pub async fn read_limited<B>(body: B, limit: usize) -> Result<Bytes, ReadError>
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    use http_body_util::BodyExt;
+    match http_body_util::Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ReadError::TooLarge { limit }),
+        Err(e) => Err(ReadError::Failed(e)),
     }
 }

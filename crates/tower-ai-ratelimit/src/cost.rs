@@ -7,8 +7,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use http::{Method, Request, Response, header};
 use http_body::Body;
-use http_body_util::{BodyExt, Limited};
-use tower_ai_core::body::ResponseBody;
+use tower_ai_core::body::{ReadError, ResponseBody, read_limited};
 use tower_ai_core::llm::ChatRequest;
 use tower_ai_core::reject::Refusal;
 use tower_layer::Layer;
@@ -125,16 +124,18 @@ where
                 return Ok(too_large(&req, cost.max_body));
             }
             let (mut parts, body) = req.into_parts();
-            let bytes = match Limited::new(body, cost.max_body).collect().await {
-                Ok(collected) => collected.to_bytes(),
+            let bytes = match read_limited(body, cost.max_body).await {
+                Ok(bytes) => bytes,
                 Err(e) => {
                     let head = Request::from_parts(parts, ());
-                    return Ok(if e.is::<http_body_util::LengthLimitError>() {
-                        too_large(&head, cost.max_body)
-                    } else {
-                        Refusal::bad_request()
+                    return Ok(match e {
+                        ReadError::TooLarge { .. } => too_large(&head, cost.max_body),
+                        ReadError::Failed(e) => Refusal::bad_request()
                             .detail(format!("the request body could not be read: {e}"))
-                            .for_request(&head)
+                            .for_request(&head),
+                        e => Refusal::bad_request()
+                            .detail(e.to_string())
+                            .for_request(&head),
                     });
                 }
             };
