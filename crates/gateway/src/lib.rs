@@ -13,7 +13,6 @@
 //! - `GET /metrics`: Prometheus text exposition.
 
 mod config;
-mod history;
 mod layers;
 mod metrics;
 mod routes;

@@ -40,6 +40,8 @@ pub(crate) fn router(state: AppState) -> Result<Router, crate::config::ConfigErr
             tower::ServiceBuilder::new()
                 .layer(TokenCostLayer::with(crate::layers::token_cost()))
                 .layer(limits)
+                // Above the cache: a cached answer joins the history too.
+                .layer(tower_session::ChatHistoryLayer::new().max_body(MAX_CHAT_BODY))
                 .layer(state.cache.clone()),
         )
         .merge(session_routes)
@@ -62,11 +64,7 @@ pub(crate) fn problem(refusal: Refusal, error_type: &str, message: &str) -> Resp
         .map(Body::new)
 }
 
-async fn chat_completions(
-    State(state): State<AppState>,
-    session: Session,
-    req: Request,
-) -> Response {
+async fn chat_completions(State(state): State<AppState>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let declared = parts
         .headers
@@ -111,20 +109,10 @@ async fn chat_completions(
             );
         }
     };
-    // A signed-in session keeps the conversation: the user's message now,
-    // the answer when its body ends.
-    let signed_in = matches!(session.user_id().await, Ok(Some(_)));
-    if signed_in
-        && let Some(turn) = crate::history::user_turn(&bytes)
-        && let Err(e) = session.history().append_later(turn)
-    {
-        tracing::debug!(error = %e, "the message could not join the history");
-    }
     let mut req = Request::from_parts(parts, Body::from(bytes));
     req.extensions_mut()
         .insert(crate::layers::Model(model.as_str().into()));
     match state.upstream.clone().oneshot(req).await {
-        Ok(res) if signed_in => crate::history::record_answer(res.map(Body::new), session),
         Ok(res) => res.map(Body::new),
         Err(e) => upstream_failed(&e),
     }

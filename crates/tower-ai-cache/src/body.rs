@@ -13,7 +13,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tower_ai_core::body::ResponseBody;
-use tower_ai_core::llm::{AnswerTap, Completion};
+use tower_ai_core::llm::{AnswerTap, Completion, FinishReason};
 
 use crate::entry::{Entry, Head, Lifetime};
 use crate::flight::{Cursor, End, Flight, LeadGuard, Next, Source};
@@ -211,6 +211,8 @@ pub(crate) struct Plan {
     pub(crate) ttl: Duration,
     pub(crate) grace: Duration,
     pub(crate) age_at_store: Duration,
+    /// Whether an answer cut off at the request's `max_tokens` is stored.
+    pub(crate) store_length: bool,
 }
 
 /// Records a leader's answer as it passes: into its flight (for the
@@ -350,7 +352,13 @@ impl Recorder {
             return;
         };
         let (body, trailers) = guard.flight().body();
-        let verdict = judge(&self.head, &body, trailers.as_ref(), self.tap.as_mut());
+        let verdict = judge(
+            &self.head,
+            &body,
+            trailers.as_ref(),
+            self.tap.as_mut(),
+            self.plan.store_length,
+        );
         let tokens = match verdict {
             Ok(tokens) => tokens,
             Err(reason) => {
@@ -444,15 +452,20 @@ impl Drop for Recorder {
 
 /// Whether a whole answer is complete and may be stored, and the LLM tokens
 /// it cost. A `Content-Type: text/event-stream` answer must end with
-/// `[DONE]` or a complete `finish_reason` (`stop`, `tool_calls`) and carry no
-/// in-band error; a JSON chat completion must not be an error or cut off
-/// (`length`); a gRPC answer must end with `grpc-status: 0`.
+/// `[DONE]` or a complete `finish_reason` (`stop`, `tool_calls`, and `length`
+/// when `store_length`) and carry no in-band error; a JSON chat completion
+/// must not be an error or cut off (`length`, unless `store_length`); a gRPC
+/// answer must end with `grpc-status: 0`.
 pub(crate) fn judge(
     head: &Head,
     body: &Bytes,
     trailers: Option<&HeaderMap>,
     tap: Option<&mut AnswerTap>,
+    store_length: bool,
 ) -> Result<u64, &'static str> {
+    let complete = |reason: &FinishReason| {
+        reason.is_complete() || (store_length && *reason == FinishReason::Length)
+    };
     let content_type = head
         .headers
         .get(http::header::CONTENT_TYPE)
@@ -482,7 +495,7 @@ pub(crate) fn judge(
             return Err("error");
         }
         let complete = match &summary.finish_reason {
-            Some(reason) => reason.is_complete(),
+            Some(reason) => complete(reason),
             None => summary.done,
         };
         if !complete {
@@ -500,7 +513,7 @@ pub(crate) fn judge(
         if c.error {
             return Err("error");
         }
-        if c.finish_reason.as_ref().is_some_and(|r| !r.is_complete()) {
+        if c.finish_reason.as_ref().is_some_and(|r| !complete(r)) {
             return Err("truncated");
         }
         return Ok(c.usage.map_or(0, |u| u.total()));

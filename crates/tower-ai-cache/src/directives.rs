@@ -130,7 +130,6 @@ pub(crate) enum Outcome {
 #[derive(Debug, Clone)]
 pub(crate) struct Status {
     pub(crate) outcome: Outcome,
-    pub(crate) stored: bool,
     pub(crate) collapsed: bool,
     pub(crate) ttl: Option<i64>,
     pub(crate) fwd_status: Option<StatusCode>,
@@ -142,7 +141,6 @@ impl Status {
     pub(crate) const fn new(outcome: Outcome) -> Self {
         Self {
             outcome,
-            stored: false,
             collapsed: false,
             ttl: None,
             fwd_status: None,
@@ -164,9 +162,6 @@ impl Status {
         if let Some(status) = self.fwd_status {
             s.push_str("; fwd-status=");
             s.push_str(status.as_str());
-        }
-        if self.stored {
-            s.push_str("; stored");
         }
         if self.collapsed {
             s.push_str("; collapsed");
@@ -264,9 +259,9 @@ mod tests {
     #[test]
     fn cache_status() {
         let mut s = Status::new(Outcome::Miss);
-        s.stored = true;
         s.ttl = Some(3600);
-        assert_eq!(s.render("tower-ai"), "tower-ai; fwd=miss; stored; ttl=3600");
+        // Never `stored`: that is decided at the body's end, after the head.
+        assert_eq!(s.render("tower-ai"), "tower-ai; fwd=miss; ttl=3600");
         let mut h = headers(&[("cache-status", "origin; hit")]);
         Status::new(Outcome::Hit).apply(&mut h, "tower-ai");
         assert_eq!(h[&CACHE_STATUS], "origin; hit, tower-ai; hit");

@@ -267,6 +267,17 @@ impl CacheHandle {
         self.shared.flights.len()
     }
 
+    /// Waits until this replica receives other replicas' invalidations
+    /// (its subscriber is subscribed); at once without Redis. A replica
+    /// that starts serving before then may keep an L1 copy that another
+    /// replica invalidated meanwhile.
+    pub async fn invalidations_ready(&self) {
+        #[cfg(feature = "redis")]
+        if let Some(l2) = &self.shared.l2 {
+            l2.subscribed().await;
+        }
+    }
+
     /// The health of the Redis connection, when Redis is configured.
     #[cfg(feature = "redis")]
     pub fn redis_health(&self) -> Option<&tower_ai_core::redis::Degrade> {

@@ -311,6 +311,10 @@ pub(crate) struct BodyFacts {
     /// Whether the JSON body asks for a deterministic answer
     /// (`temperature` 0 or a `seed`).
     pub(crate) deterministic: bool,
+    /// Whether the keyed body bounds the answer's length (`max_tokens`,
+    /// `max_completion_tokens` or `max_output_tokens`), so an answer cut off
+    /// at that bound is what the same request gets again.
+    pub(crate) bounded: bool,
 }
 
 impl KeyInput<'_> {
@@ -446,9 +450,13 @@ fn facts_of(value: &Value) -> BodyFacts {
         .and_then(Value::as_f64)
         .is_some_and(|t| t == 0.0);
     let seeded = map.get("seed").is_some_and(|s| !s.is_null());
+    let bounded = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
+        .iter()
+        .any(|field| map.get(*field).is_some_and(Value::is_u64));
     BodyFacts {
         model,
         deterministic: zero_temperature || seeded,
+        bounded,
     }
 }
 

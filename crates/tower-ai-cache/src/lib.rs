@@ -15,8 +15,11 @@
 //!   takes an explicit [`CacheBuilder::public`] or [`Route::public`].
 //! - **What is stored**: complete, successful answers only: a cacheable
 //!   status (2xx by default), a body up to [`CacheBuilder::max_body`], for
-//!   LLM answers a `finish_reason` of `stop` or `tool_calls` (not `length`,
-//!   not an in-band error), for streams the `[DONE]` end, for gRPC
+//!   LLM answers a `finish_reason` of `stop` or `tool_calls`, or `length`
+//!   when the request set `max_tokens` (or `max_completion_tokens`,
+//!   `max_output_tokens`) and the key holds it, since that cut-off answer is
+//!   exactly what the same request gets again ([`Route::store_length`] turns
+//!   it off); never an in-band error; for streams the `[DONE]` end, for gRPC
 //!   `grpc-status: 0`. Never with `Cache-Control: no-store` on the request
 //!   or the response, `private` under a public scope, `Set-Cookie`, or a
 //!   `Vary` the key doesn't cover. A request's `no-cache` skips the lookup
@@ -44,11 +47,12 @@
 //!   (an error or a 5xx); a circuit breaker's fallback can serve it too
 //!   ([`CacheHandle::stale_fallback`]).
 //! - **Headers**: `Cache-Status` (RFC 9211: `hit`, `fwd=miss`, `fwd=bypass`,
-//!   `fwd=request`, `fwd=stale`, with `stored`, `collapsed`, `ttl`, `detail`,
-//!   and with [`CacheBuilder::expose_key`] the `key`) and `Age`. Headers go
-//!   out before the body, so `stored` means the answer is being recorded to
-//!   be stored: it is dropped if the body then turns out incomplete or too
-//!   large. A request no route matches gets no `Cache-Status`.
+//!   `fwd=request`, `fwd=stale`, with `collapsed`, `ttl`, `detail`, and with
+//!   [`CacheBuilder::expose_key`] the `key`) and `Age`. Headers go out before
+//!   the body, and whether an answer is stored is decided at its end
+//!   (complete or not, within bounds or not), so the head never claims
+//!   `stored`; a miss being recorded carries its `ttl`. A request no route
+//!   matches gets no `Cache-Status`.
 //! - **Invalidation** ([`CacheHandle`]): by key or by [`CacheTag`] (a model, a
 //!   tenant, a route), across replicas through Redis pub/sub.
 //! - **Metrics** (`tower_ai_cache_*`, labelled by route): `hits_total`
@@ -112,7 +116,7 @@
 //!         .unwrap()
 //! };
 //! let first = svc.ready().await?.call(ask("sk-a")).await?;
-//! assert_eq!(first.headers()["cache-status"], "tower-ai; fwd=miss; stored; ttl=3600");
+//! assert_eq!(first.headers()["cache-status"], "tower-ai; fwd=miss; ttl=3600");
 //! first.into_body().collect().await?; // stored when the body ends
 //!
 //! let second = svc.ready().await?.call(ask("sk-a")).await?;

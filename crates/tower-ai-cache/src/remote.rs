@@ -150,7 +150,9 @@ async fn stored_entry(
     match flight.head() {
         Some(head) if head.is_stream() => {
             let (body, trailers) = flight.body();
-            let tokens = judge(&head, &body, trailers.as_ref(), None).ok()?;
+            // The leader judged it storable (it ended "stored"), length
+            // limits included.
+            let tokens = judge(&head, &body, trailers.as_ref(), None, true).ok()?;
             Some(Arc::new(Entry {
                 head: (*head).clone(),
                 body,

@@ -36,6 +36,7 @@ pub struct Route {
     stale_if_error: Option<Duration>,
     public: bool,
     deterministic_only: bool,
+    store_length: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +74,7 @@ impl Route {
             stale_if_error: None,
             public: false,
             deterministic_only: false,
+            store_length: true,
         }
     }
 
@@ -134,6 +136,16 @@ impl Route {
         self
     }
 
+    /// Whether an answer cut off at the request's own length bound
+    /// (`finish_reason: "length"` on a request with `max_tokens`) is stored
+    /// (default: yes, since `max_tokens` is part of the key, that answer is
+    /// exactly what the same request gets again). An answer cut off with no
+    /// bound in the request is never stored.
+    pub fn store_length(mut self, store: bool) -> Self {
+        self.store_length = store;
+        self
+    }
+
     pub(crate) fn resolve(self, defaults: &RouteDefaults) -> Result<RouteRule, String> {
         let name: Arc<str> = match self.name {
             Some(name) => name,
@@ -159,6 +171,7 @@ impl Route {
             grace: self.stale_if_error.unwrap_or(defaults.stale_if_error),
             public: self.public || defaults.public,
             deterministic_only: self.deterministic_only,
+            store_length: self.store_length,
         })
     }
 }
@@ -181,6 +194,7 @@ pub(crate) struct RouteRule {
     pub(crate) grace: Duration,
     pub(crate) public: bool,
     pub(crate) deterministic_only: bool,
+    pub(crate) store_length: bool,
     pub(crate) tag: TagId,
 }
 

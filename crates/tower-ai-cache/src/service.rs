@@ -234,6 +234,8 @@ struct Ctx {
     key: CacheKey,
     scope: KeyScope,
     model: Option<Arc<str>>,
+    /// The keyed body bounds the answer's length (`max_tokens`).
+    bounded: bool,
     parts: Parts,
     bytes: Bytes,
     directives: RequestDirectives,
@@ -327,6 +329,7 @@ where
         key,
         scope,
         model: facts.model,
+        bounded: facts.bounded,
         parts,
         bytes,
         directives,
@@ -649,7 +652,8 @@ where
     };
     let head = Arc::new(Head::storable(parts.status, &parts.headers));
     guard.flight().set_head(head.clone());
-    status.stored = true;
+    // Whether it is stored is decided at the body's end (complete or not),
+    // after this head has left: RFC 9211's `stored` can't be claimed here.
     status.ttl = Some(secs(plan.ttl));
     status.apply(&mut parts.headers, &ctx.shared.cache_name);
     let recorder = Recorder::new(RecordingParts {
@@ -753,6 +757,7 @@ fn storable<B: Body>(
         ttl,
         grace: rule.grace,
         age_at_store: upstream_age(&parts.headers),
+        store_length: rule.store_length && ctx.bounded,
     })
 }
 

@@ -6,7 +6,7 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use common::{Replica, ask, chat, client, mock};
+use common::{Replica, ask, chat, client, eventually, mock};
 use futures_util::StreamExt;
 use mock_llm::Fault;
 use rand_like::Lcg;
@@ -30,7 +30,7 @@ async fn the_same_prompt_twice_is_one_upstream_call() {
 
     let first = ask(&http, &url, "tenant-a", chat("Say hello", false)).await;
     assert_eq!(first.status, 200);
-    assert_eq!(first.cache_status, "tower-ai; fwd=miss; stored; ttl=3600");
+    assert_eq!(first.cache_status, "tower-ai; fwd=miss; ttl=3600");
     let second = ask(&http, &url, "tenant-a", chat("Say hello", false)).await;
     assert!(second.is_hit(), "{}", second.cache_status);
     assert_eq!(second.age.as_deref(), Some("0"));
@@ -131,7 +131,7 @@ async fn a_hundred_concurrent_identical_requests_make_one_upstream_call() {
     assert_eq!(
         answers
             .iter()
-            .filter(|a| a.cache_status.contains("stored"))
+            .filter(|a| a.cache_status.contains("fwd=miss; ttl="))
             .count(),
         1
     );
@@ -159,7 +159,7 @@ async fn a_hundred_concurrent_streams_share_one_upstream_stream_live() {
     assert_eq!(mock.stats().requests, 1);
     let leader = answers
         .iter()
-        .find(|a| a.cache_status.contains("stored"))
+        .find(|a| a.cache_status.contains("fwd=miss; ttl="))
         .expect("one leader");
     let events = leader.events();
     assert!(events.len() > 3 && events.last().map(String::as_str) == Some("[DONE]"));
@@ -187,7 +187,7 @@ async fn a_streamed_answer_replays_with_identical_event_data() {
     })
     .to_string();
     let live = ask(&http, &url, "tenant-a", body.clone()).await;
-    assert_eq!(live.cache_status, "tower-ai; fwd=miss; stored; ttl=3600");
+    assert_eq!(live.cache_status, "tower-ai; fwd=miss; ttl=3600");
     let replay = ask(&http, &url, "tenant-a", body).await;
     assert!(replay.is_hit());
     assert_eq!(replay.events(), live.events());
@@ -233,15 +233,21 @@ async fn a_stream_cut_off_midway_is_not_stored() {
             .contains("fwd=miss")
     );
 
-    // `length`: complete but cut by max_tokens, not stored.
+    // `length` at the request's own `max_tokens` (part of the key): what
+    // the same request gets again, so stored and replayed.
     let short = r#"{"model":"mock-1","stream":true,"max_tokens":2,"messages":[{"role":"user","content":"Cut me"}]}"#;
-    let _ = ask(&http, &url, "tenant-a", short.to_owned()).await;
+    let cut = ask(&http, &url, "tenant-a", short.to_owned()).await;
     assert!(
-        ask(&http, &url, "tenant-a", short.to_owned())
-            .await
-            .cache_status
-            .contains("fwd=miss")
+        cut.events()
+            .iter()
+            .any(|e| e.contains(r#""finish_reason":"length""#))
     );
+    // The store is decided when the body ends, as the flight finishes.
+    let settled = eventually(Duration::from_secs(5), || replica.handle.in_flight() == 0).await;
+    assert!(settled.is_some());
+    let again = ask(&http, &url, "tenant-a", short.to_owned()).await;
+    assert!(again.is_hit(), "{}", again.cache_status);
+    assert_eq!(again.events(), cut.events());
 }
 
 /// A client that leaves mid-stream leaves nothing stored.

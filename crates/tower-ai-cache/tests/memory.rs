@@ -12,7 +12,9 @@ use http_body::Frame;
 use http_body_util::{BodyExt, Full, StreamBody};
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceExt};
-use tower_ai_cache::{BoxError, CacheBody, CacheKey, CacheLayer, CacheTag, FromCache, Route};
+use tower_ai_cache::{
+    BoxError, CacheBody, CacheKey, CacheLayer, CacheTag, FromCache, IgnoreList, Route,
+};
 
 type Req = Request<Full<Bytes>>;
 type Res = Response<Full<Bytes>>;
@@ -139,7 +141,7 @@ async fn the_second_identical_request_is_a_hit() {
     let mut svc = cached(CacheLayer::new(), &upstream);
 
     let first = send(&mut svc, post(Some("sk-a"), PROMPT)).await;
-    assert_eq!(first.cache_status(), "tower-ai; fwd=miss; stored; ttl=3600");
+    assert_eq!(first.cache_status(), "tower-ai; fwd=miss; ttl=3600");
     assert!(first.headers.get("age").is_none());
     let second = send(&mut svc, post(Some("sk-a"), PROMPT)).await;
     assert_eq!(second.status, StatusCode::OK);
@@ -231,7 +233,7 @@ async fn request_directives() {
     );
     let first = send(&mut svc, post(Some("sk-a"), PROMPT)).await;
     assert!(
-        first.cache_status().contains("fwd=miss; stored"),
+        first.cache_status().contains("fwd=miss; ttl="),
         "no-store stored nothing"
     );
 
@@ -256,7 +258,7 @@ async fn request_directives() {
     assert!(
         refreshed
             .cache_status()
-            .starts_with("tower-ai; fwd=request; stored")
+            .starts_with("tower-ai; fwd=request; ttl=")
     );
     assert_ne!(refreshed.body, first.body);
     let after = send(&mut svc, post(Some("sk-a"), PROMPT)).await;
@@ -271,6 +273,54 @@ async fn request_directives() {
             .contains("hit")
     );
     assert_eq!(upstream.calls(), 3);
+}
+
+/// An answer cut off at the request's own `max_tokens` is what the same
+/// request gets again: stored (unless the route says otherwise). Cut off
+/// with no bound in the request (or with the bound ignored by the key), it
+/// is not.
+#[tokio::test]
+async fn a_length_answer_is_stored_when_max_tokens_is_in_the_key() {
+    const BOUNDED: &str =
+        r#"{"model":"m","max_tokens":3,"messages":[{"role":"user","content":"hi"}]}"#;
+    let cases = [
+        ("bounded", CacheLayer::new(), BOUNDED, true),
+        (
+            "max_completion_tokens",
+            CacheLayer::new(),
+            r#"{"model":"m","max_completion_tokens":3,"messages":[{"role":"user","content":"hi"}]}"#,
+            true,
+        ),
+        ("unbounded", CacheLayer::new(), PROMPT, false),
+        (
+            "turned off for the route",
+            CacheLayer::builder()
+                .route(Route::post("/v1/chat/completions").store_length(false))
+                .build()
+                .expect("valid"),
+            BOUNDED,
+            false,
+        ),
+        (
+            "max_tokens ignored by the key",
+            CacheLayer::builder()
+                .ignore_fields(IgnoreList::new(["user", "max_tokens"]))
+                .build()
+                .expect("valid"),
+            BOUNDED,
+            false,
+        ),
+    ];
+    for (name, layer, body, stored) in cases {
+        let upstream = Upstream::new(|_, n| Ok(completion(&format!("cut {n}"), "length")));
+        let mut svc = cached(layer, &upstream);
+        let first = send(&mut svc, post(Some("sk-a"), body)).await;
+        assert!(!first.cache_status().contains("stored"), "{name}");
+        let second = send(&mut svc, post(Some("sk-a"), body)).await;
+        assert_eq!(second.cache_status().contains("; hit"), stored, "{name}");
+        assert_eq!(second.body == first.body, stored, "{name}");
+        assert_eq!(upstream.calls(), if stored { 1 } else { 2 }, "{name}");
+    }
 }
 
 #[tokio::test]
@@ -331,6 +381,11 @@ async fn only_complete_successful_answers_are_stored() {
         let mut svc = cached(CacheLayer::new(), &upstream);
         let first = send(&mut svc, post(Some("sk-a"), PROMPT)).await;
         assert!(first.cache_status().contains("fwd=miss"), "{name}");
+        assert!(
+            !first.cache_status().contains("stored"),
+            "{name}: `stored` claimed for an answer that isn't: {}",
+            first.cache_status()
+        );
         let second = send(&mut svc, post(Some("sk-a"), PROMPT)).await;
         assert!(
             second.cache_status().contains("fwd=miss"),
@@ -356,7 +411,7 @@ async fn only_complete_successful_answers_are_stored() {
         }
         let mut svc = cached(b.build().expect("valid"), &upstream);
         let first = send(&mut svc, post(Some("sk-a"), PROMPT)).await;
-        assert_eq!(first.cache_status().contains("stored; ttl=60"), stored);
+        assert_eq!(first.cache_status().contains("ttl=60"), stored);
     }
 }
 
@@ -565,7 +620,7 @@ async fn concurrent_identical_misses_make_one_upstream_call() {
     for t in tasks {
         let got = t.await.expect("the task ends");
         assert_eq!(got.status, StatusCode::OK);
-        stored += usize::from(got.cache_status().contains("stored"));
+        stored += usize::from(got.cache_status().contains("fwd=miss; ttl="));
         collapsed += usize::from(got.cache_status().contains("collapsed"));
         bodies.insert(got.body);
     }

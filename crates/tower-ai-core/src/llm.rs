@@ -31,6 +31,44 @@ const TOKENS_PER_MESSAGE: u64 = 4;
 /// A rough, widely used estimate: about four bytes of English text per token.
 const BYTES_PER_TOKEN: u64 = 4;
 
+/// An estimate of the tokens in `bytes` bytes of text (about four bytes of
+/// English per token): what the layers count when an answer reports no
+/// usage.
+pub const fn estimated_tokens(bytes: usize) -> u64 {
+    (bytes as u64).div_ceil(BYTES_PER_TOKEN)
+}
+
+/// The text of a chat request's last `user` message (text parts joined with
+/// newlines): the turn a conversation history keeps of the request. `None`
+/// when the body is not a chat request or holds no user text.
+///
+/// ```
+/// use tower_ai_core::llm::last_user_message;
+///
+/// let body = br#"{"messages":[{"role":"system","content":"Be brief"},
+///     {"role":"user","content":[{"type":"text","text":"Hi"},{"type":"text","text":"there"}]}]}"#;
+/// assert_eq!(last_user_message(body).as_deref(), Some("Hi\nthere"));
+/// assert_eq!(last_user_message(b"not json"), None);
+/// ```
+pub fn last_user_message(body: &[u8]) -> Option<String> {
+    let raw: RawRequest = serde_json::from_slice(body).ok()?;
+    let message = raw
+        .messages?
+        .into_iter()
+        .rev()
+        .find(|m| m.role.as_deref() == Some("user"))?;
+    let text = match message.content {
+        RawContent::Text(s) => s,
+        RawContent::Parts(parts) => parts
+            .into_iter()
+            .filter_map(|p| p.text)
+            .collect::<Vec<_>>()
+            .join("\n"),
+        RawContent::None => return None,
+    };
+    (!text.is_empty()).then_some(text)
+}
+
 /// The fields of an OpenAI chat completion request that the layers read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -79,8 +117,7 @@ impl ChatRequest {
 
     /// An estimate of the prompt's tokens, from its size.
     pub fn estimated_prompt_tokens(&self) -> u64 {
-        (self.prompt_bytes as u64).div_ceil(BYTES_PER_TOKEN)
-            + self.messages as u64 * TOKENS_PER_MESSAGE
+        estimated_tokens(self.prompt_bytes) + self.messages as u64 * TOKENS_PER_MESSAGE
     }
 
     /// An estimate of the whole call's tokens before it is made: the prompt,
@@ -484,6 +521,8 @@ struct RawStreamOptions {
 
 #[derive(Deserialize)]
 struct RawMessage {
+    #[serde(default)]
+    role: Option<String>,
     #[serde(default)]
     content: RawContent,
 }

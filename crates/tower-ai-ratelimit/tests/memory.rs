@@ -356,7 +356,7 @@ async fn a_generous_quota_refuses_nothing_under_contention() {
     assert_eq!(refused.load(Ordering::Relaxed), 0);
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_algorithm_admits_exactly_its_capacity_under_concurrency() {
     for policy in every_algorithm(100) {
         let layer = RateLimitLayer::builder()

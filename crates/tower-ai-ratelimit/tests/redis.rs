@@ -282,33 +282,56 @@ async fn fail_closed_refuses_with_503_while_redis_is_down() {
     }
 }
 
+/// 3 replicas × 1,000 concurrent requests against a capacity of 100, with
+/// leases of 10, twenty times over: never past the limit, and never more
+/// than a lease per replica lost (a burst must borrow one lease at a time,
+/// not the whole quota at once).
+async fn leases_admit_the_quota_under_a_burst(urls: &[String]) {
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(client(urls).await);
+    }
+    for round in 0..20 {
+        let prefix = prefix();
+        let instances: Vec<_> = clients
+            .iter()
+            .map(|c| {
+                let store = RedisStore::builder(c.clone())
+                    .prefix(&prefix)
+                    .degrade(DegradeConfig::default().timeout(Duration::from_secs(5)))
+                    .lease(10, Duration::from_secs(60))
+                    .build();
+                service(
+                    RateLimitLayer::builder()
+                        .policy(Policy::token_bucket(
+                            100,
+                            Rate::every(Duration::from_secs(3_600)),
+                        ))
+                        .redis(store)
+                        .build()
+                        .expect("valid"),
+                )
+            })
+            .collect();
+        let n = admitted_concurrently(&instances, 1_000).await;
+        assert!(n <= 100, "round {round}: admitted {n}, past the limit");
+        assert!(
+            n >= 100 - 3 * 10,
+            "round {round}: admitted {n}, more than a lease per replica lost"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_never_admit_past_the_limit_and_lose_at_most_a_lease_per_replica() {
     let server = RedisServer::start();
-    let prefix = prefix();
-    let mut instances = Vec::new();
-    for _ in 0..3 {
-        let store = RedisStore::builder(client(&[server.url()]).await)
-            .prefix(&prefix)
-            .degrade(DegradeConfig::default().timeout(Duration::from_secs(5)))
-            .lease(10, Duration::from_secs(60))
-            .build();
-        let layer = RateLimitLayer::builder()
-            .policy(Policy::token_bucket(
-                100,
-                Rate::every(Duration::from_secs(3_600)),
-            ))
-            .redis(store)
-            .build()
-            .expect("valid");
-        instances.push(service(layer));
-    }
-    let n = admitted_concurrently(&instances, 1_000).await;
-    assert!(n <= 100, "admitted {n}: past the limit");
-    assert!(
-        n >= 100 - 3 * 10,
-        "admitted {n}: more than a lease per replica lost"
-    );
+    leases_admit_the_quota_under_a_burst(&[server.url()]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leases_admit_the_quota_under_a_burst_on_a_cluster() {
+    let cluster = RedisCluster::start();
+    leases_admit_the_quota_under_a_burst(&cluster.urls()).await;
 }
 
 #[tokio::test]

@@ -2,6 +2,7 @@
 
 mod body;
 mod carrier;
+pub mod chat;
 mod error;
 #[cfg(feature = "axum")]
 mod extract;
@@ -17,6 +18,7 @@ pub mod store;
 mod user;
 
 pub use body::SessionBody;
+pub use chat::{ChatHistory, ChatHistoryLayer};
 pub use cookie::SameSite;
 pub use error::{ConfigError, Error, StoreError, StoreErrorKind};
 pub use history::{History, Role, Turn};

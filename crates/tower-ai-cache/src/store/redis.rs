@@ -151,6 +151,8 @@ pub(crate) struct L2 {
     config: L2Config,
     pool: BlockingPool,
     seen_recoveries: AtomicU64,
+    /// Whether the invalidation subscriber is subscribed now.
+    subscribed: watch::Sender<bool>,
     _stop: watch::Sender<()>,
 }
 
@@ -208,11 +210,25 @@ impl L2 {
             seq: AtomicU64::new(0),
             config,
             seen_recoveries: AtomicU64::new(0),
+            subscribed: watch::Sender::new(false),
             _stop: stop,
         });
         let subscriber = l2.client.clone_new();
-        tokio::spawn(listen(subscriber, l2.channel.clone(), l1, stopped));
+        tokio::spawn(listen(
+            subscriber,
+            l2.channel.clone(),
+            l1,
+            l2.subscribed.clone(),
+            stopped,
+        ));
         l2
+    }
+
+    /// Waits until the invalidation subscriber is subscribed.
+    pub(crate) async fn subscribed(&self) {
+        let mut subscribed = self.subscribed.subscribe();
+        // The sender lives in `self`: the wait can't see it closed.
+        let _ = subscribed.wait_for(|s| *s).await;
     }
 
     pub(crate) fn degrade(&self) -> &Degrade {
@@ -555,7 +571,13 @@ fn parse_xread(reply: Value) -> Vec<(String, Item)> {
 
 /// Evicts L1 entries as invalidations arrive; flushes L1 when the
 /// subscription (re)connects or falls behind. Ends when the layer is gone.
-async fn listen(subscriber: Client, channel: String, l1: L1, mut stopped: watch::Receiver<()>) {
+async fn listen(
+    subscriber: Client,
+    channel: String,
+    l1: L1,
+    subscribed: watch::Sender<bool>,
+    mut stopped: watch::Receiver<()>,
+) {
     let mut messages = subscriber.message_rx();
     let mut reconnects = subscriber.reconnect_rx();
     subscriber.connect();
@@ -584,6 +606,7 @@ async fn listen(subscriber: Client, channel: String, l1: L1, mut stopped: watch:
             return;
         }
     }
+    subscribed.send_replace(true);
     loop {
         tokio::select! {
             message = messages.recv() => match message {
@@ -602,10 +625,12 @@ async fn listen(subscriber: Client, channel: String, l1: L1, mut stopped: watch:
                     continue;
                 }
                 // Invalidations may have been missed while disconnected.
+                subscribed.send_replace(false);
                 tracing::info!("cache: invalidation subscriber reconnected; flushing L1");
                 metrics::counter!("tower_ai_cache_l1_flushes_total", "reason" => "reconnect").increment(1);
                 l1.clear();
                 subscribe().await;
+                subscribed.send_replace(true);
             }
             _ = stopped.changed() => break,
         }

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fred::clients::Client;
 use fred::types::Value;
@@ -71,14 +71,34 @@ struct Inner {
 
 struct Leases {
     size: u64,
-    held: moka::sync::Cache<ClientKey, Arc<Lease>>,
+    ttl: Duration,
+    held: moka::sync::Cache<ClientKey, Arc<Slot>>,
+}
+
+/// One client key's lease on this replica.
+///
+/// Borrows are single-flight: one request borrows (holding `borrowing`),
+/// the others wait for it and spend from what it brought back, so a burst
+/// borrows one lease at a time instead of the whole quota at once. `held`
+/// is only ever changed under its mutex, so units borrowed are pooled,
+/// never overwritten.
+#[derive(Default)]
+struct Slot {
+    held: parking_lot::Mutex<Held>,
+    borrowing: tokio::sync::Mutex<()>,
 }
 
 /// Units borrowed from Redis for one client key, and the decisions Redis
 /// gave when they were borrowed (to report what is left).
-struct Lease {
-    left: AtomicU64,
-    decisions: Vec<Decision>,
+#[derive(Default)]
+struct Held {
+    left: u64,
+    decisions: Arc<[Decision]>,
+    /// When the units are given up.
+    expires: Option<Instant>,
+    /// Until then, less than a lease was left in Redis: requests check
+    /// alone instead of borrowing.
+    short_until: Option<Instant>,
 }
 
 /// Builds a [`RedisStore`].
@@ -140,9 +160,10 @@ impl RedisStoreBuilder {
                 nonce: AtomicU64::new(initial_nonce()),
                 leases: self.lease.map(|(size, ttl)| Leases {
                     size,
+                    ttl,
                     held: moka::sync::Cache::builder()
                         .max_capacity(100_000)
-                        .time_to_live(ttl)
+                        .time_to_idle(ttl)
                         .build(),
                 }),
             }),
@@ -190,37 +211,61 @@ impl RedisStore {
         if let Some(leases) = &self.inner.leases
             && let Some(cost) = uniform_cost(charges)
             && cost <= leases.size
+            && let Some(verdict) = self.check_leased(leases, key, charges, cost).await
         {
-            if let Some(verdict) = spend(leases, key, cost) {
-                return verdict;
-            }
-            let borrow: Vec<Charge<'_>> = charges
-                .iter()
-                .map(|c| Charge {
-                    cost: leases.size,
-                    ..*c
-                })
-                .collect();
-            let verdict = self.check_in_redis(key, &borrow).await;
-            if verdict.allowed() {
-                let left = leases.size - cost;
-                let lease = Arc::new(Lease {
-                    left: AtomicU64::new(left),
-                    decisions: verdict.decisions().to_vec(),
-                });
-                let reported = lease.report(left);
-                match leases.held.get(key) {
-                    // A lease borrowed meanwhile by another request: pool them.
-                    Some(existing) => {
-                        existing.left.fetch_add(left, Ordering::AcqRel);
-                    }
-                    None => leases.held.insert(key.clone(), lease),
-                }
-                return reported;
-            }
-            // Less than a lease is left: check this request alone.
+            return verdict;
         }
         self.check_in_redis(key, charges).await
+    }
+
+    /// Spends `cost` from the key's lease, borrowing a new one first when
+    /// it holds too little; `None` when the request must check alone (less
+    /// than a lease is left in Redis).
+    async fn check_leased(
+        &self,
+        leases: &Leases,
+        key: &ClientKey,
+        charges: &[Charge<'_>],
+        cost: u64,
+    ) -> Option<Verdict> {
+        let slot = leases.held.get_with_by_ref(key, Arc::default);
+        match slot.spend(cost) {
+            Spent::Served(verdict) => return Some(verdict),
+            Spent::Short => return None,
+            Spent::Empty => {}
+        }
+        let _borrowing = slot.borrowing.lock().await;
+        // Another request may have borrowed while this one waited.
+        match slot.spend(cost) {
+            Spent::Served(verdict) => return Some(verdict),
+            Spent::Short => return None,
+            Spent::Empty => {}
+        }
+        let borrow: Vec<Charge<'_>> = charges
+            .iter()
+            .map(|c| Charge {
+                cost: leases.size,
+                ..*c
+            })
+            .collect();
+        let verdict = self.check_in_redis(key, &borrow).await;
+        let now = Instant::now();
+        if verdict.allowed() {
+            return Some(slot.fill(leases.size - cost, verdict.decisions(), now + leases.ttl));
+        }
+        if !verdict.unavailable() {
+            // Not refused outright: less than a lease is left. Until a whole
+            // lease could have refilled, requests check alone.
+            let wait = verdict
+                .decisions()
+                .iter()
+                .filter_map(Decision::retry_after)
+                .max()
+                .unwrap_or(leases.ttl)
+                .min(leases.ttl);
+            slot.held.lock().short_until = Some(now + wait);
+        }
+        None
     }
 
     async fn check_in_redis(&self, key: &ClientKey, charges: &[Charge<'_>]) -> Verdict {
@@ -308,43 +353,64 @@ fn uniform_cost(charges: &[Charge<'_>]) -> Option<u64> {
     charges.iter().all(|c| c.cost == first).then_some(first)
 }
 
-/// Spends `cost` from the key's lease, if it holds that much.
-fn spend(leases: &Leases, key: &ClientKey, cost: u64) -> Option<Verdict> {
-    let lease = leases.held.get(key)?;
-    let mut left = lease.left.load(Ordering::Acquire);
-    loop {
-        if left < cost {
-            return None;
+/// What a lease could do for a request.
+enum Spent {
+    /// Served from the lease.
+    Served(Verdict),
+    /// The lease holds too little: borrow.
+    Empty,
+    /// Less than a lease is left in Redis: check alone.
+    Short,
+}
+
+impl Slot {
+    fn spend(&self, cost: u64) -> Spent {
+        let now = Instant::now();
+        let mut held = self.held.lock();
+        if held.expires.is_some_and(|at| at <= now) {
+            held.left = 0;
+            held.expires = None;
         }
-        match lease.left.compare_exchange_weak(
-            left,
-            left - cost,
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        ) {
-            Ok(_) => return Some(lease.report(left - cost)),
-            Err(now) => left = now,
+        if held.left >= cost {
+            held.left -= cost;
+            return Spent::Served(report(&held.decisions, held.left));
         }
+        match held.short_until {
+            Some(until) if until > now => Spent::Short,
+            _ => Spent::Empty,
+        }
+    }
+
+    /// Pools `left` newly borrowed units with whatever is still held, and
+    /// reports what the request that borrowed them sees.
+    fn fill(&self, left: u64, decisions: &[Decision], expires: Instant) -> Verdict {
+        let mut held = self.held.lock();
+        if held.expires.is_some_and(|at| at <= Instant::now()) {
+            held.left = 0;
+        }
+        held.left += left;
+        held.decisions = decisions.into();
+        held.expires = Some(expires);
+        held.short_until = None;
+        report(&held.decisions, held.left)
     }
 }
 
-impl Lease {
-    /// A verdict for a request served from the lease: what Redis had left
-    /// when the lease was borrowed, plus what the lease still holds.
-    fn report(&self, left: u64) -> Verdict {
-        let mut verdict = Verdict::default();
-        for d in &self.decisions {
-            verdict.push(Decision::new(
-                true,
-                d.limit(),
-                d.remaining() + left,
-                d.reset(),
-                None,
-            ));
-        }
-        verdict.set_allowed(true);
-        verdict
+/// A verdict for a request served from a lease: what Redis had left when
+/// the lease was borrowed, plus what the lease still holds.
+fn report(decisions: &[Decision], left: u64) -> Verdict {
+    let mut verdict = Verdict::default();
+    for d in decisions {
+        verdict.push(Decision::new(
+            true,
+            d.limit(),
+            d.remaining() + left,
+            d.reset(),
+            None,
+        ));
     }
+    verdict.set_allowed(true);
+    verdict
 }
 
 /// Microseconds, as the scripts count (they read `TIME`).
