@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response, header};
 use http_body::Body;
 use tower_ai_core::body::{ReadError, ResponseBody, read_limited};
-use tower_ai_core::llm::ChatRequest;
+use tower_ai_core::llm::{ChatRequest, estimated_tokens};
 use tower_ai_core::reject::Refusal;
 use tower_layer::Layer;
 use tower_service::Service;
@@ -141,7 +141,7 @@ where
             };
             let estimate = match ChatRequest::from_json(&bytes) {
                 Ok(chat) => chat.estimated_total_tokens(cost.default_output),
-                Err(_) => (bytes.len() as u64).div_ceil(4) + cost.default_output,
+                Err(_) => estimated_tokens(bytes.len()) + cost.default_output,
             };
             parts.extensions.insert(TokenEstimate(estimate));
             let req = Request::from_parts(parts, B::from(bytes));

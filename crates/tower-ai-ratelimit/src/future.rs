@@ -10,7 +10,7 @@ use pin_project_lite::pin_project;
 use tower_ai_core::body::ResponseBody;
 
 use crate::body::RateLimitBody;
-use crate::service::Applied;
+use crate::respond::Applied;
 
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 

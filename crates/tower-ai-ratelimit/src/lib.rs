@@ -56,6 +56,7 @@
 mod algorithm;
 mod body;
 mod clock;
+mod config;
 mod cost;
 mod error;
 pub mod future;
@@ -64,17 +65,17 @@ mod layer;
 mod limiter;
 mod policy;
 mod resolver;
+mod respond;
 mod service;
 pub mod store;
 
 pub use crate::algorithm::Decision;
 pub use crate::body::RateLimitBody;
 pub use crate::clock::{Clock, ManualClock, SystemClock, TokioClock};
-pub use crate::cost::{TokenCost, TokenCostLayer, TokenEstimate};
+pub use crate::config::{DefaultKey, HeaderStyle, MissingKey, Refused};
+pub use crate::cost::{TokenCost, TokenCostLayer, TokenCostService, TokenEstimate};
 pub use crate::error::ConfigError;
-pub use crate::layer::{
-    DefaultKey, HeaderStyle, MissingKey, RateLimitBuilder, RateLimitLayer, Refused,
-};
+pub use crate::layer::{RateLimitBuilder, RateLimitLayer};
 pub use crate::limiter::Limiter;
 pub use crate::policy::{Algorithm, Policy, Rate, Unit};
 pub use crate::resolver::{Policies, TierSource};

@@ -2,7 +2,7 @@
 
 use std::fmt::{self, Write as _};
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 use super::event::Event;
 
@@ -139,6 +139,29 @@ pub fn encode_comment(text: &str, dst: &mut BytesMut) -> Result<(), EncodeError>
 }
 
 /// Roughly the encoded size of `event`, for reserving capacity once.
+/// The encoder's side of [`Event`]: its wire format.
+impl Event {
+    /// Appends this event in the wire format to `dst`; see [`encode`].
+    ///
+    /// # Errors
+    ///
+    /// When a field cannot be written as one line; `dst` is then unchanged.
+    pub fn encode(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
+        encode(self, dst)
+    }
+
+    /// This event in the wire format, as one [`Bytes`]; see [`encode`].
+    ///
+    /// # Errors
+    ///
+    /// When a field cannot be written as one line.
+    pub fn to_bytes(&self) -> Result<Bytes, EncodeError> {
+        let mut dst = BytesMut::with_capacity(encoded_len_hint(self));
+        encode(self, &mut dst)?;
+        Ok(dst.freeze())
+    }
+}
+
 pub(crate) fn encoded_len_hint(event: &Event) -> usize {
     const PER_LINE: usize = "event: \n".len();
     let len = |field: Option<&[u8]>| field.map_or(0, |value| value.len() + PER_LINE);

@@ -3,9 +3,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-
-use super::encoder::{self, EncodeError};
+use bytes::Bytes;
 
 /// The event type a listener sees when the stream did not name one.
 const DEFAULT_EVENT_TYPE: &str = "message";
@@ -176,26 +174,6 @@ impl Event {
     #[must_use]
     pub fn comment(&self) -> Option<&str> {
         self.comment.as_deref()
-    }
-
-    /// Appends this event in the wire format to `dst`; see [`encode`](super::encode).
-    ///
-    /// # Errors
-    ///
-    /// When a field cannot be written as one line; `dst` is then unchanged.
-    pub fn encode(&self, dst: &mut BytesMut) -> Result<(), EncodeError> {
-        encoder::encode(self, dst)
-    }
-
-    /// This event in the wire format, as one [`Bytes`]; see [`encode`](super::encode).
-    ///
-    /// # Errors
-    ///
-    /// When a field cannot be written as one line.
-    pub fn to_bytes(&self) -> Result<Bytes, EncodeError> {
-        let mut dst = BytesMut::with_capacity(encoder::encoded_len_hint(self));
-        encoder::encode(self, &mut dst)?;
-        Ok(dst.freeze())
     }
 
     /// Builds a decoded event; every `Bytes` must hold valid UTF-8.
