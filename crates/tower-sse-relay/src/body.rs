@@ -2,21 +2,23 @@
 //! read from the store.
 
 use std::fmt;
+use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+use tokio::time::Instant;
 use tower_ai_core::body::ResponseBody;
 
 use crate::error::BoxError;
 use crate::relay::{Counters, Heartbeat, Mode, Relayer, StreamClock};
 use crate::store::Subscription;
-use crate::tap::EndReason;
+use crate::tap::{EndReason, TapState};
 
 pin_project! {
     /// The body of a response that went through the relay.
@@ -219,6 +221,60 @@ pub(crate) fn end_direct(mut relayer: Relayer, clock: &StreamClock, reason: EndR
     }
 }
 
+/// Reads the rest of a direct stream after its client went away, until the
+/// usage passed or `limit`, then drops the upstream and tells the tap.
+pub(crate) fn spawn_drain<B>(
+    upstream: Pin<Box<B>>,
+    relayer: Relayer,
+    clock: StreamClock,
+    limit: Duration,
+) where
+    B: Body<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        end_direct(relayer, &clock, EndReason::ClientGone);
+        return;
+    };
+    runtime.spawn(async move {
+        let mut upstream = upstream;
+        let mut relayer = relayer;
+        let deadline = Instant::now() + limit;
+        let outcome = loop {
+            while relayer.next_frame().is_some() {}
+            if relayer.tap.as_ref().is_some_and(TapState::has_usage) {
+                break "usage";
+            }
+            let frame = tokio::time::timeout_at(
+                deadline,
+                poll_fn(|cx| {
+                    upstream
+                        .as_mut()
+                        .poll_frame(cx)
+                        .map(|f| f.map(|f| f.map_err(|_| ())))
+                }),
+            )
+            .await;
+            match frame {
+                Err(_) => break "timeout",
+                Ok(Some(Ok(frame))) => {
+                    if let Ok(data) = frame.into_data() {
+                        relayer.push(data);
+                    }
+                }
+                Ok(None | Some(Err(_))) => {
+                    relayer.finish_input();
+                    while relayer.next_frame().is_some() {}
+                    break "ended";
+                }
+            }
+        };
+        drop(upstream);
+        metrics::counter!("tower_ai_sse_usage_drains_total", "outcome" => outcome).increment(1);
+        end_direct(relayer, &clock, EndReason::ClientGone);
+    });
+}
+
 impl<B> DirectBody<B>
 where
     B: Body<Data = Bytes>,
@@ -263,16 +319,7 @@ where
                     tracing::warn!(stream_id = %relayer.stream(), error = %error, "the upstream stream broke");
                     EndReason::Failed
                 }
-                Poll::Pending => {
-                    return match this.heartbeat.as_mut().poll_due(cx) {
-                        Poll::Ready(frame) => {
-                            this.counters.heartbeats.fetch_add(1, Ordering::Relaxed);
-                            metrics::counter!("tower_ai_sse_heartbeats_total").increment(1);
-                            Poll::Ready(Some(Ok(Frame::data(frame))))
-                        }
-                        Poll::Pending => Poll::Pending,
-                    };
-                }
+                Poll::Pending => return poll_heartbeat(this.heartbeat, this.counters, cx),
             };
             // The end: whatever is left goes out in one last frame, and the
             // end-of-stream work is done now, not when (or if) the server
@@ -292,6 +339,19 @@ where
             return Poll::Ready((!last.is_empty()).then(|| Ok(Frame::data(concat(last)))));
         }
     }
+}
+
+/// A heartbeat frame when one is due (counted), while a stream waits for
+/// its next event.
+fn poll_heartbeat(
+    heartbeat: Pin<&mut Heartbeat>,
+    counters: &Counters,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    let frame = ready!(heartbeat.poll_due(cx));
+    counters.heartbeats.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!("tower_ai_sse_heartbeats_total").increment(1);
+    Poll::Ready(Some(Ok(Frame::data(frame))))
 }
 
 /// Ends a relayer's input and returns its last frames, with an in-band
@@ -392,16 +452,7 @@ impl AttachedBody {
             }
             Poll::Ready(Some(Err(error))) => Some(error),
             Poll::Ready(None) => None,
-            Poll::Pending => {
-                return match this.heartbeat.as_mut().poll_due(cx) {
-                    Poll::Ready(frame) => {
-                        this.counters.heartbeats.fetch_add(1, Ordering::Relaxed);
-                        metrics::counter!("tower_ai_sse_heartbeats_total").increment(1);
-                        Poll::Ready(Some(Ok(Frame::data(frame))))
-                    }
-                    Poll::Pending => Poll::Pending,
-                };
-            }
+            Poll::Pending => return poll_heartbeat(this.heartbeat, this.counters, cx),
         };
         *this.finished = true;
         this.counters.readers_active.fetch_sub(1, Ordering::Relaxed);

@@ -38,13 +38,13 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tower_ai_core::reject::Refusal;
 
-use crate::body::{DirectBody, DrainFn, RelayBody};
+use crate::body::RelayBody;
+use crate::config::Config;
 use crate::error::BoxError;
-use crate::generate::{Handoff, respond, spawn_drain};
+use crate::generate::{Handoff, respond};
 use crate::id::StreamId;
-use crate::layer::Config;
-use crate::relay::{Counters, Heartbeat, Mode, Relayer, is_event_stream, stream_headers};
-use crate::streams::{passthrough, refuse};
+use crate::relay::{Counters, is_event_stream};
+use crate::respond::{direct_response, passthrough, refuse};
 use crate::tap::TapState;
 
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -132,42 +132,6 @@ impl<F, B, E> ResponseFuture<F, B, E> {
     }
 }
 
-/// Wraps `res` for a direct stream when it is an event stream; passes it
-/// through otherwise.
-pub(crate) fn direct_response<B>(
-    config: Arc<Config>,
-    counters: Arc<Counters>,
-    stream: StreamId,
-    tap: Option<TapState>,
-    started: Instant,
-    res: Response<B>,
-) -> Response<RelayBody<B>>
-where
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    let (mut parts, body) = res.into_parts();
-    stream_headers(
-        &mut parts.headers,
-        stream,
-        &config.stream_id_header,
-        config.identity_encoding,
-    );
-    let drain = config
-        .drain_usage
-        .filter(|_| tap.is_some())
-        .map(|limit| (spawn_drain::<B> as DrainFn<B>, limit));
-    let body = DirectBody::new(
-        body,
-        Heartbeat::new(config.heartbeat, config.heartbeat_frame.clone()),
-        Relayer::new(stream, config.max_event_size, tap),
-        Mode::Direct.clock(started),
-        counters,
-        drain,
-    );
-    Response::from_parts(parts, RelayBody::direct(body))
-}
-
 impl DirectSetup {
     pub(crate) fn wrap<B>(self, res: Response<B>) -> Response<RelayBody<B>>
     where
@@ -191,6 +155,23 @@ impl DirectSetup {
             self.tap,
             self.started,
             res,
+        )
+    }
+}
+
+impl HandoffSetup {
+    /// The client's response to the generation task's `handoff`.
+    pub(crate) fn respond<B, E>(self, handoff: Handoff<B, E>) -> Result<Response<RelayBody<B>>, E>
+    where
+        B: Body<Data = Bytes> + Send + 'static,
+        B::Error: Into<BoxError>,
+    {
+        respond(
+            &self.config,
+            &self.counters,
+            self.stream,
+            self.started,
+            handoff,
         )
     }
 }
@@ -225,13 +206,7 @@ where
                         Refusal::bad_gateway().detail("the stream's generation ended unexpectedly"),
                     )));
                 };
-                Poll::Ready(respond(
-                    &setup.config,
-                    &setup.counters,
-                    setup.stream,
-                    setup.started,
-                    handoff,
-                ))
+                Poll::Ready(setup.respond(handoff))
             }
             KindProj::Boxed { fut } => fut.as_mut().poll(cx),
             KindProj::Ready { res } => Poll::Ready(Ok(res.take().unwrap_or_else(internal_error))),

@@ -7,11 +7,10 @@
 //! then cancels the call; from the handover on, the generation is its own.
 
 use std::future::poll_fn;
-use std::pin::{Pin, pin};
+use std::pin::pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::task::Poll;
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -23,10 +22,11 @@ use tower_ai_core::sse::Event;
 use tower_service::Service;
 
 use crate::body::{RelayBody, end_direct, finish};
+use crate::config::{Config, Shared};
 use crate::error::BoxError;
 use crate::id::{ResumeFrom, StreamId};
-use crate::layer::{Config, Shared};
 use crate::relay::{Counters, Mode, Relayer, StreamClock, is_event_stream};
+use crate::respond::{attached_response, direct_response, passthrough};
 use crate::store::{Outcome, StoreError, StoredEvent, StreamStore, Subscription};
 use crate::tap::{EndReason, TapState};
 
@@ -327,14 +327,7 @@ where
 {
     match handoff {
         Handoff::Attached(mut parts, subscription) => {
-            let res = crate::streams::attached_response(
-                config,
-                counters,
-                stream,
-                subscription,
-                None,
-                started,
-            );
+            let res = attached_response(config, counters, stream, subscription, None, started);
             // The upstream's head, with the relay's stream headers on top.
             let (head, body) = res.into_parts();
             parts.headers.remove(http::header::CONTENT_LENGTH);
@@ -344,7 +337,7 @@ where
             parts.status = head.status;
             Ok(Response::from_parts(parts, body))
         }
-        Handoff::Direct(res, tap) => Ok(crate::future::direct_response(
+        Handoff::Direct(res, tap) => Ok(direct_response(
             config.clone(),
             counters.clone(),
             stream,
@@ -352,60 +345,6 @@ where
             started,
             res,
         )),
-        Handoff::Passthrough(res) => res.map(crate::streams::passthrough),
+        Handoff::Passthrough(res) => res.map(passthrough),
     }
-}
-
-/// Reads the rest of a direct stream after its client went away, until the
-/// usage passed or `limit`, then drops the upstream and tells the tap.
-pub(crate) fn spawn_drain<B>(
-    upstream: Pin<Box<B>>,
-    relayer: Relayer,
-    clock: StreamClock,
-    limit: Duration,
-) where
-    B: Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<BoxError>,
-{
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        end_direct(relayer, &clock, EndReason::ClientGone);
-        return;
-    };
-    runtime.spawn(async move {
-        let mut upstream = upstream;
-        let mut relayer = relayer;
-        let deadline = Instant::now() + limit;
-        let outcome = loop {
-            while relayer.next_frame().is_some() {}
-            if relayer.tap.as_ref().is_some_and(TapState::has_usage) {
-                break "usage";
-            }
-            let frame = tokio::time::timeout_at(
-                deadline,
-                poll_fn(|cx| {
-                    upstream
-                        .as_mut()
-                        .poll_frame(cx)
-                        .map(|f| f.map(|f| f.map_err(|_| ())))
-                }),
-            )
-            .await;
-            match frame {
-                Err(_) => break "timeout",
-                Ok(Some(Ok(frame))) => {
-                    if let Ok(data) = frame.into_data() {
-                        relayer.push(data);
-                    }
-                }
-                Ok(None | Some(Err(_))) => {
-                    relayer.finish_input();
-                    while relayer.next_frame().is_some() {}
-                    break "ended";
-                }
-            }
-        };
-        drop(upstream);
-        metrics::counter!("tower_ai_sse_usage_drains_total", "outcome" => outcome).increment(1);
-        end_direct(relayer, &clock, EndReason::ClientGone);
-    });
 }

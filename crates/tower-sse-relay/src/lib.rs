@@ -28,12 +28,14 @@
 //! re-attaches or falls back.
 
 mod body;
+mod config;
 mod error;
 pub mod future;
 mod generate;
 mod id;
 mod layer;
 mod relay;
+mod respond;
 mod service;
 pub mod store;
 pub mod streams;
@@ -44,9 +46,10 @@ pub mod tap;
 pub use tower_ai_core::sse;
 
 pub use crate::body::RelayBody;
+pub use crate::config::InvalidResume;
 pub use crate::error::{BoxError, ConfigError};
 pub use crate::id::{EventId, IdError, ResumeFrom, StreamId};
-pub use crate::layer::{InvalidResume, SseRelayBuilder, SseRelayLayer};
+pub use crate::layer::{SseRelayBuilder, SseRelayLayer};
 pub use crate::relay::RelayStats;
 pub use crate::service::SseRelay;
 #[cfg(feature = "redis")]

@@ -16,14 +16,15 @@ use tower_service::Service;
 use tracing::Instrument;
 
 use crate::body::RelayBody;
+use crate::config::{InvalidResume, Shared};
 use crate::error::BoxError;
 use crate::future::{DirectSetup, HandoffSetup, ResponseFuture};
-use crate::generate::{Generation, Handoff, respond};
+use crate::generate::{Generation, Handoff};
 use crate::id::{ResumeFrom, StreamId};
-use crate::layer::{InvalidResume, Shared};
 use crate::relay::{LAST_EVENT_ID, PREFERENCE_APPLIED};
+use crate::respond::refuse;
 use crate::store::{MemoryStore, StreamStore};
-use crate::streams::{Asked, Restart, asked, attach, refuse};
+use crate::streams::{Asked, Restart, asked, attach};
 use crate::tap::TapState;
 
 /// Relays the event streams of the inner service; see the
@@ -140,14 +141,7 @@ impl<S, St> SseRelay<S, St> {
     where
         S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     {
-        let (stream, tap) = make_tap(&self.shared, &req);
-        let setup = DirectSetup {
-            config: self.shared.config.clone(),
-            counters: self.shared.counters.clone(),
-            stream,
-            tap,
-            started,
-        };
+        let setup = direct_setup(&self.shared, &req, started);
         ResponseFuture::direct(self.inner.call(req), setup)
     }
 
@@ -161,16 +155,13 @@ impl<S, St> SseRelay<S, St> {
         started: Instant,
     ) -> ResponseFuture<S::Future, ResBody, S::Error>
     where
-        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Send + 'static,
+        S: Upstream<ReqBody, ResBody>,
         St: StreamStore,
         ReqBody: Send + 'static,
         ResBody: Body<Data = Bytes> + Send + 'static,
         ResBody::Error: Into<BoxError>,
     {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = take_ready(&mut self.inner);
         let shared = self.shared.clone();
         ResponseFuture::boxed(Box::pin(async move {
             match attach(&shared, stream, asked, started, true).await {
@@ -179,25 +170,12 @@ impl<S, St> SseRelay<S, St> {
                     req.headers_mut().remove(&LAST_EVENT_ID);
                     match spawn_generation(&shared, &mut inner, req, started) {
                         Ok((rx, setup)) => match rx.await {
-                            Ok(handoff) => respond(
-                                &setup.config,
-                                &setup.counters,
-                                setup.stream,
-                                setup.started,
-                                handoff,
-                            ),
+                            Ok(handoff) => setup.respond(handoff),
                             Err(_) => Ok(refuse(Refusal::bad_gateway())),
                         },
                         Err(req) => {
-                            let (stream, tap) = make_tap(&shared, &req);
+                            let setup = direct_setup(&shared, &req, started);
                             let res = inner.call(req).await?;
-                            let setup = DirectSetup {
-                                config: shared.config.clone(),
-                                counters: shared.counters.clone(),
-                                stream,
-                                tap,
-                                started,
-                            };
                             Ok(setup.wrap(res))
                         }
                     }
@@ -214,9 +192,7 @@ impl<S, St> SseRelay<S, St> {
         started: Instant,
     ) -> ResponseFuture<S::Future, ResBody, S::Error>
     where
-        S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-        S::Future: Send + 'static,
-        S::Error: Send + 'static,
+        S: Upstream<ReqBody, ResBody>,
         St: StreamStore,
         ReqBody: Send + 'static,
         ResBody: Body<Data = Bytes> + Send + 'static,
@@ -230,8 +206,7 @@ impl<S, St> SseRelay<S, St> {
             ));
         };
         let stream = generation.stream;
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
+        let inner = take_ready(&mut self.inner);
         let (tx, rx) = oneshot::channel();
         let span = tracing::debug_span!("sse_generation", stream_id = %stream, mode = "async");
         runtime.spawn(generation.run_async(inner, req, tx).instrument(span));
@@ -246,6 +221,48 @@ impl<S, St> SseRelay<S, St> {
                 ),
             })
         }))
+    }
+}
+
+/// What the resumable paths need of the inner service: the instance polled
+/// ready is moved, with its call, into a generation task, and a clone
+/// stays behind.
+trait Upstream<ReqBody, ResBody>:
+    Service<
+        Request<ReqBody>,
+        Response = Response<ResBody>,
+        Future: Send + 'static,
+        Error: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S, ReqBody, ResBody> Upstream<ReqBody, ResBody> for S
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+}
+
+/// The instance that was polled ready, leaving a clone in its place.
+fn take_ready<S: Clone>(inner: &mut S) -> S {
+    let clone = inner.clone();
+    std::mem::replace(inner, clone)
+}
+
+/// What a direct stream needs once its response arrives: with a tap, the
+/// tap of the new stream and the stream id it was made for.
+fn direct_setup<St, B>(shared: &Shared<St>, req: &Request<B>, started: Instant) -> DirectSetup {
+    let (stream, tap) = make_tap(shared, req);
+    DirectSetup {
+        config: shared.config.clone(),
+        counters: shared.counters.clone(),
+        stream,
+        tap,
+        started,
     }
 }
 
@@ -303,9 +320,7 @@ fn spawn_generation<S, St, ReqBody, ResBody>(
     started: Instant,
 ) -> Result<(oneshot::Receiver<Handoff<ResBody, S::Error>>, HandoffSetup), Request<ReqBody>>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
+    S: Upstream<ReqBody, ResBody>,
     St: StreamStore,
     ReqBody: Send + 'static,
     ResBody: Body<Data = Bytes> + Send + 'static,
@@ -321,8 +336,7 @@ where
         started,
     };
     // The instance that was polled ready goes to the task.
-    let clone = inner.clone();
-    let ready = std::mem::replace(inner, clone);
+    let ready = take_ready(inner);
     let (tx, rx) = oneshot::channel();
     let span = tracing::debug_span!("sse_generation", stream_id = %generation.stream);
     runtime.spawn(generation.run(ready, req, tx).instrument(span));

@@ -59,15 +59,15 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, Method, Request, Response, StatusCode, Uri};
 use http_body_util::Empty;
 use tokio::time::Instant;
-use tower_ai_core::body::ResponseBody;
 use tower_ai_core::reject::Refusal;
 use tower_service::Service;
 
-use crate::body::{AttachedBody, RelayBody};
+use crate::body::RelayBody;
+use crate::config::{InvalidResume, Shared};
 use crate::id::{ResumeFrom, StreamId};
-use crate::layer::{Config, InvalidResume, Shared};
-use crate::relay::{Counters, Heartbeat, LAST_EVENT_ID, Mode, stream_headers};
-use crate::store::{ResumeError, StreamStore, Subscription};
+use crate::relay::LAST_EVENT_ID;
+use crate::respond::{attached_response, refuse};
+use crate::store::{ResumeError, StreamStore};
 
 /// What a request says about resuming.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -198,46 +198,6 @@ pub(crate) async fn attach<St: StreamStore, B>(
     ))
 }
 
-/// A `200` event stream reading `subscription`, or `204` when it has
-/// nothing to send.
-pub(crate) fn attached_response<B>(
-    config: &Config,
-    counters: &Arc<Counters>,
-    stream: StreamId,
-    subscription: Subscription,
-    resumed_after: Option<&str>,
-    started: Instant,
-) -> Response<RelayBody<B>> {
-    let mut res = if subscription.is_finished() {
-        let mut res = Response::new(RelayBody::empty());
-        *res.status_mut() = StatusCode::NO_CONTENT;
-        if let Ok(value) = HeaderValue::from_str(stream.as_str()) {
-            res.headers_mut()
-                .insert(config.stream_id_header.clone(), value);
-        }
-        res
-    } else {
-        let body = AttachedBody::new(
-            subscription,
-            Heartbeat::new(config.heartbeat, config.heartbeat_frame.clone()),
-            Mode::Reader.clock(started),
-            counters.clone(),
-        );
-        let mut res = Response::new(RelayBody::attached(body));
-        stream_headers(
-            res.headers_mut(),
-            stream,
-            &config.stream_id_header,
-            config.identity_encoding,
-        );
-        res
-    };
-    if let Some(value) = resumed_after.and_then(|v| HeaderValue::from_str(v).ok()) {
-        res.headers_mut().insert(LAST_EVENT_ID.clone(), value);
-    }
-    res
-}
-
 fn refuse_resume<B>(error: &ResumeError) -> Response<RelayBody<B>> {
     let (outcome, refusal) = match error {
         ResumeError::UnknownStream => (
@@ -261,10 +221,6 @@ fn refuse_resume<B>(error: &ResumeError) -> Response<RelayBody<B>> {
     };
     resume_metric(outcome);
     refuse(refusal.detail(error.to_string()))
-}
-
-pub(crate) fn refuse<B>(refusal: Refusal) -> Response<RelayBody<B>> {
-    refusal.into_http().map(RelayBody::inner)
 }
 
 fn resume_metric(outcome: &'static str) {
@@ -392,11 +348,6 @@ impl fmt::Debug for StreamsFuture {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("StreamsFuture")
     }
-}
-
-/// Passes a non-event-stream response through unchanged.
-pub(crate) fn passthrough<B>(res: Response<B>) -> Response<RelayBody<B>> {
-    res.map(|body| RelayBody::inner(ResponseBody::inner(body)))
 }
 
 #[cfg(test)]

@@ -40,6 +40,7 @@
 //! # Ok(()) }
 //! ```
 
+mod any;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;
@@ -52,6 +53,7 @@ use std::task::{Context, Poll};
 use bytes::Bytes;
 use futures_core::Stream;
 
+pub use any::AnyStore;
 pub use memory::{MemoryStore, MemoryStoreBuilder};
 #[cfg(feature = "redis")]
 pub use redis::{RedisStore, RedisStoreBuilder};
@@ -290,78 +292,4 @@ pub trait StreamStore: Clone + Send + Sync + 'static {
         id: &StreamId,
         from: ResumeFrom,
     ) -> impl Future<Output = Result<Subscription, ResumeError>> + Send;
-}
-
-/// A store picked at run time: the memory store, or (feature `redis`) the
-/// Redis store. Every call is one `match` away from the store's own.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub enum AnyStore {
-    /// Streams in this process only.
-    Memory(MemoryStore),
-    /// Streams shared by every replica through Redis.
-    #[cfg(feature = "redis")]
-    Redis(RedisStore),
-}
-
-impl Default for AnyStore {
-    fn default() -> Self {
-        Self::Memory(MemoryStore::new())
-    }
-}
-
-impl From<MemoryStore> for AnyStore {
-    fn from(store: MemoryStore) -> Self {
-        Self::Memory(store)
-    }
-}
-
-#[cfg(feature = "redis")]
-impl From<RedisStore> for AnyStore {
-    fn from(store: RedisStore) -> Self {
-        Self::Redis(store)
-    }
-}
-
-impl StreamStore for AnyStore {
-    async fn create(&self, id: &StreamId) -> Result<(), StoreError> {
-        match self {
-            Self::Memory(store) => store.create(id).await,
-            #[cfg(feature = "redis")]
-            Self::Redis(store) => store.create(id).await,
-        }
-    }
-
-    async fn append(&self, id: &StreamId, events: &[StoredEvent]) -> Result<(), StoreError> {
-        match self {
-            Self::Memory(store) => store.append(id, events).await,
-            #[cfg(feature = "redis")]
-            Self::Redis(store) => store.append(id, events).await,
-        }
-    }
-
-    async fn finish(
-        &self,
-        id: &StreamId,
-        last_seq: u64,
-        outcome: Outcome,
-    ) -> Result<(), StoreError> {
-        match self {
-            Self::Memory(store) => store.finish(id, last_seq, outcome).await,
-            #[cfg(feature = "redis")]
-            Self::Redis(store) => store.finish(id, last_seq, outcome).await,
-        }
-    }
-
-    async fn subscribe(
-        &self,
-        id: &StreamId,
-        from: ResumeFrom,
-    ) -> Result<Subscription, ResumeError> {
-        match self {
-            Self::Memory(store) => store.subscribe(id, from).await,
-            #[cfg(feature = "redis")]
-            Self::Redis(store) => store.subscribe(id, from).await,
-        }
-    }
 }
