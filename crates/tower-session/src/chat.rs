@@ -43,8 +43,8 @@ use tower_ai_core::reject::Refusal;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use crate::history::Turn;
 use crate::session::Session;
+use crate::turn::Turn;
 
 /// The largest chat request body read by default (1 MiB).
 pub const DEFAULT_MAX_CHAT_BODY: usize = 1 << 20;

@@ -40,68 +40,9 @@
 //! # }
 //! ```
 
-use serde::{Deserialize, Serialize};
-
 use crate::error::Error;
 use crate::session::Session;
-
-/// Who said a turn.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-#[non_exhaustive]
-pub enum Role {
-    /// The system prompt. A session keeps at most one, apart from the
-    /// capped list: appending another replaces it.
-    System,
-    /// Developer instructions (OpenAI's newer name for system-level
-    /// messages); stored like any other turn.
-    Developer,
-    /// The user.
-    User,
-    /// The model.
-    Assistant,
-    /// A tool's result.
-    Tool,
-}
-
-/// One turn of a conversation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[non_exhaustive]
-pub struct Turn {
-    /// Who said it.
-    pub role: Role,
-    /// What was said.
-    pub content: String,
-    /// Its size in model tokens, as counted by the caller (usually from the
-    /// upstream's `usage`).
-    pub tokens: u32,
-}
-
-impl Turn {
-    /// A turn.
-    pub fn new(role: Role, content: impl Into<String>, tokens: u32) -> Self {
-        Self {
-            role,
-            content: content.into(),
-            tokens,
-        }
-    }
-
-    /// A system message.
-    pub fn system(content: impl Into<String>, tokens: u32) -> Self {
-        Self::new(Role::System, content, tokens)
-    }
-
-    /// A user message.
-    pub fn user(content: impl Into<String>, tokens: u32) -> Self {
-        Self::new(Role::User, content, tokens)
-    }
-
-    /// A model answer.
-    pub fn assistant(content: impl Into<String>, tokens: u32) -> Self {
-        Self::new(Role::Assistant, content, tokens)
-    }
-}
+pub use crate::turn::{Role, Turn};
 
 /// The history of one session; from [`Session::history`]. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -109,11 +50,16 @@ pub struct History {
     session: Session,
 }
 
-impl History {
-    pub(crate) fn new(session: Session) -> Self {
-        Self { session }
+impl Session {
+    /// The session's conversation memory.
+    pub fn history(&self) -> History {
+        History {
+            session: self.clone(),
+        }
     }
+}
 
+impl History {
     /// Appends `turn` now, atomically with the trim to the history limit and
     /// the renewal of the session's TTL; returns how many turns the list
     /// holds. A [`Role::System`] turn replaces the system message instead.
@@ -232,13 +178,5 @@ mod tests {
         let picked = select_within(None, turns(&[0, 0]), 0);
         assert_eq!(contents(&picked), ["0", "1"]);
         assert!(select_within(None, Vec::new(), 10).is_empty());
-    }
-
-    #[test]
-    fn turns_serialise_with_lowercase_roles() {
-        let json = serde_json::to_string(&Turn::assistant("hi", 2)).unwrap();
-        assert_eq!(json, r#"{"role":"assistant","content":"hi","tokens":2}"#);
-        let back: Turn = serde_json::from_str(&json).unwrap();
-        assert_eq!(back, Turn::assistant("hi", 2));
     }
 }

@@ -3,6 +3,7 @@
 mod body;
 mod carrier;
 pub mod chat;
+mod config;
 mod error;
 #[cfg(feature = "axum")]
 mod extract;
@@ -15,17 +16,19 @@ mod service;
 mod session;
 mod sessions;
 pub mod store;
+mod turn;
 mod user;
 
 pub use body::SessionBody;
 pub use chat::{ChatHistory, ChatHistoryLayer};
+pub use config::OutagePolicy;
 pub use cookie::SameSite;
 pub use error::{ConfigError, Error, StoreError, StoreErrorKind};
 pub use history::{History, Role, Turn};
 pub use id::Id;
 pub use layer::{
     DEFAULT_COOKIE_NAME, DEFAULT_HISTORY_TURNS, DEFAULT_MAX_TURN_BYTES, DEFAULT_TOUCH_INTERVAL,
-    DEFAULT_TTL, DEFAULT_USER_FIELD, OutagePolicy, SessionLayer, SessionLayerBuilder,
+    DEFAULT_TTL, DEFAULT_USER_FIELD, SessionLayer, SessionLayerBuilder,
 };
 pub use profile::{Profile, TIER_FIELD};
 pub use service::SessionManager;

@@ -8,8 +8,8 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use crate::body::SessionBody;
+use crate::config::Config;
 use crate::future::ResponseFuture;
-use crate::layer::Config;
 use crate::session::Session;
 
 /// Gives each request a lazy [`Session`] in its extensions and saves what

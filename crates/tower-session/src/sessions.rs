@@ -3,8 +3,8 @@
 use std::fmt;
 use std::sync::Arc;
 
+use crate::config::Config;
 use crate::error::Error;
-use crate::layer::Config;
 use crate::profile::Profile;
 use crate::store::Changes;
 
