@@ -6,24 +6,25 @@ use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tower_ai_core::body::ResponseBody;
-use tower_ai_core::llm::{AnswerTap, Completion, FinishReason};
+use tower_ai_core::llm::AnswerTap;
 
+use crate::config::Shared;
 use crate::entry::{Entry, Head, Lifetime};
 use crate::flight::{Cursor, End, Flight, LeadGuard, Next, Source};
+use crate::judge::{Plan, judge};
 use crate::key::CacheKey;
-use crate::layer::Shared;
 use crate::tag::TagId;
 
 /// A boxed error, what [`CacheBody`] fails with (the inner body's error, or a
-/// shared answer in flight that broke off).
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// shared answer in flight that broke off): the same type as
+/// [`tower_ai_core::body::BoxError`], re-exported here.
+pub use tower_ai_core::body::BoxError;
 
 pin_project! {
     /// The body of a response that passed through the cache.
@@ -205,16 +206,6 @@ where
     }
 }
 
-/// How long a recorded answer is kept, decided at its head.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Plan {
-    pub(crate) ttl: Duration,
-    pub(crate) grace: Duration,
-    pub(crate) age_at_store: Duration,
-    /// Whether an answer cut off at the request's `max_tokens` is stored.
-    pub(crate) store_length: bool,
-}
-
 /// Records a leader's answer as it passes: into its flight (for the
 /// followers in this process), into Redis (for other replicas' followers),
 /// and, when it ends complete, into L1 and L2.
@@ -343,7 +334,7 @@ impl Recorder {
     }
 
     fn route_name(&self) -> metrics::SharedString {
-        metrics::SharedString::from(self.shared.routes[self.route].name.clone())
+        self.shared.route_label(self.route)
     }
 
     /// The body ended cleanly: store the answer if it is complete.
@@ -448,75 +439,4 @@ impl Drop for Recorder {
     fn drop(&mut self) {
         self.give_up("aborted");
     }
-}
-
-/// Whether a whole answer is complete and may be stored, and the LLM tokens
-/// it cost. A `Content-Type: text/event-stream` answer must end with
-/// `[DONE]` or a complete `finish_reason` (`stop`, `tool_calls`, and `length`
-/// when `store_length`) and carry no in-band error; a JSON chat completion
-/// must not be an error or cut off (`length`, unless `store_length`); a gRPC
-/// answer must end with `grpc-status: 0`.
-pub(crate) fn judge(
-    head: &Head,
-    body: &Bytes,
-    trailers: Option<&HeaderMap>,
-    tap: Option<&mut AnswerTap>,
-    store_length: bool,
-) -> Result<u64, &'static str> {
-    let complete = |reason: &FinishReason| {
-        reason.is_complete() || (store_length && *reason == FinishReason::Length)
-    };
-    let content_type = head
-        .headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    if content_type.starts_with("application/grpc") {
-        let status = trailers
-            .and_then(|t| t.get("grpc-status"))
-            .or_else(|| head.headers.get("grpc-status"));
-        return match status {
-            Some(s) if s == "0" => Ok(0),
-            _ => Err("grpc_error"),
-        };
-    }
-    if head.is_stream() {
-        let mut own;
-        let tap = match tap {
-            Some(tap) => tap,
-            None => {
-                own = AnswerTap::for_response(&head.headers, 0);
-                own.observe(body);
-                &mut own
-            }
-        };
-        let summary = tap.finish();
-        if summary.error {
-            return Err("error");
-        }
-        let complete = match &summary.finish_reason {
-            Some(reason) => complete(reason),
-            None => summary.done,
-        };
-        if !complete {
-            return Err(if summary.finish_reason.is_some() {
-                "truncated"
-            } else {
-                "incomplete"
-            });
-        }
-        return Ok(summary.usage.map_or(0, |u| u.total()));
-    }
-    if (content_type.starts_with("application/json") || content_type.contains("+json"))
-        && let Ok(c) = Completion::from_json(body)
-    {
-        if c.error {
-            return Err("error");
-        }
-        if c.finish_reason.as_ref().is_some_and(|r| !complete(r)) {
-            return Err("truncated");
-        }
-        return Ok(c.usage.map_or(0, |u| u.total()));
-    }
-    Ok(0)
 }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{HeaderMap, StatusCode};
 
+use crate::entry::{Entry, now_ms};
 use crate::key::CacheKey;
 
 /// `Cache-Status` (RFC 9211).
@@ -26,6 +27,13 @@ pub(crate) struct RequestDirectives {
 }
 
 impl RequestDirectives {
+    /// Whether the request's `max-age` accepts a stored entry's age (any age
+    /// without one; the clock is read only with one).
+    pub(crate) fn accepts(&self, entry: &Entry) -> bool {
+        self.max_age
+            .is_none_or(|max| entry.lifetime.age(now_ms()).as_secs() <= max)
+    }
+
     pub(crate) fn parse(headers: &HeaderMap) -> Self {
         let mut d = Self::default();
         let mut any_cache_control = false;

@@ -227,6 +227,27 @@ impl Entry {
         out.freeze()
     }
 
+    /// Whether an encoded entry is past its grace at `now_ms`, read from its
+    /// fixed-size start alone; `false` when that start is malformed (for
+    /// [`decode`](Self::decode) to say so).
+    pub(crate) fn is_gone(bytes: &[u8], now_ms: u64) -> bool {
+        Self::peek_lifetime(bytes).is_some_and(|l| l.freshness(now_ms) == Freshness::Gone)
+    }
+
+    fn peek_lifetime(bytes: &[u8]) -> Option<Lifetime> {
+        let mut r = Reader(bytes);
+        if r.take(4)? != MAGIC {
+            return None;
+        }
+        r.take(3)?; // flags, status
+        Some(Lifetime {
+            stored_at_ms: r.u64()?,
+            ttl_ms: r.u64()?,
+            grace_ms: r.u64()?,
+            age_at_store_ms: r.u64()?,
+        })
+    }
+
     /// Reads an encoded entry; `None` for anything malformed (read as a miss).
     pub(crate) fn decode(bytes: &Bytes) -> Option<Self> {
         let mut r = Reader(bytes);
@@ -405,6 +426,18 @@ mod tests {
         }
         assert!(Entry::decode(&Bytes::from_static(b"nonsense")).is_none());
         assert!(Head::decode(b"TAH1\xff").is_none());
+    }
+
+    #[test]
+    fn gone_is_seen_without_decoding() {
+        let e = entry();
+        let bytes = e.encode();
+        let end = e.lifetime.stored_at_ms + e.lifetime.ttl_ms + e.lifetime.grace_ms;
+        assert!(!Entry::is_gone(&bytes, e.lifetime.stored_at_ms));
+        assert!(!Entry::is_gone(&bytes, end - 1));
+        assert!(Entry::is_gone(&bytes, end));
+        assert!(!Entry::is_gone(b"nonsense", u64::MAX));
+        assert!(!Entry::is_gone(&bytes[..20], u64::MAX));
     }
 
     #[test]

@@ -1,3 +1,5 @@
+//! [`ConfigError`]: what `CacheBuilder::build` refuses.
+
 use std::fmt;
 
 /// A cache configuration that can't work (found when the layer is built,

@@ -12,43 +12,20 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
 use http_body::Body;
-use http_body_util::{BodyExt, Empty, Limited};
-use tower_ai_core::key::RequestHead;
+use http_body_util::Empty;
+use tower_ai_core::body::read_limited;
 use tower_ai_core::reject::Refusal;
 use tower_service::Service;
 
 use crate::body::{BoxError, CacheBody};
+use crate::config::Shared;
 use crate::directives::{Outcome, Status, secs, stale_ttl};
 use crate::entry::{Entry, Freshness, now_ms};
 use crate::future::BoxFuture;
-use crate::key::{CacheKey, KeyInput, KeyScope};
-use crate::layer::Shared;
-use crate::service::answer;
+use crate::key::CacheKey;
+use crate::respond::{FromCache, answer};
+use crate::store::memory::Lookup;
 use crate::tag::CacheTag;
-
-/// Marks a response the cache made (a stored answer, fresh or stale, or a
-/// live copy of another request's answer), as a response extension.
-///
-/// The cache never stores a response that carries it, so a stale answer a
-/// circuit breaker's fallback served below the cache isn't stored again as
-/// new.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct FromCache {
-    fresh: bool,
-}
-
-impl FromCache {
-    /// A mark; `fresh` for a fresh stored answer. (Another cache below this
-    /// one may mark its answers too, so that they aren't stored again.)
-    pub const fn new(fresh: bool) -> Self {
-        Self { fresh }
-    }
-
-    /// Whether it is a fresh stored answer (a `hit`).
-    pub const fn is_fresh_hit(&self) -> bool {
-        self.fresh
-    }
-}
 
 /// What an invalidation did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,7 +164,7 @@ impl CacheHandle {
     /// The key the cache uses for this request and body, or `None` when no
     /// route matches or its scope finds no caller.
     pub fn key_for<B>(&self, req: &Request<B>, body: &[u8]) -> Option<CacheKey> {
-        key_of(&self.shared, req, body).map(|(_, key)| key)
+        key_of(&self.shared, req, body)
     }
 
     /// The stored answer for this request and body, fresh or stale (within
@@ -200,7 +177,7 @@ impl CacheHandle {
         req: &Request<B>,
         body: &[u8],
     ) -> impl Future<Output = Option<CachedAnswer>> + Send + 'static {
-        let key = key_of(&self.shared, req, body).map(|(_, key)| key);
+        let key = key_of(&self.shared, req, body);
         let this = self.clone();
         async move {
             match key {
@@ -212,7 +189,6 @@ impl CacheHandle {
 
     /// The stored answer for a key, fresh or stale.
     pub async fn lookup_key(&self, key: &CacheKey) -> Option<CachedAnswer> {
-        use crate::store::memory::Lookup;
         let entry = match self.shared.l1.get(key) {
             Lookup::Fresh(entry, _) | Lookup::Stale(entry) => Some(entry),
             Lookup::Miss => None,
@@ -249,7 +225,7 @@ impl CacheHandle {
     /// stale). For health checks and tests: invalidations reach every
     /// replica's L1.
     pub fn l1_contains(&self, key: &CacheKey) -> bool {
-        !matches!(self.shared.l1.get(key), crate::store::memory::Lookup::Miss)
+        !matches!(self.shared.l1.get(key), Lookup::Miss)
     }
 
     /// Entries in this replica's L1.
@@ -285,23 +261,12 @@ impl CacheHandle {
     }
 }
 
-fn key_of<B>(shared: &Shared, req: &Request<B>, body: &[u8]) -> Option<(usize, CacheKey)> {
+/// The key the service makes for this request and body, if it caches it.
+fn key_of<B>(shared: &Shared, req: &Request<B>, body: &[u8]) -> Option<CacheKey> {
     let route = shared.route(req.method(), req.uri().path())?;
-    let scope = if shared.routes[route].public {
-        KeyScope::Public
-    } else {
-        KeyScope::Caller((shared.scope)(RequestHead::of(req))?)
-    };
-    let (key, _) = KeyInput {
-        method: req.method(),
-        path_and_query: req.uri().path_and_query().map_or("/", |p| p.as_str()),
-        vary: &shared.vary,
-        headers: Some(req.headers()),
-        scope: &scope,
-        ignore: &shared.ignore,
-    }
-    .digest(body);
-    Some((route, key))
+    let scope = shared.scope_of(route, req)?;
+    let (key, _) = shared.key(req.method(), req.uri(), req.headers(), &scope, body);
+    Some(key)
 }
 
 /// A stored answer found by [`CacheHandle::lookup`].
@@ -419,8 +384,8 @@ where
             let (parts, body) = req.into_parts();
             let head = Request::from_parts(parts, ());
             let limit = handle.shared.max_request_body;
-            let found = match Limited::new(body, limit).collect().await {
-                Ok(bytes) => handle.lookup(&head, &bytes.to_bytes()).await,
+            let found = match read_limited(body, limit).await {
+                Ok(bytes) => handle.lookup(&head, &bytes).await,
                 Err(_) => None,
             };
             Ok(match found {

@@ -1,21 +1,23 @@
+//! [`CacheLayer`] and its builder, [`CacheBuilder`].
+
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{HeaderName, Method, StatusCode};
-use tower_ai_core::key::{ApiKey, ClientKey, KeyExtractor, RequestHead};
+use http::{HeaderName, StatusCode};
+use tower_ai_core::key::{ApiKey, KeyExtractor};
 use tower_layer::Layer;
 
-use crate::ConfigError;
+#[cfg(feature = "redis")]
+use crate::config::RedisOptions;
+use crate::config::{ScopeFn, Shared, scope_fn};
+use crate::error::ConfigError;
 use crate::flight::Flights;
 use crate::handle::CacheHandle;
-use crate::key::IgnoreList;
+use crate::key::{Aliases, IgnoreList};
 use crate::route::{Route, RouteDefaults, RouteRule};
 use crate::service::Cache;
 use crate::store::memory::L1;
-
-/// Finds a request's scope (its caller).
-pub(crate) type ScopeFn = Arc<dyn Fn(RequestHead<'_>) -> Option<ClientKey> + Send + Sync>;
 
 /// The [`Layer`] that wraps services in [`Cache`].
 ///
@@ -24,32 +26,7 @@ pub(crate) type ScopeFn = Arc<dyn Fn(RequestHead<'_>) -> Option<ClientKey> + Sen
 /// and hand clones to each route.
 #[derive(Clone)]
 pub struct CacheLayer {
-    pub(crate) shared: Arc<Shared>,
-}
-
-/// What every service of one layer shares.
-pub(crate) struct Shared {
-    pub(crate) routes: Box<[RouteRule]>,
-    pub(crate) scope: ScopeFn,
-    pub(crate) ignore: IgnoreList,
-    pub(crate) vary: Box<[HeaderName]>,
-    pub(crate) cache_name: Box<str>,
-    pub(crate) expose_key: bool,
-    pub(crate) max_request_body: usize,
-    pub(crate) max_body: usize,
-    pub(crate) cacheable: fn(StatusCode) -> bool,
-    pub(crate) follow_timeout: Duration,
-    pub(crate) l1: L1,
-    pub(crate) aliases: crate::key::Aliases,
-    pub(crate) flights: Arc<Flights>,
-    #[cfg(feature = "redis")]
-    pub(crate) l2: Option<Arc<crate::store::redis::L2>>,
-}
-
-impl Shared {
-    pub(crate) fn route(&self, method: &Method, path: &str) -> Option<usize> {
-        self.routes.iter().position(|r| r.matches(method, path))
-    }
+    shared: Arc<Shared>,
 }
 
 impl fmt::Debug for CacheLayer {
@@ -122,7 +99,7 @@ impl CacheLayer {
                 cacheable: b.cacheable,
                 follow_timeout: b.follow_timeout,
                 flights: Arc::new(Flights::new(b.max_in_flight, b.max_body)),
-                aliases: crate::key::Aliases::new(),
+                aliases: Aliases::new(),
                 l1,
                 #[cfg(feature = "redis")]
                 l2,
@@ -350,17 +327,7 @@ impl CacheBuilder {
     /// [`redis`](Self::redis) with options.
     #[cfg(feature = "redis")]
     pub fn redis_with(mut self, client: fred::clients::Client, options: RedisOptions) -> Self {
-        self.redis = Some((
-            client,
-            crate::store::redis::L2Config {
-                prefix: options.prefix,
-                degrade: options.degrade,
-                lock_ttl: options.lock_ttl,
-                stream_keep: options.stream_keep,
-                block: options.block,
-                blocking_connections: options.blocking_connections,
-            },
-        ));
+        self.redis = Some((client, options.into_l2()));
         self
     }
 
@@ -419,77 +386,5 @@ impl CacheBuilder {
             }
         }
         Ok(CacheLayer::from_builder(self))
-    }
-}
-
-fn scope_fn<K: KeyExtractor>(scope: K) -> ScopeFn {
-    Arc::new(move |head| scope.extract_head(head))
-}
-
-/// How the cache uses Redis (feature `redis`).
-#[cfg(feature = "redis")]
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct RedisOptions {
-    /// The key prefix (default `tower-ai`): keys are
-    /// `{prefix}:cache:{digest}:…`.
-    pub prefix: String,
-    /// Timeouts and backoff of every Redis call (default: 50 ms timeout).
-    pub degrade: tower_ai_core::redis::DegradeConfig,
-    /// How long a leader's lock lives without renewal (default 30 s); a
-    /// streamed answer renews it with each chunk.
-    pub lock_ttl: Duration,
-    /// How long a finished recording stays readable (default 10 s).
-    pub stream_keep: Duration,
-    /// How long one blocking read of a recording waits (default 1 s).
-    pub block: Duration,
-    /// Connections for blocking reads (default 8): how many answers in
-    /// flight on other replicas this one can follow at once without
-    /// polling.
-    pub blocking_connections: usize,
-}
-
-#[cfg(feature = "redis")]
-impl Default for RedisOptions {
-    fn default() -> Self {
-        Self {
-            prefix: "tower-ai".to_owned(),
-            degrade: tower_ai_core::redis::DegradeConfig::default(),
-            lock_ttl: Duration::from_secs(30),
-            stream_keep: Duration::from_secs(10),
-            block: Duration::from_secs(1),
-            blocking_connections: 8,
-        }
-    }
-}
-
-#[cfg(feature = "redis")]
-impl RedisOptions {
-    /// Sets the key prefix.
-    #[must_use]
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
-        self
-    }
-
-    /// Sets the Redis call timeouts and backoff.
-    #[must_use]
-    pub fn degrade(mut self, degrade: tower_ai_core::redis::DegradeConfig) -> Self {
-        self.degrade = degrade;
-        self
-    }
-
-    /// Sets the lock's lifetime.
-    #[must_use]
-    pub fn lock_ttl(mut self, ttl: Duration) -> Self {
-        self.lock_ttl = ttl;
-        self
-    }
-
-    /// Sets the number of blocking-read connections.
-    #[must_use]
-    pub fn blocking_connections(mut self, n: usize) -> Self {
-        self.blocking_connections = n;
-        self
     }
 }

@@ -129,29 +129,39 @@
 //! # Ok(()) }
 //! ```
 
+// Imports run one way, as in tower's `limit/rate`: layer -> service -> miss
+// -> future -> body -> config (the runtime settings, which every file reads).
+// `service`, `miss` and `handle` make responses through `respond`; `miss`,
+// `body` and `remote` judge answers through `judge`. Below them all: key,
+// entry, flight, store, directives, route, tag.
 mod body;
+mod config;
 mod directives;
 mod entry;
 mod error;
 mod flight;
 pub mod future;
 mod handle;
+mod judge;
 mod key;
 mod layer;
+mod miss;
 #[cfg(feature = "redis")]
 mod remote;
+mod respond;
 mod route;
 mod service;
 mod store;
 mod tag;
 
 pub use crate::body::{BoxError, CacheBody};
-pub use crate::error::ConfigError;
-pub use crate::handle::{CacheHandle, CachedAnswer, FromCache, Invalidated, StaleFallback};
-pub use crate::key::{CacheKey, IgnoreList, KeyScope, canonical_json};
 #[cfg(feature = "redis")]
-pub use crate::layer::RedisOptions;
+pub use crate::config::RedisOptions;
+pub use crate::error::ConfigError;
+pub use crate::handle::{CacheHandle, CachedAnswer, Invalidated, StaleFallback};
+pub use crate::key::{CacheKey, IgnoreList, KeyScope, canonical_json};
 pub use crate::layer::{CacheBuilder, CacheLayer};
+pub use crate::respond::FromCache;
 pub use crate::route::Route;
 pub use crate::service::Cache;
 pub use crate::tag::CacheTag;

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use crate::body::judge;
 use crate::entry::{Entry, Freshness, Lifetime, now_ms};
 use crate::flight::{End, LeadGuard, Source};
+use crate::judge::judge;
 use crate::key::CacheKey;
 use crate::store::memory::L1;
 use crate::store::redis::{Item, L2};
@@ -162,6 +162,6 @@ async fn stored_entry(
                 tags: tags.to_vec(),
             }))
         }
-        _ => l2.get(&key).await.ok().flatten().map(Arc::new),
+        _ => l2.get_stored(&key).await.ok().flatten().map(Arc::new),
     }
 }

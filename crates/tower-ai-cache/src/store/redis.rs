@@ -32,7 +32,7 @@ use parking_lot::Mutex;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tower_ai_core::redis::{Degrade, DegradeConfig, KeySpace, Script, Tag, Unavailable};
 
-use crate::entry::{Entry, Head, millis};
+use crate::entry::{Entry, Head, millis, now_ms};
 use crate::key::CacheKey;
 use crate::store::memory::L1;
 use crate::store::{END_ABORTED, END_STORED};
@@ -248,16 +248,17 @@ impl L2 {
     }
 
     fn names(&self, key: &CacheKey) -> Names {
-        let mut hex = String::with_capacity(32);
-        for b in &key.as_bytes()[..16] {
-            crate::key::push_hex(&mut hex, *b);
-        }
-        let tag = Tag::fixed(&hex);
+        let tag = key_tag(key);
         Names {
             value: self.keys.key(&tag, "v"),
             lock: self.keys.key(&tag, "l"),
             stream: self.keys.key(&tag, "s"),
         }
+    }
+
+    /// The value's name alone (a lookup needs no other).
+    fn value_name(&self, key: &CacheKey) -> String {
+        self.keys.key(&key_tag(key), "v")
     }
 
     fn tag_key(&self, tag: TagId) -> String {
@@ -277,15 +278,23 @@ impl L2 {
         }
     }
 
-    /// The entry, fresh or stale. One `GET`.
+    /// The entry, fresh or stale; one past its grace reads as a miss and is
+    /// not decoded. One `GET`.
     pub(crate) async fn get(&self, key: &CacheKey) -> Result<Option<Entry>, Unavailable> {
-        let name = self.names(key).value;
-        let value = self
-            .degrade
-            .call(self.client.get::<Value, _>(name))
+        self.get_value(key).await.map(usable)
+    }
+
+    /// The entry as stored, whatever its age (what a follower's leader just
+    /// stored). One `GET`.
+    pub(crate) async fn get_stored(&self, key: &CacheKey) -> Result<Option<Entry>, Unavailable> {
+        self.get_value(key).await.map(decode)
+    }
+
+    async fn get_value(&self, key: &CacheKey) -> Result<Value, Unavailable> {
+        self.degrade
+            .call(self.client.get::<Value, _>(self.value_name(key)))
             .await
-            .inspect_err(|e| Self::count_error("get", e))?;
-        Ok(decode(value))
+            .inspect_err(|e| Self::count_error("get", e))
     }
 
     /// Reads the value and tries to take the lock for `owner`. One script.
@@ -302,7 +311,7 @@ impl L2 {
             .inspect_err(|e| Self::count_error("lock", e))?;
         let mut items = reply.into_array().into_iter();
         let acquired = items.next().and_then(|v| v.as_i64()) == Some(1);
-        let value = items.next().and_then(decode);
+        let value = items.next().and_then(usable);
         Ok(Locked { acquired, value })
     }
 
@@ -521,9 +530,31 @@ impl L2 {
     }
 }
 
-fn decode(value: Value) -> Option<Entry> {
+/// The tag (Cluster slot) of a key's names: its first 16 bytes, in hex.
+fn key_tag(key: &CacheKey) -> Tag {
+    let mut hex = String::with_capacity(32);
+    for b in &key.as_bytes()[..16] {
+        crate::key::push_hex(&mut hex, *b);
+    }
+    Tag::fixed(&hex)
+}
+
+/// A value that can still be served (fresh, or stale within its grace),
+/// decoded; one past its grace is a miss, told from its first bytes.
+fn usable(value: Value) -> Option<Entry> {
     let bytes = value.into_bytes()?;
-    let entry = Entry::decode(&bytes);
+    if Entry::is_gone(&bytes, now_ms()) {
+        return None;
+    }
+    decode_bytes(&bytes)
+}
+
+fn decode(value: Value) -> Option<Entry> {
+    decode_bytes(&value.into_bytes()?)
+}
+
+fn decode_bytes(bytes: &Bytes) -> Option<Entry> {
+    let entry = Entry::decode(bytes);
     if entry.is_none() {
         metrics::counter!("tower_ai_cache_l2_errors_total", "op" => "decode").increment(1);
     }
@@ -812,7 +843,7 @@ pub(crate) fn spawn_writer(
 fn instance_id() -> String {
     let mut hasher = blake3::Hasher::new();
     hasher.update(&std::process::id().to_le_bytes());
-    hasher.update(&crate::entry::now_ms().to_le_bytes());
+    hasher.update(&now_ms().to_le_bytes());
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.subsec_nanos());
