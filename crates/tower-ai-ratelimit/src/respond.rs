@@ -125,7 +125,7 @@ fn binding(verdict: &Verdict) -> (usize, Decision) {
 
 fn write_headers(headers: &mut HeaderMap, set: &PolicySet, verdict: &Verdict, style: HeaderStyle) {
     let decisions = verdict.decisions();
-    if decisions.is_empty() {
+    if decisions.is_empty() || !(style.x_ratelimit || style.ietf || style.openai) {
         return;
     }
     // One allocation for every field, not one per growth of the map.
