@@ -3,9 +3,9 @@
 use std::net::{SocketAddr, TcpListener};
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
 use serde_json::{Value, json};
-use test_support::RedisServer;
+use test_support::sse::{self, SseEvent, SseReader};
+use test_support::{RedisServer, eventually, eventually_async};
 use tower_ai_gateway::{Config, Gateway};
 
 fn config() -> Config {
@@ -20,15 +20,11 @@ async fn start(config: Config) -> Gateway {
 }
 
 fn chat(stream: bool) -> Value {
-    json!({
-        "model": "mock-1",
-        "stream": stream,
-        "stream_options": { "include_usage": true },
-        "messages": [
-            { "role": "system", "content": "You are terse." },
-            { "role": "user", "content": "Tell me about tower middleware." }
-        ]
-    })
+    test_support::chat::request("Tell me about tower middleware.")
+        .system("You are terse.")
+        .stream(stream)
+        .include_usage()
+        .json()
 }
 
 /// `GET url`, read as JSON.
@@ -77,20 +73,16 @@ async fn streams_tokens_as_they_are_generated() {
             .is_ok_and(|ct| ct.starts_with("text/event-stream"))
     );
 
-    // Read frame by frame, noting when each `data:` event arrives.
-    let mut events: Vec<(Duration, String)> = Vec::new();
-    let mut pending = String::new();
-    let mut body = res.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.expect("the stream doesn't break");
-        pending.push_str(std::str::from_utf8(&chunk).expect("UTF-8"));
-        while let Some(end) = pending.find("\n\n") {
-            let event: String = pending.drain(..end + 2).collect();
-            if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) {
-                events.push((sent.elapsed(), data.to_owned()));
-            }
-        }
-    }
+    // Read frame by frame, noting when each event arrives.
+    let mut reader = SseReader::new(res);
+    let events: Vec<(Duration, String)> = reader
+        .rest()
+        .await
+        .into_iter()
+        .map(|e| (e.at - sent, e.data))
+        .collect();
+    assert!(!reader.broken(), "the stream doesn't break: {reader:?}");
+    assert!(std::str::from_utf8(reader.raw()).is_ok(), "UTF-8");
     assert_eq!(events.last().map(|e| e.1.as_str()), Some("[DONE]"));
     let tokens: Vec<&(Duration, String)> = events
         .iter()
@@ -423,11 +415,11 @@ async fn health_follows_redis_down_and_up_and_requests_keep_flowing() {
     assert_eq!(res.status(), 200, "Redis down never takes the gateway down");
 
     redis.restart();
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while health().await["redis"]["state"] != "up" {
-        assert!(Instant::now() < deadline, "Redis never came back");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually_async(Duration::from_secs(15), || async {
+        health().await["redis"]["state"] == "up"
+    })
+    .await
+    .expect("Redis never came back");
 }
 
 #[tokio::test]
@@ -677,45 +669,16 @@ async fn a_client_chosen_session_id_is_never_adopted() {
     }
 }
 
-/// Reads `res` as SSE, stopping after `limit` data events (or at the end):
-/// each event's id and data, and how many heartbeat comments came.
-async fn events(res: reqwest::Response, limit: usize) -> (Vec<(String, String)>, usize) {
-    let mut decoder = tower_ai_core::sse::Decoder::new();
-    let mut out = Vec::new();
-    let mut heartbeats = 0;
-    let mut body = res.bytes_stream();
-    while let Some(chunk) = body.next().await {
-        let chunk = chunk.expect("the stream doesn't break");
-        heartbeats += chunk
-            .split(|&b| b == b'\n')
-            .filter(|line| line.starts_with(b":"))
-            .count();
-        decoder.push(chunk);
-        while let Some(event) = decoder.next_event() {
-            let event = event.expect("a well-formed event");
-            out.push((
-                event.id().unwrap_or_default().to_owned(),
-                event.data().to_owned(),
-            ));
-            if out.len() == limit {
-                return (out, heartbeats);
-            }
-        }
-    }
-    (out, heartbeats)
-}
-
-/// The text of a stream's content deltas.
-fn text(events: &[(String, String)]) -> String {
-    events
-        .iter()
-        .filter_map(|(_, d)| serde_json::from_str::<Value>(d).ok())
-        .filter_map(|v| {
-            v["choices"][0]["delta"]["content"]
-                .as_str()
-                .map(str::to_owned)
-        })
-        .collect()
+/// Reads `res` as SSE, stopping after `limit` events (at the end without
+/// one): the events, and how many heartbeat comments came.
+async fn events(res: reqwest::Response, limit: Option<usize>) -> (Vec<SseEvent>, usize) {
+    let mut reader = SseReader::new(res);
+    let events = match limit {
+        Some(n) => reader.take(n).await,
+        None => reader.rest().await,
+    };
+    assert!(!reader.broken(), "the stream doesn't break: {reader:?}");
+    (events, reader.comments())
 }
 
 async fn resume_on(
@@ -744,9 +707,9 @@ async fn resume_after(first: &Gateway, second: &Gateway, k: usize) {
         .and_then(|v| v.to_str().ok())
         .expect("the stream's id")
         .to_owned();
-    let (head, _) = events(res, k).await;
+    let (head, _) = events(res, Some(k)).await;
     assert_eq!(head.len(), k);
-    let last_id = head[k - 1].0.clone();
+    let last_id = head[k - 1].id.clone();
 
     let res = resume_on(&client, second, &stream, &last_id).await;
     assert_eq!(res.status(), 200);
@@ -757,14 +720,14 @@ async fn resume_after(first: &Gateway, second: &Gateway, k: usize) {
         Some(last_id.as_str()),
         "the resumed response says what it resumes after"
     );
-    let (tail, _) = events(res, usize::MAX).await;
-    assert_eq!(tail.last().map(|e| e.1.as_str()), Some("[DONE]"));
+    let (tail, _) = events(res, None).await;
+    assert_eq!(tail.last().map(|e| e.data.as_str()), Some("[DONE]"));
 
-    let all: Vec<(String, String)> = head.into_iter().chain(tail).collect();
-    let ids: std::collections::HashSet<&str> = all.iter().map(|e| e.0.as_str()).collect();
+    let all: Vec<SseEvent> = head.into_iter().chain(tail).collect();
+    let ids: std::collections::HashSet<&str> = all.iter().map(|e| e.id.as_str()).collect();
     assert_eq!(ids.len(), all.len(), "no event twice");
     let answer = mock_llm::answer(&chat(true)).expect("the mock answers");
-    assert_eq!(text(&all), answer.content, "no event lost");
+    assert_eq!(sse::text(&all), answer.content, "no event lost");
 }
 
 #[tokio::test]
@@ -796,7 +759,7 @@ async fn heartbeats_fill_idle_gaps_and_a_dropped_client_leaves_the_generation_ru
     let client = reqwest::Client::new();
 
     let res = chat_as(&client, &gateway, "beats", &chat(true)).await;
-    let (got, heartbeats) = events(res, 4).await;
+    let (got, heartbeats) = events(res, Some(4)).await;
     assert_eq!(got.len(), 4);
     assert!(
         heartbeats >= 2,
@@ -804,11 +767,11 @@ async fn heartbeats_fill_idle_gaps_and_a_dropped_client_leaves_the_generation_ru
     );
 
     // The client is gone; in resumable mode the generation completes.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while mock.stats().streams_completed < 1 {
-        assert!(Instant::now() < deadline, "{:?}", mock.stats());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    eventually(Duration::from_secs(30), || {
+        mock.stats().streams_completed >= 1
+    })
+    .await
+    .unwrap_or_else(|| panic!("{:?}", mock.stats()));
     assert_eq!(mock.stats().streams_cancelled, 0);
 }
 

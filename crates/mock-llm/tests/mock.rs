@@ -6,26 +6,22 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use mock_llm::{Config, Fault, MockHandle, MockLlm, Stats};
 use serde_json::{Value, json};
+use test_support::chat::{content, delta};
+use test_support::sse::SseReader;
 
 type TestResult = Result<(), Box<dyn Error>>;
 
 async fn mock(token_delay_ms: u64) -> Result<MockHandle, Box<dyn Error>> {
-    let config = Config {
-        token_delay: Duration::from_millis(token_delay_ms),
-        ..Config::default()
-    };
-    Ok(MockLlm::spawn("127.0.0.1:0", config).await?)
+    Ok(test_support::mock_llm(Duration::from_millis(token_delay_ms)).await)
 }
 
 fn chat(prompt: &str) -> Value {
-    json!({
-        "model": "gpt-test",
-        "messages": [
-            {"role": "system", "content": "You are terse."},
-            {"role": "user", "content": [{"type": "text", "text": prompt}]}
-        ],
-        "temperature": 0.2
-    })
+    test_support::chat::request(prompt)
+        .model("gpt-test")
+        .system("You are terse.")
+        .text_parts()
+        .set("temperature", 0.2)
+        .json()
 }
 
 async fn post(mock: &MockHandle, body: &Value) -> reqwest::Result<reqwest::Response> {
@@ -42,13 +38,7 @@ async fn complete(mock: &MockHandle, body: &Value) -> Result<Value, Box<dyn Erro
     Ok(response.json().await?)
 }
 
-fn content(completion: &Value) -> &str {
-    completion["choices"][0]["message"]["content"]
-        .as_str()
-        .unwrap_or_default()
-}
-
-/// The `data:` payloads of a stream with their arrival times, and the body error if the body
+/// The `data` payloads of a stream with their arrival times, and the body error if the body
 /// failed.
 struct Events {
     data: Vec<(String, Instant)>,
@@ -56,41 +46,25 @@ struct Events {
 }
 
 async fn events(response: reqwest::Response) -> Events {
-    let mut body = response.bytes_stream();
-    let mut buffer = String::new();
-    let mut data = Vec::new();
-    let mut error = None;
-    while let Some(chunk) = body.next().await {
-        let now = Instant::now();
-        match chunk {
-            Ok(bytes) => buffer.push_str(&String::from_utf8_lossy(&bytes)),
-            Err(e) => {
-                error = Some(e);
-                break;
-            }
-        }
-        while let Some(end) = buffer.find("\n\n") {
-            let event: String = buffer.drain(..end + 2).collect();
-            for line in event.lines() {
-                if let Some(payload) = line.strip_prefix("data: ") {
-                    data.push((payload.to_owned(), now));
-                }
-            }
-        }
-    }
+    let mut reader = SseReader::new(response);
+    let data = reader
+        .rest()
+        .await
+        .into_iter()
+        .map(|event| (event.data, event.at))
+        .collect();
     assert!(
-        buffer.is_empty() || error.is_some(),
-        "unterminated event: {buffer:?}"
+        !reader.ended_mid_event() || reader.broken(),
+        "unterminated event: {reader:?}"
     );
-    Events { data, error }
+    Events {
+        data,
+        error: reader.into_error(),
+    }
 }
 
 fn parse(data: &str) -> Value {
     serde_json::from_str(data).unwrap_or_else(|e| panic!("not JSON ({e}): {data}"))
-}
-
-fn delta_content(chunk: &Value) -> Option<&str> {
-    chunk["choices"][0]["delta"]["content"].as_str()
 }
 
 /// Polls the stats until `done` holds, for at most 2 s.
@@ -156,7 +130,7 @@ async fn answers_are_deterministic() -> TestResult {
         .data
         .iter()
         .filter(|(data, _)| data.as_str() != "[DONE]")
-        .filter_map(|(data, _)| delta_content(&parse(data)).map(str::to_owned))
+        .filter_map(|(data, _)| delta(&parse(data)).map(str::to_owned))
         .collect();
     assert_eq!(text, content(&first));
     Ok(())
@@ -216,7 +190,7 @@ async fn streams_in_openai_format_one_token_at_a_time() -> TestResult {
         assert_eq!(chunk["object"], "chat.completion.chunk");
         assert_eq!(chunk["choices"][0]["finish_reason"], Value::Null);
         assert!(chunk["choices"][0]["delta"].get("role").is_none());
-        let token = delta_content(&chunk).ok_or("no content")?;
+        let token = delta(&chunk).ok_or("no content")?;
         assert!(token.starts_with(' ') && token.split_whitespace().count() == 1);
         text.push_str(token);
     }
@@ -507,11 +481,7 @@ async fn break_after_tokens_ends_the_stream_abruptly() -> TestResult {
     assert!(error.is_some(), "the body should fail");
     // role + 3 tokens, no finish, no [DONE]
     assert_eq!(data.len(), 4, "{data:#?}");
-    assert!(
-        data[1..]
-            .iter()
-            .all(|(d, _)| delta_content(&parse(d)).is_some())
-    );
+    assert!(data[1..].iter().all(|(d, _)| delta(&parse(d)).is_some()));
     let stats = wait_for(&mock, |s| s.in_flight == 0).await;
     assert_eq!(stats.streams_broken, 1);
     assert_eq!(stats.streams_completed, 0);

@@ -6,10 +6,11 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use common::{Replica, ask, chat, client, eventually, mock};
+use common::{Replica, ask, chat, client};
 use futures_util::StreamExt;
 use mock_llm::Fault;
 use rand_like::Lcg;
+use test_support::{eventually, mock_llm};
 use tower_ai_cache::{CacheLayer, Route};
 
 fn layer() -> CacheLayer {
@@ -23,7 +24,7 @@ const PATH: &str = "/v1/chat/completions";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_same_prompt_twice_is_one_upstream_call() {
-    let mock = mock(Duration::from_millis(1)).await;
+    let mock = mock_llm(Duration::from_millis(1)).await;
     let replica = Replica::start(layer(), &mock.base_url()).await;
     let http = client();
     let url = replica.url(PATH);
@@ -80,7 +81,7 @@ mod rand_like {
 /// tenant got.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_random_tenant_prompt_pairs_never_cross() {
-    let mock = mock(Duration::ZERO).await;
+    let mock = mock_llm(Duration::ZERO).await;
     let replica = Replica::start(layer(), &mock.base_url()).await;
     let http = client();
     let url = replica.url(PATH);
@@ -116,7 +117,7 @@ async fn a_thousand_random_tenant_prompt_pairs_never_cross() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_concurrent_identical_requests_make_one_upstream_call() {
-    let mock = mock(Duration::from_millis(50)).await;
+    let mock = mock_llm(Duration::from_millis(50)).await;
     let replica = Replica::start(layer(), &mock.base_url()).await;
     let http = client();
     let url = replica.url(PATH);
@@ -148,7 +149,7 @@ async fn a_hundred_concurrent_identical_requests_make_one_upstream_call() {
 /// still being generated, and the same events as the leader.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_concurrent_streams_share_one_upstream_stream_live() {
-    let mock = mock(Duration::from_millis(20)).await;
+    let mock = mock_llm(Duration::from_millis(20)).await;
     let replica = Replica::start(layer(), &mock.base_url()).await;
     let http = client();
     let url = replica.url(PATH);
@@ -177,15 +178,11 @@ async fn a_hundred_concurrent_streams_share_one_upstream_stream_live() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_streamed_answer_replays_with_identical_event_data() {
-    let mock = mock(Duration::from_millis(2)).await;
+    let mock = mock_llm(Duration::from_millis(2)).await;
     let replica = Replica::start(layer(), &mock.base_url()).await;
     let http = client();
     let url = replica.url(PATH);
-    let body = serde_json::json!({
-        "model": "mock-1", "stream": true, "stream_options": {"include_usage": true},
-        "messages": [{"role": "user", "content": "Stream me"}]
-    })
-    .to_string();
+    let body = test_support::chat::streamed("Stream me");
     let live = ask(&http, &url, "tenant-a", body.clone()).await;
     assert_eq!(live.cache_status, "tower-ai; fwd=miss; ttl=3600");
     let replay = ask(&http, &url, "tenant-a", body).await;
@@ -198,7 +195,7 @@ async fn a_streamed_answer_replays_with_identical_event_data() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_cut_off_midway_is_not_stored() {
-    let mock = mock(Duration::from_millis(2)).await;
+    let mock = mock_llm(Duration::from_millis(2)).await;
     let replica = Replica::start(layer(), &mock.base_url()).await;
     let http = client();
     let url = replica.url(PATH);
@@ -243,8 +240,9 @@ async fn a_stream_cut_off_midway_is_not_stored() {
             .any(|e| e.contains(r#""finish_reason":"length""#))
     );
     // The store is decided when the body ends, as the flight finishes.
-    let settled = eventually(Duration::from_secs(5), || replica.handle.in_flight() == 0).await;
-    assert!(settled.is_some());
+    eventually(Duration::from_secs(5), || replica.handle.in_flight() == 0)
+        .await
+        .expect("the flight finishes");
     let again = ask(&http, &url, "tenant-a", short.to_owned()).await;
     assert!(again.is_hit(), "{}", again.cache_status);
     assert_eq!(again.events(), cut.events());
@@ -253,7 +251,7 @@ async fn a_stream_cut_off_midway_is_not_stored() {
 /// A client that leaves mid-stream leaves nothing stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_leaves_midway_leaves_nothing_stored() {
-    let mock = mock(Duration::from_millis(20)).await;
+    let mock = mock_llm(Duration::from_millis(20)).await;
     let replica = Replica::start(layer(), &mock.base_url()).await;
     let http = client();
     let url = replica.url(PATH);
@@ -268,11 +266,11 @@ async fn a_client_that_leaves_midway_leaves_nothing_stored() {
     let _ = stream.next().await;
     drop(stream);
     // Wait until the mock saw the stream cancelled.
-    let cancelled = common::eventually(Duration::from_secs(3), || {
+    eventually(Duration::from_secs(3), || {
         mock.stats().streams_cancelled == 1
     })
-    .await;
-    assert!(cancelled.is_some());
+    .await
+    .expect("the mock sees the stream cancelled");
     let again = ask(&http, &url, "tenant-a", chat("Leave me", true)).await;
     assert!(
         again.cache_status.contains("fwd=miss"),
@@ -285,7 +283,7 @@ async fn a_client_that_leaves_midway_leaves_nothing_stored() {
 /// An answer larger than `max_body` streams through, not stored.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_answer_passes_through() {
-    let mock = mock(Duration::ZERO).await;
+    let mock = mock_llm(Duration::ZERO).await;
     let layer = CacheLayer::builder()
         .max_body(64)
         .build()

@@ -7,9 +7,9 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{Replica, Seen, ask, chat, client, eventually, mock};
+use common::{Replica, Seen, ask, chat, client};
 use http::Method;
-use test_support::{RedisCluster, RedisServer};
+use test_support::{RedisCluster, RedisServer, eventually, mock_llm};
 use tower_ai_cache::{CacheKey, CacheLayer, CacheTag, IgnoreList, KeyScope, RedisOptions, Route};
 use tower_ai_core::key::ClientKey;
 use tower_ai_core::redis::{ConnectOptions, DegradeConfig, connect};
@@ -53,7 +53,7 @@ fn key_of(tenant: &str, body: &str) -> CacheKey {
 }
 
 async fn l2_is_shared(urls: Vec<String>, keys: impl Fn() -> String) {
-    let mock = mock(Duration::from_millis(1)).await;
+    let mock = mock_llm(Duration::from_millis(1)).await;
     let (a, b) = two_replicas(&urls, &mock.base_url()).await;
     let http = client();
     let body = chat("secret prompt 1234", false);
@@ -104,7 +104,7 @@ async fn l2_is_shared_cluster() {
 
 /// 100 identical requests spread over two replicas: one upstream call.
 async fn collapse_across_replicas(urls: Vec<String>, stream: bool) {
-    let mock = mock(Duration::from_millis(20)).await;
+    let mock = mock_llm(Duration::from_millis(20)).await;
     let (a, b) = two_replicas(&urls, &mock.base_url()).await;
     let http = client();
     let (url_a, url_b) = (a.url(PATH), b.url(PATH));
@@ -186,7 +186,7 @@ async fn collapse_streams_across_replicas_cluster() {
 
 /// An invalidation on replica A evicts replica B's L1 copy within 100 ms.
 async fn invalidation_reaches_the_other_replica(urls: Vec<String>) {
-    let mock = mock(Duration::ZERO).await;
+    let mock = mock_llm(Duration::ZERO).await;
     let (a, b) = two_replicas(&urls, &mock.base_url()).await;
     let http = client();
     let fill = |prompt: &'static str| {
@@ -215,8 +215,9 @@ async fn invalidation_reaches_the_other_replica(urls: Vec<String>) {
     assert!(b.handle.l1_contains(&key));
     let done = a.handle.invalidate_key(&key).await;
     assert!(done.replicated && done.removed == 1);
-    let took = eventually(Duration::from_millis(100), || !b.handle.l1_contains(&key)).await;
-    assert!(took.is_some(), "B still holds the entry after 100 ms");
+    eventually(Duration::from_millis(100), || !b.handle.l1_contains(&key))
+        .await
+        .expect("B still holds the entry after 100 ms");
     assert!(
         !ask(
             &http,
@@ -233,11 +234,9 @@ async fn invalidation_reaches_the_other_replica(urls: Vec<String>) {
     let before = mock.stats().requests;
     let done = a.handle.invalidate_tag(&CacheTag::model("mock-1")).await;
     assert!(done.replicated && done.removed >= 2, "{done:?}");
-    let took = eventually(Duration::from_millis(100), || !b.handle.l1_contains(&key)).await;
-    assert!(
-        took.is_some(),
-        "B still holds the tagged entry after 100 ms"
-    );
+    eventually(Duration::from_millis(100), || !b.handle.l1_contains(&key))
+        .await
+        .expect("B still holds the tagged entry after 100 ms");
     assert!(!b.handle.l1_contains(&kept), "same model, same tag");
     let again = ask(
         &http,
@@ -280,7 +279,7 @@ async fn invalidation_reaches_the_other_replica_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_down_then_back() {
     let mut redis = RedisServer::start();
-    let mock = mock(Duration::ZERO).await;
+    let mock = mock_llm(Duration::ZERO).await;
     let a = Replica::start(layer(&[redis.url()]).await, &mock.base_url()).await;
     let http = client();
     let url = a.url(PATH);
@@ -354,7 +353,7 @@ async fn redis_down_then_back() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_stream_is_not_stored_in_l2() {
     let redis = RedisServer::start();
-    let mock = mock(Duration::from_millis(2)).await;
+    let mock = mock_llm(Duration::from_millis(2)).await;
     let (a, b) = two_replicas(&[redis.url()], &mock.base_url()).await;
     let http = client();
     mock.set_fault(mock_llm::Fault {
@@ -366,8 +365,9 @@ async fn a_broken_stream_is_not_stored_in_l2() {
     mock.set_fault(mock_llm::Fault::default());
     // The recording is given up (or stored) when A drops the body: once A
     // holds no flight, the decision is taken.
-    let settled = eventually(Duration::from_secs(10), || a.handle.in_flight() == 0).await;
-    assert!(settled.is_some(), "A still records the broken stream");
+    eventually(Duration::from_secs(10), || a.handle.in_flight() == 0)
+        .await
+        .expect("A still records the broken stream");
     let key = key_of("tenant-a", &chat("break", true));
     assert!(b.handle.lookup_key(&key).await.is_none());
     let again = ask(&http, &b.url(PATH), "tenant-a", chat("break", true)).await;
@@ -383,7 +383,7 @@ async fn a_broken_stream_is_not_stored_in_l2() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stale_answer_from_l2_when_the_upstream_fails() {
     let redis = RedisServer::start();
-    let mock = mock(Duration::ZERO).await;
+    let mock = mock_llm(Duration::ZERO).await;
     let short = |client| {
         CacheLayer::builder()
             .route(

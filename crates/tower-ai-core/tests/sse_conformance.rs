@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::{StreamExt, stream};
+use test_support::sse::{Decoded, decode_chunks};
 use tower_ai_core::sse::{DecodeError, Decoder, Event, EventStream};
 
 struct Case {
@@ -459,30 +460,11 @@ fn cases() -> Vec<Case> {
     ]
 }
 
-#[derive(Debug, PartialEq)]
-struct Outcome {
-    events: Vec<Result<Event, DecodeError>>,
-    retry: Option<Duration>,
-    last_id: Option<String>,
+fn decode(chunks: &[&[u8]]) -> Decoded {
+    decode_chunks(Decoder::new(), chunks.iter().copied())
 }
 
-fn decode(chunks: &[&[u8]]) -> Outcome {
-    let mut decoder = Decoder::new();
-    let mut events = Vec::new();
-    for chunk in chunks {
-        decoder.push(Bytes::copy_from_slice(chunk));
-        events.extend(decoder.events());
-    }
-    decoder.finish();
-    events.extend(decoder.events());
-    Outcome {
-        events,
-        retry: decoder.retry(),
-        last_id: decoder.last_event_id().map(str::to_owned),
-    }
-}
-
-fn check_expected(case: &Case, outcome: &Outcome) {
+fn check_expected(case: &Case, outcome: &Decoded) {
     let expected: Vec<Result<Event, DecodeError>> = case.events.iter().cloned().map(Ok).collect();
     assert_eq!(outcome.events, expected, "case {:?}", case.name);
     if let Some(retry) = case.retry {

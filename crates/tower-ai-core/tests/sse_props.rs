@@ -6,32 +6,10 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use proptest::prelude::*;
 use proptest::sample::Index;
+use test_support::sse::{Decoded, decode_chunks};
 use tower_ai_core::sse::{DecodeError, Decoder, EncodeError, Event, encode};
 
-#[derive(Debug, PartialEq)]
-struct Outcome {
-    events: Vec<Result<Event, DecodeError>>,
-    retry: Option<Duration>,
-    last_id: Option<String>,
-}
-
-fn decode_chunks<'a>(decoder: Decoder, chunks: impl IntoIterator<Item = &'a [u8]>) -> Outcome {
-    let mut decoder = decoder;
-    let mut events = Vec::new();
-    for chunk in chunks {
-        decoder.push(Bytes::copy_from_slice(chunk));
-        events.extend(decoder.events());
-    }
-    decoder.finish();
-    events.extend(decoder.events());
-    Outcome {
-        events,
-        retry: decoder.retry(),
-        last_id: decoder.last_event_id().map(str::to_owned),
-    }
-}
-
-fn decode_whole(input: &[u8]) -> Outcome {
+fn decode_whole(input: &[u8]) -> Decoded {
     decode_chunks(Decoder::new(), [input])
 }
 
@@ -51,7 +29,7 @@ fn split<'a>(input: &'a [u8], cuts: &[Index]) -> Vec<&'a [u8]> {
 
 /// The WHATWG interpretation rules, written as literally and naively as
 /// possible: decode the whole input, strip one BOM, cut lines, apply fields.
-fn reference(input: &[u8]) -> Outcome {
+fn reference(input: &[u8]) -> Decoded {
     let text = String::from_utf8_lossy(input);
     let mut rest = text.strip_prefix('\u{FEFF}').unwrap_or(&text);
     let mut lines = Vec::new();
@@ -119,7 +97,7 @@ fn reference(input: &[u8]) -> Outcome {
             _ => {}
         }
     }
-    Outcome {
+    Decoded {
         events,
         retry,
         last_id,

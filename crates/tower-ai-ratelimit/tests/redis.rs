@@ -1,5 +1,9 @@
 //! The Redis backend against real `redis-server` processes, standalone and
 //! Cluster, including a server that dies and comes back.
+//!
+//! The tests that only count keep apart by key prefix, and share one server
+//! and one Cluster per test binary (`test_support::shared`); those that stop
+//! a server, or time windows on it, start their own.
 #![cfg(feature = "redis")]
 
 mod common;
@@ -11,20 +15,14 @@ use common::{
 };
 use fred::prelude::ClientLike;
 use http::StatusCode;
-use test_support::{RedisCluster, RedisServer};
+use test_support::{RedisServer, shared};
 use tower_ai_core::redis::{ConnectOptions, DegradeConfig, connect};
 use tower_ai_ratelimit::headers::{RateLimitInfo, retry_after};
 use tower_ai_ratelimit::{FailMode, Policy, Rate, RateLimitLayer, RedisStore};
 
-static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
 /// A prefix no other test uses, so tests sharing a server don't meet.
 fn prefix() -> String {
-    format!(
-        "t{}-{}",
-        std::process::id(),
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    )
+    shared::prefix("t")
 }
 
 async fn client(urls: &[String]) -> fred::clients::Client {
@@ -103,19 +101,17 @@ async fn three_instances_admit_exactly_the_capacity(urls: Vec<String>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_limits_are_exact_on_standalone_redis() {
-    let server = RedisServer::start();
-    three_instances_admit_exactly_the_capacity(vec![server.url()]).await;
+    three_instances_admit_exactly_the_capacity(vec![shared::redis().url()]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_limits_are_exact_on_a_redis_cluster() {
-    let cluster = RedisCluster::start();
-    three_instances_admit_exactly_the_capacity(cluster.urls()).await;
+    three_instances_admit_exactly_the_capacity(shared::cluster().urls()).await;
 }
 
 #[tokio::test]
 async fn several_policies_share_a_slot_on_a_cluster() {
-    let cluster = RedisCluster::start();
+    let cluster = shared::cluster();
     let layer = RateLimitLayer::builder()
         .policy(Policy::token_bucket(5, Rate::per_minute(1.0)).named("minute"))
         .policy(Policy::fixed_window(3, Duration::from_secs(86_400)).named("daily"))
@@ -324,14 +320,12 @@ async fn leases_admit_the_quota_under_a_burst(urls: &[String]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_never_admit_past_the_limit_and_lose_at_most_a_lease_per_replica() {
-    let server = RedisServer::start();
-    leases_admit_the_quota_under_a_burst(&[server.url()]).await;
+    leases_admit_the_quota_under_a_burst(&[shared::redis().url()]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn leases_admit_the_quota_under_a_burst_on_a_cluster() {
-    let cluster = RedisCluster::start();
-    leases_admit_the_quota_under_a_burst(&cluster.urls()).await;
+    leases_admit_the_quota_under_a_burst(&shared::cluster().urls()).await;
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
+use test_support::chat;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_ai_core::key::Global;
 use tower_ai_ratelimit::headers::RateLimitInfo;
@@ -45,7 +46,10 @@ fn chat(path: &str) -> Request<Full<Bytes>> {
     Request::post(path)
         .header("content-type", "application/json")
         .body(Full::from(
-            r#"{"model":"m","max_tokens":100,"messages":[{"role":"user","content":"hello"}]}"#,
+            chat::request("hello")
+                .model("m")
+                .set("max_tokens", 100)
+                .to_string(),
         ))
         .unwrap_or_default()
 }

@@ -6,11 +6,10 @@
 
 mod common;
 
-use std::future::Future;
 use std::time::{Duration, Instant};
 
 use common::{Plan, Seen, Upstream, call};
-use test_support::{RedisCluster, RedisServer};
+use test_support::{RedisCluster, RedisServer, eventually};
 use tower::Layer;
 use tower_ai_core::redis::{ConnectOptions, Degrade, DegradeConfig, connect};
 use tower_circuit::{CircuitBreakerLayer, CircuitHandle, RedisState, State, Window};
@@ -54,20 +53,14 @@ async fn replica_with(urls: &[String], prefix: &str, timeout: Duration) -> Circu
         .unwrap()
 }
 
-async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = Instant::now() + timeout;
-    while !check().await {
-        assert!(Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
 fn state(handle: &CircuitHandle) -> State {
     handle.state("shared").unwrap_or(State::Disabled)
+}
+
+/// The shared generation of breaker `name`, once it is synced with Redis.
+fn synced_generation(handle: &CircuitHandle, name: &str) -> Option<u64> {
+    let shared = handle.get(name)?.shared?;
+    shared.synced.then_some(shared.generation)
 }
 
 /// Trips replica A; B must refuse too, without calling its upstream. Then
@@ -84,12 +77,9 @@ async fn trip_one_refuse_both(urls: Vec<String>) {
     call(&mut sa, Plan::status(500)).await;
     call(&mut sa, Plan::status(500)).await;
     assert_eq!(state(&ha), State::Open);
-    eventually(
-        "B sees the circuit open",
-        Duration::from_secs(2),
-        || async { state(&hb) == State::Open },
-    )
-    .await;
+    eventually(Duration::from_secs(2), || state(&hb) == State::Open)
+        .await
+        .expect("timed out waiting until B sees the circuit open");
     assert!(matches!(
         call(&mut sb, Plan::ok()).await,
         Seen::Refused(503, _)
@@ -156,15 +146,13 @@ async fn manual_control_reaches_every_replica() {
     let hb = b.handle();
     tokio::time::sleep(SYNC * 3).await;
     a.handle().force_open("shared").unwrap();
-    eventually("B is forced open", Duration::from_secs(2), || async {
-        state(&hb) == State::ForcedOpen
-    })
-    .await;
+    eventually(Duration::from_secs(2), || state(&hb) == State::ForcedOpen)
+        .await
+        .expect("timed out waiting until B is forced open");
     a.handle().reset("shared").unwrap();
-    eventually("B is closed again", Duration::from_secs(2), || async {
-        state(&hb) == State::Closed
-    })
-    .await;
+    eventually(Duration::from_secs(2), || state(&hb) == State::Closed)
+        .await
+        .expect("timed out waiting until B is closed again");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,16 +197,14 @@ async fn with_redis_stopped_each_replica_keeps_its_own_breaker() {
     call(&mut sa, Plan::status(500)).await;
     assert_eq!(state(&ha), State::Open);
     server.restart();
-    eventually("B learns of A's trip", Duration::from_secs(15), || async {
-        state(&hb) == State::Open
+    eventually(Duration::from_secs(15), || state(&hb) == State::Open)
+        .await
+        .expect("timed out waiting until B learns of A's trip");
+    eventually(Duration::from_secs(2), || {
+        ha.get("shared").unwrap().shared.unwrap().synced
     })
-    .await;
-    eventually(
-        "A knows Redis has its trip",
-        Duration::from_secs(2),
-        || async { ha.get("shared").unwrap().shared.unwrap().synced },
-    )
-    .await;
+    .await
+    .expect("timed out waiting until A knows Redis has its trip");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -261,32 +247,27 @@ async fn a_new_keyed_breaker_shares_its_trip_before_its_first_sync() {
     let _ = tower::ServiceExt::oneshot(&mut sb, request(Plan::ok())).await;
     hb.force_open("m").unwrap();
     hb.reset("m").unwrap();
-    eventually(
-        "Redis holds generation 2",
-        Duration::from_secs(2),
-        || async {
-            hb.get("m")
-                .and_then(|s| s.shared)
-                .is_some_and(|s| s.generation == 2 && s.synced)
-        },
-    )
-    .await;
+    eventually(Duration::from_secs(2), || {
+        synced_generation(&hb, "m") == Some(2)
+    })
+    .await
+    .expect("timed out waiting until Redis holds generation 2");
     for _ in 0..2 {
         let res = tower::ServiceExt::oneshot(&mut sa, request(Plan::status(500))).await;
         drop(res);
     }
     assert_eq!(a.handle().state("m"), Some(State::Open));
-    eventually("B sees model m open", Duration::from_secs(5), || async {
+    eventually(Duration::from_secs(5), || {
         hb.state("m") == Some(State::Open)
     })
-    .await;
+    .await
+    .expect("timed out waiting until B sees model m open");
     // A took on the generation its trip created, and stayed open.
     let ha = a.handle();
-    eventually("A took on generation 3", Duration::from_secs(5), || async {
-        ha.get("m")
-            .and_then(|s| s.shared)
-            .is_some_and(|s| s.generation == 3 && s.synced)
+    eventually(Duration::from_secs(5), || {
+        synced_generation(&ha, "m") == Some(3)
     })
-    .await;
+    .await
+    .expect("timed out waiting until A took on generation 3");
     assert_eq!(a.handle().state("m"), Some(State::Open));
 }

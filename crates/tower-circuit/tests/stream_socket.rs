@@ -11,24 +11,19 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
-use mock_llm::{Config, Fault, MockHandle, MockLlm};
+use mock_llm::{Fault, MockHandle};
+use test_support::{chat, mock_llm};
 use tower::{Layer, ServiceExt, service_fn};
 use tower_circuit::{CircuitBreakerLayer, CircuitHandle, CircuitSnapshot, State, Window};
 
 async fn mock() -> MockHandle {
-    let config = Config {
-        token_delay: Duration::from_millis(5),
-        ..Config::default()
-    };
-    MockLlm::spawn("127.0.0.1:0", config).await.unwrap()
+    mock_llm(Duration::from_millis(5)).await
 }
 
 fn request(base: &str, stream: bool) -> Request<Full<Bytes>> {
-    let body = serde_json::json!({
-        "model": "mock-small",
-        "messages": [{"role": "user", "content": "Tell me about circuit breakers"}],
-        "stream": stream,
-    });
+    let body = chat::request("Tell me about circuit breakers")
+        .model("mock-small")
+        .stream(stream);
     Request::post(format!("{base}/v1/chat/completions"))
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.to_string())))

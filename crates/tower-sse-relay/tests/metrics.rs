@@ -7,9 +7,10 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{SseReader, eventually, http, post_chat, serve, stream_id};
+use common::{http, post_chat, serve, stream_id};
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
-use mock_llm::{Config, MockLlm};
+use test_support::sse::SseReader;
+use test_support::{eventually, mock_llm};
 use tower_sse_relay::SseRelayLayer;
 use tower_sse_relay::store::MemoryStore;
 
@@ -91,15 +92,7 @@ fn sum(records: &Records, name: &str, label: (&str, &str)) -> (usize, f64) {
 async fn streams_export_time_to_first_event_and_events_per_second() {
     let records: Records = Arc::default();
     metrics::set_global_recorder(Collect(records.clone())).unwrap();
-    let mock = MockLlm::spawn(
-        "127.0.0.1:0",
-        Config {
-            token_delay: Duration::from_millis(30),
-            ..Config::default()
-        },
-    )
-    .await
-    .unwrap();
+    let mock = mock_llm(Duration::from_millis(30)).await;
     let layer = SseRelayLayer::builder()
         .resumable(MemoryStore::new())
         .heartbeat(Duration::from_millis(20))
@@ -117,11 +110,11 @@ async fn streams_export_time_to_first_event_and_events_per_second() {
         .await
         .unwrap();
     assert_eq!(SseReader::new(res).rest().await.len(), events.len() - 2);
-    assert!(
-        eventually(Duration::from_secs(2), || layer.stats().generations_active
-            == 0)
-        .await
-    );
+    eventually(Duration::from_secs(2), || {
+        layer.stats().generations_active == 0
+    })
+    .await
+    .expect("the generation ends");
 
     let (count, ttfe) = sum(
         &records,

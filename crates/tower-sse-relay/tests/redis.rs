@@ -6,25 +6,13 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{App, SseReader, assert_exact, eventually, http, post_chat, serve, stream_id, suite};
+use common::{App, assert_exact, http, post_chat, serve, stream_id, suite};
 use http::StatusCode;
-use mock_llm::{Config, MockHandle, MockLlm};
-use test_support::{RedisCluster, RedisServer};
+use test_support::sse::SseReader;
+use test_support::{RedisCluster, RedisServer, chat, eventually, mock_llm};
 use tower_ai_core::redis::DegradeConfig;
 use tower_sse_relay::store::{MemoryStore, RedisStore};
 use tower_sse_relay::{SseRelayLayer, StreamStore};
-
-async fn mock(token_delay: Duration) -> MockHandle {
-    MockLlm::spawn(
-        "127.0.0.1:0",
-        Config {
-            token_delay,
-            ..Config::default()
-        },
-    )
-    .await
-    .expect("the mock starts")
-}
 
 async fn store(server: &RedisServer) -> RedisStore {
     RedisStore::builder(server.client().await)
@@ -104,17 +92,14 @@ async fn replicas(server: &RedisServer, upstream: &str) -> (App, App, RedisStore
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_resumes_on_another_replica_with_exactly_the_rest() {
     let server = RedisServer::start();
-    let mock = mock(Duration::from_millis(25)).await;
+    let mock = mock_llm(Duration::from_millis(25)).await;
     let (a, b, _, store_b) = replicas(&server, &mock.base_url()).await;
     let client = http();
     for (k, how) in [(3, "get"), (5, "post")] {
         let res = post_chat(&client, &a, &format!("switch replicas after {k}")).await;
         let stream = stream_id(&res);
         let mut reader = SseReader::new(res);
-        let mut events = Vec::new();
-        for _ in 0..k {
-            events.push(reader.next().await.unwrap());
-        }
+        let mut events = reader.take(k as usize).await;
         drop(reader);
         assert_eq!(
             mock.stats().streams_completed,
@@ -133,7 +118,7 @@ async fn a_client_resumes_on_another_replica_with_exactly_the_rest() {
             client
                 .post(b.url("/v1/chat/completions"))
                 .header("last-event-id", &last)
-                .body(common::chat("ignored"))
+                .body(chat::streamed("ignored"))
                 .send()
                 .await
                 .unwrap()
@@ -161,13 +146,15 @@ async fn a_client_resumes_on_another_replica_with_exactly_the_rest() {
     // Only the generating replica called the upstream.
     assert_eq!(mock.stats().requests, 0);
     // Replica B let go of its copies once nobody read them.
-    assert!(eventually(Duration::from_secs(5), || store_b.local().len() <= 2).await);
+    eventually(Duration::from_secs(5), || store_b.local().len() <= 2)
+        .await
+        .expect("replica B lets go of its copies");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_clients_switching_replicas_at_once_lose_nothing() {
     let server = RedisServer::start();
-    let mock = mock(Duration::from_millis(10)).await;
+    let mock = mock_llm(Duration::from_millis(10)).await;
     // A hundred streams at once on two shared cores, in a debug build: a
     // Redis call can take longer than the 50 ms of production. Past its
     // timeout the store keeps streams locally only for a while, and another
@@ -195,10 +182,7 @@ async fn a_hundred_clients_switching_replicas_at_once_lose_nothing() {
             let stream = stream_id(&res);
             let mut reader = SseReader::new(res);
             let k = 1 + i % 7;
-            let mut events = Vec::new();
-            for _ in 0..k {
-                events.push(reader.next().await.unwrap());
-            }
+            let mut events = reader.take(k as usize).await;
             drop(reader);
             let res = client
                 .get(second.url(&format!("/v1/streams/{stream}?lastEventID={stream}-{k}")))
@@ -222,7 +206,7 @@ async fn a_hundred_clients_switching_replicas_at_once_lose_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_resumes_on_another_replica_of_a_cluster() {
     let cluster = RedisCluster::start();
-    let mock = mock(Duration::from_millis(20)).await;
+    let mock = mock_llm(Duration::from_millis(20)).await;
     let store_a = RedisStore::builder(cluster.client().await).build().unwrap();
     let store_b = RedisStore::builder(cluster.client().await).build().unwrap();
     let a = serve(&relay(store_a), &mock.base_url()).await;
@@ -248,7 +232,7 @@ async fn a_client_resumes_on_another_replica_of_a_cluster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_trimmed_in_redis_are_gone_on_another_replica() {
     let server = RedisServer::start();
-    let mock = mock(Duration::from_millis(1)).await;
+    let mock = mock_llm(Duration::from_millis(1)).await;
     let a = RedisStore::builder(server.client().await)
         .prefix("test")
         .max_events(4)
@@ -293,7 +277,7 @@ async fn events_trimmed_in_redis_are_gone_on_another_replica() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_redis_down_streams_stay_resumable_on_their_replica() {
     let mut server = RedisServer::start();
-    let mock = mock(Duration::from_millis(5)).await;
+    let mock = mock_llm(Duration::from_millis(5)).await;
     let degrade = DegradeConfig::default()
         .timeout(Duration::from_millis(50))
         .backoff(Duration::from_millis(100), Duration::from_millis(200));

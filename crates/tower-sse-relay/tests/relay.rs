@@ -11,28 +11,15 @@ use axum::Router;
 use axum::body::Body;
 use axum::routing::post;
 use bytes::Bytes;
-use common::{
-    App, SseReader, assert_exact, content, eventually, http, post_chat, serve, serve_router,
-    stream_id,
-};
+use common::{App, assert_exact, http, post_chat, serve, stream_id};
 use futures_util::StreamExt;
 use http::StatusCode;
-use mock_llm::{Config, Fault, MockHandle, MockLlm};
+use mock_llm::Fault;
+use test_support::sse::{self, SseEvent, SseReader};
+use test_support::{chat, eventually, mock_llm, proxy};
 use tower_ai_core::key::RequestHead;
 use tower_sse_relay::store::MemoryStore;
 use tower_sse_relay::{EndReason, InvalidResume, SseRelayLayer, StreamId, StreamSummary, Tap};
-
-async fn mock(token_delay: Duration) -> MockHandle {
-    MockLlm::spawn(
-        "127.0.0.1:0",
-        Config {
-            token_delay,
-            ..Config::default()
-        },
-    )
-    .await
-    .expect("the mock starts")
-}
 
 fn direct() -> SseRelayLayer {
     SseRelayLayer::new()
@@ -59,7 +46,7 @@ async fn get_stream(
 }
 
 /// Every event of a finished stream, read from the store.
-async fn stored(client: &reqwest::Client, app: &App, stream: &str) -> Vec<common::Got> {
+async fn stored(client: &reqwest::Client, app: &App, stream: &str) -> Vec<SseEvent> {
     let res = get_stream(client, app, stream, Some("earliest")).await;
     assert_eq!(res.status(), StatusCode::OK);
     SseReader::new(res).rest().await
@@ -68,7 +55,7 @@ async fn stored(client: &reqwest::Client, app: &App, stream: &str) -> Vec<common
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_first_token_arrives_while_the_upstream_is_still_generating() {
     for layer_kind in ["direct", "resumable"] {
-        let mock = mock(Duration::from_millis(40)).await;
+        let mock = mock_llm(Duration::from_millis(40)).await;
         let app = match layer_kind {
             "direct" => serve(&direct(), &mock.base_url()).await,
             _ => serve(&resumable(), &mock.base_url()).await,
@@ -82,7 +69,7 @@ async fn the_first_token_arrives_while_the_upstream_is_still_generating() {
         let first_token = loop {
             let got = reader.next().await.unwrap();
             events.push(got.clone());
-            if !content(std::slice::from_ref(&got)).is_empty() {
+            if !sse::text(std::slice::from_ref(&got)).is_empty() {
                 break got;
             }
         };
@@ -104,7 +91,7 @@ async fn the_first_token_arrives_while_the_upstream_is_still_generating() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_arrive_in_order_with_the_relay_ids_and_stream_headers() {
-    let mock = mock(Duration::from_millis(2)).await;
+    let mock = mock_llm(Duration::from_millis(2)).await;
     let layer = direct();
     let app = serve(&layer, &mock.base_url()).await;
     let client = http();
@@ -113,7 +100,7 @@ async fn events_arrive_in_order_with_the_relay_ids_and_stream_headers() {
     let direct_res = client
         .post(format!("{}/v1/chat/completions", mock.base_url()))
         .header("content-type", "application/json")
-        .body(common::chat("order please"))
+        .body(chat::streamed("order please"))
         .send()
         .await
         .unwrap();
@@ -130,19 +117,17 @@ async fn events_arrive_in_order_with_the_relay_ids_and_stream_headers() {
     let events = SseReader::new(res).rest().await;
     assert_exact(&events, &stream, 1);
     assert_eq!(events.len(), reference.len());
-    assert_eq!(content(&events), content(&reference));
-    assert!(!content(&events).is_empty());
-    assert!(
-        eventually(Duration::from_secs(2), || layer.stats().direct_active == 0).await,
-        "{:?}",
-        layer.stats()
-    );
+    assert_eq!(sse::text(&events), sse::text(&reference));
+    assert!(!sse::text(&events).is_empty());
+    eventually(Duration::from_secs(2), || layer.stats().direct_active == 0)
+        .await
+        .unwrap_or_else(|| panic!("{:?}", layer.stats()));
     assert_eq!(layer.stats().events, events.len() as u64);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn heartbeats_fill_the_idle_gaps() {
-    let mock = mock(Duration::from_millis(350)).await;
+    let mock = mock_llm(Duration::from_millis(350)).await;
     for resumable_mode in [false, true] {
         let builder = SseRelayLayer::builder()
             .heartbeat(Duration::from_millis(100))
@@ -158,12 +143,10 @@ async fn heartbeats_fill_the_idle_gaps() {
         };
         let client = http();
         let mut reader = SseReader::new(post_chat(&client, &app, "slow please").await);
-        for _ in 0..3 {
-            reader.next().await.unwrap();
-        }
+        reader.take(3).await;
         // Two gaps of 350 ms between three events: at least two
         // heartbeats in each.
-        let heartbeats = reader.comments("keep-alive");
+        let heartbeats = reader.comments_with("keep-alive");
         assert!(
             heartbeats >= 4,
             "resumable {resumable_mode}: {heartbeats} heartbeats"
@@ -173,61 +156,55 @@ async fn heartbeats_fill_the_idle_gaps() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_the_client_cancels_the_upstream_in_direct_mode() {
-    let mock = mock(Duration::from_millis(50)).await;
+    let mock = mock_llm(Duration::from_millis(50)).await;
     let layer = direct();
     let app = serve(&layer, &mock.base_url()).await;
     let client = http();
     let mut reader = SseReader::new(post_chat(&client, &app, "cancel me").await);
-    for _ in 0..3 {
-        reader.next().await.unwrap();
-    }
+    reader.take(3).await;
     assert_eq!(mock.stats().in_flight, 1);
     drop(reader);
-    assert!(
-        eventually(Duration::from_secs(2), || mock.stats().streams_cancelled
-            == 1)
-        .await,
-        "{:?}",
-        mock.stats()
-    );
+    eventually(Duration::from_secs(2), || {
+        mock.stats().streams_cancelled == 1
+    })
+    .await
+    .unwrap_or_else(|| panic!("{:?}", mock.stats()));
     assert_eq!(mock.stats().streams_completed, 0);
     assert_eq!(mock.stats().in_flight, 0);
-    assert!(eventually(Duration::from_secs(1), || layer.stats().direct_active == 0).await);
+    eventually(Duration::from_secs(1), || layer.stats().direct_active == 0)
+        .await
+        .expect("the direct stream is let go");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn closing_the_client_leaves_a_resumable_generation_running() {
-    let mock = mock(Duration::from_millis(20)).await;
+    let mock = mock_llm(Duration::from_millis(20)).await;
     let layer = resumable();
     let app = serve(&layer, &mock.base_url()).await;
     let client = http();
     let res = post_chat(&client, &app, "keep generating").await;
     let stream = stream_id(&res);
     let mut reader = SseReader::new(res);
-    for _ in 0..3 {
-        reader.next().await.unwrap();
-    }
+    reader.take(3).await;
     drop(reader);
-    assert!(
-        eventually(Duration::from_secs(5), || mock.stats().streams_completed
-            == 1)
-        .await,
-        "{:?}",
-        mock.stats()
-    );
+    eventually(Duration::from_secs(5), || {
+        mock.stats().streams_completed == 1
+    })
+    .await
+    .unwrap_or_else(|| panic!("{:?}", mock.stats()));
     assert_eq!(mock.stats().streams_cancelled, 0);
-    assert!(
-        eventually(Duration::from_secs(1), || layer.stats().generations_active
-            == 0)
-        .await
-    );
+    eventually(Duration::from_secs(1), || {
+        layer.stats().generations_active == 0
+    })
+    .await
+    .expect("the generation ends");
     let all = stored(&client, &app, &stream).await;
     assert_exact(&all, &stream, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_resuming_after_k_events_gets_exactly_the_rest() {
-    let mock = mock(Duration::from_millis(15)).await;
+    let mock = mock_llm(Duration::from_millis(15)).await;
     let layer = resumable();
     let app = serve(&layer, &mock.base_url()).await;
     let client = http();
@@ -235,10 +212,7 @@ async fn a_client_resuming_after_k_events_gets_exactly_the_rest() {
         let res = post_chat(&client, &app, &format!("resume after {k}")).await;
         let stream = stream_id(&res);
         let mut reader = SseReader::new(res);
-        let mut first = Vec::new();
-        for _ in 0..k {
-            first.push(reader.next().await.unwrap());
-        }
+        let first = reader.take(k as usize).await;
         drop(reader);
         assert_eq!(
             mock.stats().streams_completed,
@@ -258,7 +232,7 @@ async fn a_client_resuming_after_k_events_gets_exactly_the_rest() {
                 .post(app.url("/v1/chat/completions"))
                 .header("content-type", "application/json")
                 .header("last-event-id", &last)
-                .body(common::chat("ignored"))
+                .body(chat::streamed("ignored"))
                 .send()
                 .await
                 .unwrap(),
@@ -284,7 +258,7 @@ async fn a_client_resuming_after_k_events_gets_exactly_the_rest() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hundred_clients_resuming_at_once_lose_nothing() {
-    let mock = mock(Duration::from_millis(10)).await;
+    let mock = mock_llm(Duration::from_millis(10)).await;
     let layer = resumable();
     let app = Arc::new(serve(&layer, &mock.base_url()).await);
     let mut clients = Vec::new();
@@ -296,10 +270,7 @@ async fn a_hundred_clients_resuming_at_once_lose_nothing() {
             let stream = stream_id(&res);
             let mut reader = SseReader::new(res);
             let k = 1 + i % 7;
-            let mut events = Vec::new();
-            for _ in 0..k {
-                events.push(reader.next().await.unwrap());
-            }
+            let mut events = reader.take(k as usize).await;
             drop(reader);
             let last = format!("{stream}-{k}");
             let res = if i % 2 == 0 {
@@ -359,7 +330,7 @@ fn fast_upstream(produced: Arc<AtomicU64>, limit: Option<u64>) -> Router {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_slow_reader_slows_the_upstream_instead_of_growing_memory() {
     let produced = Arc::new(AtomicU64::new(0));
-    let upstream = serve_router(fast_upstream(produced.clone(), None)).await;
+    let upstream = proxy::serve(fast_upstream(produced.clone(), None)).await;
     let app = serve(&direct(), &upstream.url("")).await;
     let client = http();
     let mut reader = SseReader::new(post_chat(&client, &app, "flood").await);
@@ -384,7 +355,7 @@ async fn a_slow_reader_slows_the_upstream_instead_of_growing_memory() {
 async fn a_slow_reader_of_a_resumable_stream_holds_the_store_to_its_bound() {
     let produced = Arc::new(AtomicU64::new(0));
     let events = 20_000u64; // about 20 MiB
-    let upstream = serve_router(fast_upstream(produced.clone(), Some(events))).await;
+    let upstream = proxy::serve(fast_upstream(produced.clone(), Some(events))).await;
     let store = MemoryStore::builder()
         .max_stream_bytes(256 * 1024)
         .build()
@@ -403,25 +374,25 @@ async fn a_slow_reader_of_a_resumable_stream_holds_the_store_to_its_bound() {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     // The generation ran on at its own pace, into a bounded stream.
-    assert!(
-        eventually(Duration::from_secs(20), || layer.stats().generations_active
-            == 0)
-        .await
-    );
+    eventually(Duration::from_secs(20), || {
+        layer.stats().generations_active == 0
+    })
+    .await
+    .expect("the generation ends");
     assert_eq!(produced.load(Ordering::Relaxed), events * 1024);
     assert!(peak <= 256 * 1024 && store.bytes() <= 256 * 1024, "{peak}");
     // The reader fell behind what is kept: its response fails (after what
     // the socket buffers held) rather than skip events.
     let rest = reader.rest().await;
-    assert!(reader.ended);
+    assert!(reader.ended());
     assert!((rest.len() as u64) + 3 < events, "{}", rest.len());
-    let last = rest.last().unwrap().seq;
-    assert_eq!(last, 3 + rest.len() as u64, "no gap before the cut");
+    let last = rest.last().and_then(SseEvent::seq);
+    assert_eq!(last, Some(3 + rest.len() as u64), "no gap before the cut");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_unknown_and_expired_ids_get_a_clear_4xx() {
-    let mock = mock(Duration::from_millis(1)).await;
+    let mock = mock_llm(Duration::from_millis(1)).await;
     let store = MemoryStore::builder().max_events(3).build().unwrap();
     let layer = SseRelayLayer::builder().resumable(store).build().unwrap();
     let app = serve(&layer, &mock.base_url()).await;
@@ -479,7 +450,7 @@ async fn malformed_unknown_and_expired_ids_get_a_clear_4xx() {
         let res = client
             .post(app.url("/v1/chat/completions"))
             .header("last-event-id", last)
-            .body(common::chat("x"))
+            .body(chat::streamed("x"))
             .send()
             .await
             .unwrap();
@@ -490,7 +461,7 @@ async fn malformed_unknown_and_expired_ids_get_a_clear_4xx() {
         .post(app.url("/v1/chat/completions"))
         .header("last-event-id", "earliest")
         .header("x-stream-id", &stream)
-        .body(common::chat("x"))
+        .body(chat::streamed("x"))
         .send()
         .await
         .unwrap();
@@ -505,7 +476,7 @@ async fn malformed_unknown_and_expired_ids_get_a_clear_4xx() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restart_is_offered_where_configured() {
-    let mock = mock(Duration::from_millis(1)).await;
+    let mock = mock_llm(Duration::from_millis(1)).await;
     let store = MemoryStore::builder().max_events(3).build().unwrap();
     let layer = SseRelayLayer::builder()
         .resumable(store)
@@ -529,7 +500,7 @@ async fn a_restart_is_offered_where_configured() {
     let res = client
         .post(app.url("/v1/chat/completions"))
         .header("last-event-id", format!("{other}-3"))
-        .body(common::chat("again"))
+        .body(chat::streamed("again"))
         .send()
         .await
         .unwrap();
@@ -541,14 +512,14 @@ async fn a_restart_is_offered_where_configured() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn respond_async_answers_202_and_the_stream_is_read_from_the_endpoint() {
-    let mock = mock(Duration::from_millis(5)).await;
+    let mock = mock_llm(Duration::from_millis(5)).await;
     let layer = resumable();
     let app = serve(&layer, &mock.base_url()).await;
     let client = http();
     let res = client
         .post(app.url("/v1/chat/completions"))
         .header("prefer", "respond-async")
-        .body(common::chat("later"))
+        .body(chat::streamed("later"))
         .send()
         .await
         .unwrap();
@@ -572,7 +543,7 @@ async fn respond_async_answers_202_and_the_stream_is_read_from_the_endpoint() {
     let res = client
         .post(app.url("/v1/chat/completions"))
         .header("prefer", "respond-async")
-        .body(common::chat("fails"))
+        .body(chat::streamed("fails"))
         .send()
         .await
         .unwrap();
@@ -585,7 +556,7 @@ async fn respond_async_answers_202_and_the_stream_is_read_from_the_endpoint() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_upstream_ends_with_an_in_band_error_event() {
-    let mock = mock(Duration::from_millis(2)).await;
+    let mock = mock_llm(Duration::from_millis(2)).await;
     mock.set_fault(Fault {
         break_after_tokens: Some(3),
         ..Fault::default()
@@ -608,18 +579,14 @@ async fn a_broken_upstream_ends_with_an_in_band_error_event() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_that_are_not_event_streams_pass_through() {
-    let mock = mock(Duration::from_millis(1)).await;
+    let mock = mock_llm(Duration::from_millis(1)).await;
     for layer in [direct(), resumable()] {
         let app = serve(&layer, &mock.base_url()).await;
         let client = http();
-        let body = serde_json::json!({
-            "model": "mock-1",
-            "messages": [{"role": "user", "content": "json please"}],
-        });
         let res = client
             .post(app.url("/v1/chat/completions"))
             .header("content-type", "application/json")
-            .body(serde_json::to_vec(&body).unwrap())
+            .body(chat::request("json please").to_string())
             .send()
             .await
             .unwrap();
@@ -659,7 +626,7 @@ impl Tap for Recorder {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_tap_sees_each_event_and_the_usage_once() {
-    let mock = mock(Duration::from_millis(2)).await;
+    let mock = mock_llm(Duration::from_millis(2)).await;
     for resumable_mode in [false, true] {
         let recorder = Recorder::default();
         let tap = recorder.clone();
@@ -682,14 +649,11 @@ async fn the_tap_sees_each_event_and_the_usage_once() {
             let stream = stream_id(&res);
             (SseReader::new(res).rest().await, stream)
         };
-        assert!(
-            eventually(Duration::from_secs(2), || recorder
-                .end
-                .lock()
-                .unwrap()
-                .is_some())
-            .await
-        );
+        eventually(Duration::from_secs(2), || {
+            recorder.end.lock().unwrap().is_some()
+        })
+        .await
+        .expect("the tap sees the end");
         let seen = recorder.events.lock().unwrap().clone();
         assert_eq!(
             seen,
@@ -706,7 +670,7 @@ async fn the_tap_sees_each_event_and_the_usage_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hang_up_still_reports_the_usage_after_the_drain() {
-    let mock = mock(Duration::from_millis(20)).await;
+    let mock = mock_llm(Duration::from_millis(20)).await;
     let recorder = Recorder::default();
     let tap = recorder.clone();
     let layer = SseRelayLayer::builder()
@@ -717,17 +681,13 @@ async fn a_hang_up_still_reports_the_usage_after_the_drain() {
     let app = serve(&layer, &mock.base_url()).await;
     let client = http();
     let mut reader = SseReader::new(post_chat(&client, &app, "hang up early").await);
-    reader.next().await.unwrap();
-    reader.next().await.unwrap();
+    reader.take(2).await;
     drop(reader);
-    assert!(
-        eventually(Duration::from_secs(5), || recorder
-            .end
-            .lock()
-            .unwrap()
-            .is_some())
-        .await
-    );
+    eventually(Duration::from_secs(5), || {
+        recorder.end.lock().unwrap().is_some()
+    })
+    .await
+    .expect("the tap sees the end");
     let end = recorder.end.lock().unwrap().clone().unwrap();
     assert_eq!(end.reason, EndReason::ClientGone);
     assert!(
@@ -736,12 +696,14 @@ async fn a_hang_up_still_reports_the_usage_after_the_drain() {
     );
     assert_eq!(layer.stats().drains, 1);
     // The upstream is let go once the usage passed.
-    assert!(eventually(Duration::from_secs(2), || mock.stats().in_flight == 0).await);
+    eventually(Duration::from_secs(2), || mock.stats().in_flight == 0)
+        .await
+        .expect("the upstream is let go");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_generation_stops_at_its_time_limit() {
-    let mock = mock(Duration::from_millis(100)).await;
+    let mock = mock_llm(Duration::from_millis(100)).await;
     let layer = SseRelayLayer::builder()
         .resumable(MemoryStore::new())
         .max_duration(Duration::from_millis(450))
@@ -758,16 +720,16 @@ async fn a_generation_stops_at_its_time_limit() {
     for (i, e) in events.iter().enumerate() {
         assert_eq!(e.id, format!("{stream}-{}", i + 1));
     }
-    assert!(
-        eventually(Duration::from_secs(2), || mock.stats().streams_cancelled
-            == 1)
-        .await
-    );
+    eventually(Duration::from_secs(2), || {
+        mock.stats().streams_cancelled == 1
+    })
+    .await
+    .expect("the upstream call is cancelled");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_generation_limit_streams_are_relayed_directly() {
-    let mock = mock(Duration::from_millis(30)).await;
+    let mock = mock_llm(Duration::from_millis(30)).await;
     let layer = SseRelayLayer::builder()
         .resumable(MemoryStore::new())
         .max_generations(1)
@@ -795,7 +757,7 @@ async fn past_the_generation_limit_streams_are_relayed_directly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_gone_before_the_answer_cancels_even_a_resumable_call() {
-    let mock = mock(Duration::from_millis(5)).await;
+    let mock = mock_llm(Duration::from_millis(5)).await;
     mock.set_fault(Fault {
         latency_ms: 2_000,
         ..Fault::default()
@@ -806,14 +768,13 @@ async fn a_client_gone_before_the_answer_cancels_even_a_resumable_call() {
     // The client never learns the stream id: nobody could resume it.
     let request = post_chat(&client, &app, "never mind");
     let _ = tokio::time::timeout(Duration::from_millis(300), request).await;
-    assert!(eventually(Duration::from_secs(1), || mock.stats().requests == 1).await);
-    assert!(
-        eventually(Duration::from_secs(1), || mock.stats().in_flight == 0
-            && layer.stats().generations_active == 0)
-        .await,
-        "{:?} {:?}",
-        mock.stats(),
-        layer.stats()
-    );
+    eventually(Duration::from_secs(1), || mock.stats().requests == 1)
+        .await
+        .expect("the upstream is called");
+    eventually(Duration::from_secs(1), || {
+        mock.stats().in_flight == 0 && layer.stats().generations_active == 0
+    })
+    .await
+    .unwrap_or_else(|| panic!("{:?} {:?}", mock.stats(), layer.stats()));
     assert_eq!(mock.stats().streams_started, 0);
 }
