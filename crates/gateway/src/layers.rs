@@ -47,7 +47,11 @@ fn cache_fallback(cache: &tower_ai_cache::CacheHandle) -> CacheFallback {
                 .cloned();
             async move {
                 let res = stale.oneshot(req).await?;
-                if res.status() != http::StatusCode::SERVICE_UNAVAILABLE {
+                if res
+                    .extensions()
+                    .get::<tower_ai_cache::FromCache>()
+                    .is_some()
+                {
                     return Ok(res.map(axum::body::Body::new));
                 }
                 // Nothing cached: the breaker's refusal, which says when to

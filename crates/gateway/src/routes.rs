@@ -65,18 +65,12 @@ pub(crate) fn problem(refusal: Refusal, error_type: &str, message: &str) -> Resp
 }
 
 async fn chat_completions(State(state): State<AppState>, req: Request) -> Response {
+    // The token-cost layer in front has read the body within
+    // `MAX_CHAT_BODY` (and refused a larger one with 413): this read can't
+    // be cut short.
     let (parts, body) = req.into_parts();
-    let declared = parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > MAX_CHAT_BODY as u64) {
-        return too_large();
-    }
     let bytes = match read_limited(body, MAX_CHAT_BODY).await {
         Ok(bytes) => bytes,
-        Err(ReadError::TooLarge { .. }) => return too_large(),
         Err(ReadError::Failed(e)) => {
             return problem(
                 Refusal::bad_request(),
@@ -187,14 +181,6 @@ pub(crate) fn upstream_failed(e: &UpstreamError) -> Response {
         _ => Refusal::bad_gateway(),
     };
     problem(refusal, "upstream_error", &e.to_string())
-}
-
-fn too_large() -> Response {
-    problem(
-        Refusal::payload_too_large(),
-        "invalid_request_error",
-        &format!("the request body is larger than {MAX_CHAT_BODY} bytes"),
-    )
 }
 
 async fn content(Path(id): Path<String>) -> Response {
