@@ -211,6 +211,16 @@ impl Degrade {
     where
         F: Future<Output = Result<T, fred::error::Error>>,
     {
+        self.call_within(self.inner.config.timeout, call).await
+    }
+
+    /// [`Degrade::call`] with a timeout of its own, for a call that waits
+    /// by design (a blocking read such as `XREAD BLOCK`), so that it shares
+    /// this state's health without its timeout.
+    pub async fn call_within<T, F>(&self, timeout: Duration, call: F) -> Result<T, Unavailable>
+    where
+        F: Future<Output = Result<T, fred::error::Error>>,
+    {
         let probe = if self.inner.down.load(Ordering::Acquire) {
             match self.try_probe() {
                 Ok(probe) => Some(probe),
@@ -219,7 +229,7 @@ impl Degrade {
         } else {
             None
         };
-        match tokio::time::timeout(self.inner.config.timeout, call).await {
+        match tokio::time::timeout(timeout, call).await {
             Ok(Ok(value)) => {
                 self.succeeded();
                 Ok(value)
