@@ -194,14 +194,15 @@ fn in_process(c: &mut Criterion) {
                 .route(Route::post(PATH))
                 // L1 off: every lookup goes to Redis.
                 .l1_ttl(l1_ttl)
-                .redis_with(
-                    client,
-                    tower_ai::cache::RedisOptions::default()
+                .redis(
+                    tower_ai::cache::RedisStore::builder(client)
                         .prefix(prefix)
-                        .degrade(
+                        .degrade(tower_ai::core::redis::Degrade::new(
+                            "cache",
                             tower_ai::core::redis::DegradeConfig::default()
                                 .timeout(Duration::from_secs(2)),
-                        ),
+                        ))
+                        .build(),
                 )
                 .build()
                 .expect("a valid layer")
@@ -298,13 +299,14 @@ fn l2_beside_raw_get<S>(
     let layer = CacheLayer::builder()
         .route(Route::post(PATH))
         .l1_ttl(Duration::from_nanos(1))
-        .redis_with(
-            client.clone(),
-            tower_ai::cache::RedisOptions::default()
+        .redis(
+            tower_ai::cache::RedisStore::builder(client.clone())
                 .prefix("bench")
-                .degrade(
+                .degrade(tower_ai::core::redis::Degrade::new(
+                    "cache",
                     tower_ai::core::redis::DegradeConfig::default().timeout(Duration::from_secs(2)),
-                ),
+                ))
+                .build(),
         )
         .build()
         .expect("a valid layer");

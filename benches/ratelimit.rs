@@ -22,7 +22,7 @@ use governor::{Quota, RateLimiter};
 use http::{Request, Response};
 use tower::{Layer, Service};
 use tower_ai::core::key::{ClientKey, PeerIp};
-use tower_ai::core::redis::{ConnectOptions, DegradeConfig, connect};
+use tower_ai::core::redis::{ConnectOptions, Degrade, DegradeConfig, connect};
 use tower_ai::ratelimit::{Limiter, MemoryStore, Policy, Rate, RateLimitLayer, RedisStore};
 
 const KEYS: usize = 1_024;
@@ -178,14 +178,20 @@ fn redis_32_callers(c: &mut Criterion) {
         .expect("connected");
     let store = RedisStore::builder(client.clone())
         .prefix("bench")
-        .degrade(DegradeConfig::default().timeout(Duration::from_secs(5)))
+        .degrade(Degrade::new(
+            "ratelimit",
+            DegradeConfig::default().timeout(Duration::from_secs(5)),
+        ))
         .build();
     let ours = Limiter::redis([generous()], store).expect("a valid policy");
     let leased = Limiter::redis(
         [generous()],
         RedisStore::builder(client.clone())
             .prefix("bench-lease")
-            .degrade(DegradeConfig::default().timeout(Duration::from_secs(5)))
+            .degrade(Degrade::new(
+                "ratelimit",
+                DegradeConfig::default().timeout(Duration::from_secs(5)),
+            ))
             .lease(100, Duration::from_secs(10))
             .build(),
     )

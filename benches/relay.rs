@@ -42,7 +42,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tower::Layer;
 use tower_ai::sse::store::MemoryStore;
-use tower_ai::sse::{RelayBody, SseRelayLayer};
+use tower_ai::sse::{SseRelayBody, SseRelayLayer};
 use tower_ai_gateway::Upstream;
 
 /// One chunk as OpenAI streams it (~230 bytes).
@@ -90,7 +90,7 @@ where
     L: Layer<Upstream>,
     L::Service: tower::Service<
             Request<Body>,
-            Response = Response<RelayBody<Body>>,
+            Response = Response<SseRelayBody<Body>>,
             Error = <Upstream as tower::Service<Request<Body>>>::Error,
         > + Clone
         + Send
@@ -110,7 +110,7 @@ struct BadGateway<S>(S);
 
 impl<S> tower::Service<Request<Body>> for BadGateway<S>
 where
-    S: tower::Service<Request<Body>, Response = Response<RelayBody<Body>>>,
+    S: tower::Service<Request<Body>, Response = Response<SseRelayBody<Body>>>,
     S::Future: Send + 'static,
 {
     type Response = Response<Body>;
@@ -147,10 +147,12 @@ where
 struct NoRelay;
 
 impl<S> Layer<S> for NoRelay {
-    type Service = tower::util::MapResponse<S, fn(Response<Body>) -> Response<RelayBody<Body>>>;
+    type Service = tower::util::MapResponse<S, fn(Response<Body>) -> Response<SseRelayBody<Body>>>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        tower::util::MapResponse::new(inner, |res: Response<Body>| res.map(RelayBody::passthrough))
+        tower::util::MapResponse::new(inner, |res: Response<Body>| {
+            res.map(SseRelayBody::passthrough)
+        })
     }
 }
 

@@ -279,8 +279,10 @@ fn setup() -> Setup {
         let client = connect(&[url.as_str()], &ConnectOptions::default())
             .await
             .expect("Redis");
-        let ours_redis = RedisStore::new(client).with_prefix("bench");
-        let ours_pool = RedisStore::new(pool(&url).await).with_prefix("bench-pool");
+        let ours_redis = RedisStore::builder(client).prefix("bench").build();
+        let ours_pool = RedisStore::builder(pool(&url).await)
+            .prefix("bench-pool")
+            .build();
         let peer_redis = tower_sessions_redis_store::RedisStore::new(pool(&url).await);
 
         let plain = serve(plain()).await;

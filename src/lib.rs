@@ -3,6 +3,9 @@
 //! Each layer crate is re-exported behind a cargo feature of the same short
 //! name; all are on by default.
 
+mod builder;
+
+pub use builder::ServiceBuilderExt;
 pub use tower_ai_core as core;
 
 #[cfg(feature = "cache")]

@@ -95,7 +95,11 @@ pub(crate) fn cache(
                 .ttl(Duration::from_secs(300)),
         );
     if let Some(redis) = redis {
-        builder = builder.redis(redis.client.clone());
+        builder = builder.redis(
+            tower_ai_cache::RedisStore::builder(redis.client.clone())
+                .degrade(redis.degrade.clone())
+                .build(),
+        );
     }
     builder.build()
 }
@@ -165,7 +169,11 @@ pub(crate) fn rate_limit(
         .missing_key(MissingKey::Shared)
         .headers(HeaderStyle::default().openai(true));
     let builder = match redis {
-        Some(redis) => builder.redis(RedisStore::builder(redis.client.clone()).build()),
+        Some(redis) => builder.redis(
+            RedisStore::builder(redis.client.clone())
+                .degrade(redis.degrade.clone())
+                .build(),
+        ),
         None => builder,
     };
     builder.build()
@@ -191,9 +199,11 @@ pub(crate) fn relay(
     tower_sse_relay::ConfigError,
 > {
     let store = match redis {
-        Some(redis) => {
-            tower_sse_relay::AnyStore::Redis(tower_sse_relay::RedisStore::new(redis.client.clone()))
-        }
+        Some(redis) => tower_sse_relay::AnyStore::Redis(
+            tower_sse_relay::RedisStore::builder(redis.client.clone())
+                .degrade(redis.degrade.clone())
+                .build(),
+        ),
         None => tower_sse_relay::AnyStore::Memory(tower_sse_relay::MemoryStore::new()),
     };
     let layer = tower_sse_relay::SseRelayLayer::builder()
@@ -212,10 +222,12 @@ pub(crate) fn sessions(
     secure_cookies: bool,
 ) -> Result<tower_session::SessionLayer, tower_session::ConfigError> {
     let builder = match redis {
-        Some(redis) => tower_session::SessionLayer::builder(
-            tower_session::RedisStore::new(redis.client.clone()).with_prefix("tower-ai"),
+        Some(redis) => tower_session::SessionLayer::builder().redis(
+            tower_session::RedisStore::builder(redis.client.clone())
+                .degrade(redis.degrade.clone())
+                .build(),
         ),
-        None => tower_session::SessionLayer::builder(tower_session::MemoryStore::new()),
+        None => tower_session::SessionLayer::builder(),
     };
     builder
         .cookie_name("sid")

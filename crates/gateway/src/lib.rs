@@ -200,7 +200,10 @@ async fn connect_redis(urls: &[String]) -> io::Result<RedisState> {
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
     client.connect();
     let wait = tokio::time::timeout(options.connection_timeout, client.wait_for_connect()).await;
-    let degrade = Degrade::new("gateway", DegradeConfig::default());
+    // One health state for this Redis, shared by every layer's store and
+    // by `/healthz`: they fall back and recover together, and the health
+    // check reports what the layers see.
+    let degrade = Degrade::new("redis", DegradeConfig::default());
     match wait {
         Ok(Ok(())) => tracing::info!(nodes = urls.len(), "connected to Redis"),
         Ok(Err(e)) => degrade.mark_down(&e),

@@ -1,13 +1,10 @@
 //! The settings every part of the layer reads at run time: `Shared` (one
-//! per layer, behind an `Arc`), how a request's scope and key are found, and
-//! `RedisOptions`.
+//! per layer, behind an `Arc`), and how a request's scope and key are found.
 //!
 //! Imports none of the layer's other roles (layer, service, future, body,
 //! handle): they all read this file.
 
 use std::sync::Arc;
-#[cfg(feature = "redis")]
-use std::time::Duration;
 
 use http::{HeaderMap, HeaderName, Method, Request, StatusCode, Uri};
 use tower_ai_core::key::{ClientKey, KeyExtractor, RequestHead};
@@ -85,85 +82,5 @@ impl Shared {
             ignore: &self.ignore,
         };
         self.aliases.key(&input, body)
-    }
-}
-
-/// How the cache uses Redis (feature `redis`).
-#[cfg(feature = "redis")]
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct RedisOptions {
-    /// The key prefix (default `tower-ai`): keys are
-    /// `{prefix}:cache:{digest}:…`.
-    pub prefix: String,
-    /// Timeouts and backoff of every Redis call (default: 50 ms timeout).
-    pub degrade: tower_ai_core::redis::DegradeConfig,
-    /// How long a leader's lock lives without renewal (default 30 s); a
-    /// streamed answer renews it with each chunk.
-    pub lock_ttl: Duration,
-    /// How long a finished recording stays readable (default 10 s).
-    pub stream_keep: Duration,
-    /// How long one blocking read of a recording waits (default 1 s).
-    pub block: Duration,
-    /// Connections for blocking reads (default 8): how many answers in
-    /// flight on other replicas this one can follow at once without
-    /// polling.
-    pub blocking_connections: usize,
-}
-
-#[cfg(feature = "redis")]
-impl Default for RedisOptions {
-    fn default() -> Self {
-        Self {
-            prefix: "tower-ai".to_owned(),
-            degrade: tower_ai_core::redis::DegradeConfig::default(),
-            lock_ttl: Duration::from_secs(30),
-            stream_keep: Duration::from_secs(10),
-            block: Duration::from_secs(1),
-            blocking_connections: 8,
-        }
-    }
-}
-
-#[cfg(feature = "redis")]
-impl RedisOptions {
-    /// Sets the key prefix.
-    #[must_use]
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
-        self
-    }
-
-    /// Sets the Redis call timeouts and backoff.
-    #[must_use]
-    pub fn degrade(mut self, degrade: tower_ai_core::redis::DegradeConfig) -> Self {
-        self.degrade = degrade;
-        self
-    }
-
-    /// Sets the lock's lifetime.
-    #[must_use]
-    pub fn lock_ttl(mut self, ttl: Duration) -> Self {
-        self.lock_ttl = ttl;
-        self
-    }
-
-    /// Sets the number of blocking-read connections.
-    #[must_use]
-    pub fn blocking_connections(mut self, n: usize) -> Self {
-        self.blocking_connections = n;
-        self
-    }
-
-    /// The L2 store's configuration.
-    pub(crate) fn into_l2(self) -> crate::store::redis::L2Config {
-        crate::store::redis::L2Config {
-            prefix: self.prefix,
-            degrade: self.degrade,
-            lock_ttl: self.lock_ttl,
-            stream_keep: self.stream_keep,
-            block: self.block,
-            blocking_connections: self.blocking_connections,
-        }
     }
 }

@@ -8,8 +8,6 @@ use http::{HeaderName, StatusCode};
 use tower_ai_core::key::{ApiKey, KeyExtractor};
 use tower_layer::Layer;
 
-#[cfg(feature = "redis")]
-use crate::config::RedisOptions;
 use crate::config::{ScopeFn, Shared, scope_fn};
 use crate::error::ConfigError;
 use crate::flight::Flights;
@@ -18,6 +16,8 @@ use crate::key::{Aliases, IgnoreList};
 use crate::route::{Route, RouteDefaults, RouteRule};
 use crate::service::Cache;
 use crate::store::memory::L1;
+#[cfg(feature = "redis")]
+use crate::store::redis::RedisStore;
 
 /// The [`Layer`] that wraps services in [`Cache`].
 ///
@@ -85,7 +85,7 @@ impl CacheLayer {
         #[cfg(feature = "redis")]
         let l2 = b
             .redis
-            .map(|(client, config)| crate::store::redis::L2::start(client, config, l1.clone()));
+            .map(|store| crate::store::redis::L2::start(store, l1.clone()));
         Self {
             shared: Arc::new(Shared {
                 routes: routes.into(),
@@ -152,7 +152,7 @@ pub struct CacheBuilder {
     max_in_flight: usize,
     follow_timeout: Duration,
     #[cfg(feature = "redis")]
-    redis: Option<(fred::clients::Client, crate::store::redis::L2Config)>,
+    redis: Option<RedisStore>,
 }
 
 impl fmt::Debug for CacheBuilder {
@@ -313,39 +313,35 @@ impl CacheBuilder {
     /// Adds L2: entries shared by every replica in Redis (standalone or
     /// Cluster), a lock per key so that one replica calls the upstream for
     /// identical misses, live streams for the others, and invalidation
-    /// across replicas. `client` may be connected or not (see
-    /// `tower_ai_core::redis::client`). The layer opens its own extra
-    /// connections: one for invalidation messages, and a few (see
-    /// [`RedisOptions::blocking_connections`]) for following streams.
+    /// across replicas (see [`RedisStore`]). The layer opens its own extra
+    /// connections from the store's client: one for invalidation messages,
+    /// and a few (see [`RedisStoreBuilder::blocking_connections`]) for
+    /// following streams.
     ///
     /// Must be built inside a Tokio runtime.
+    ///
+    /// [`RedisStoreBuilder::blocking_connections`]: crate::RedisStoreBuilder::blocking_connections
     #[cfg(feature = "redis")]
-    pub fn redis(self, client: fred::clients::Client) -> Self {
-        self.redis_with(client, RedisOptions::default())
-    }
-
-    /// [`redis`](Self::redis) with options.
-    #[cfg(feature = "redis")]
-    pub fn redis_with(mut self, client: fred::clients::Client, options: RedisOptions) -> Self {
-        self.redis = Some((client, options.into_l2()));
+    pub fn redis(mut self, store: RedisStore) -> Self {
+        self.redis = Some(store);
         self
     }
 
     /// Checks the configuration and builds the layer.
     pub fn build(self) -> Result<CacheLayer, ConfigError> {
         if self.l1_capacity == 0 {
-            return Err(ConfigError::new("l1_capacity must be more than 0 bytes"));
+            return Err(ConfigError::ZeroL1Capacity);
         }
         if self.l1_ttl.is_zero() {
-            return Err(ConfigError::new("l1_ttl must be more than 0"));
+            return Err(ConfigError::ZeroL1Ttl);
         }
         if self.max_body == 0 || u32::try_from(self.max_body).is_err() {
-            return Err(ConfigError::new(
-                "max_body must be between 1 byte and 4 GiB",
-            ));
+            return Err(ConfigError::MaxBodyOutOfRange {
+                bytes: self.max_body,
+            });
         }
         if self.max_in_flight == 0 {
-            return Err(ConfigError::new("max_in_flight must be at least 1"));
+            return Err(ConfigError::ZeroMaxInFlight);
         }
         if self.cache_name.is_empty()
             || !self
@@ -353,10 +349,9 @@ impl CacheBuilder {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~:/".contains(&b))
         {
-            return Err(ConfigError::new(format!(
-                "cache_name {:?} is not a token",
-                self.cache_name
-            )));
+            return Err(ConfigError::InvalidCacheName {
+                name: self.cache_name,
+            });
         }
         let defaults = RouteDefaults {
             ttl: self.ttl,
@@ -364,26 +359,17 @@ impl CacheBuilder {
             public: self.public,
         };
         if self.ttl.is_zero() {
-            return Err(ConfigError::new("ttl must be more than 0"));
+            return Err(ConfigError::ZeroTtl);
         }
         for route in &self.routes {
-            route.clone().resolve(&defaults).map_err(ConfigError::new)?;
+            route.clone().resolve(&defaults)?;
         }
         #[cfg(feature = "redis")]
-        if let Some((_, config)) = &self.redis {
+        if let Some(store) = &self.redis {
             if tokio::runtime::Handle::try_current().is_err() {
-                return Err(ConfigError::new(
-                    "a cache with Redis must be built inside a Tokio runtime",
-                ));
+                return Err(ConfigError::NoTokioRuntime);
             }
-            if config.lock_ttl.is_zero() || config.blocking_connections == 0 {
-                return Err(ConfigError::new(
-                    "lock_ttl and blocking_connections must be more than 0",
-                ));
-            }
-            if config.prefix.contains(['{', '}']) {
-                return Err(ConfigError::new("the Redis prefix must not contain braces"));
-            }
+            store.check()?;
         }
         Ok(CacheLayer::from_builder(self))
     }

@@ -28,7 +28,8 @@
 //!   reason to skip storing: the TTL governs.)
 //! - **Layers**: L1 in this process ([`moka`], bounded by bytes, each entry
 //!   at most [`CacheBuilder::l1_ttl`], 60 s by default) in front of L2 in
-//!   Redis (feature `redis`, [`CacheBuilder::redis`]; standalone or Cluster).
+//!   Redis (feature `redis`, a `RedisStore` given to [`CacheBuilder::redis`];
+//!   standalone or Cluster).
 //!   A hit in L2 costs one `GET`. With Redis down, the cache runs on L1
 //!   alone, adding at most the Redis timeout (50 ms) before it notices; it
 //!   logs the switch once, counts it, and goes back to L2 when Redis answers,
@@ -155,8 +156,6 @@ mod store;
 mod tag;
 
 pub use crate::body::{BoxError, CacheBody};
-#[cfg(feature = "redis")]
-pub use crate::config::RedisOptions;
 pub use crate::error::ConfigError;
 pub use crate::handle::{CacheHandle, CachedAnswer, Invalidated, StaleFallback};
 pub use crate::key::{CacheKey, IgnoreList, KeyScope, canonical_json};
@@ -164,4 +163,6 @@ pub use crate::layer::{CacheBuilder, CacheLayer};
 pub use crate::respond::FromCache;
 pub use crate::route::Route;
 pub use crate::service::Cache;
+#[cfg(feature = "redis")]
+pub use crate::store::redis::{RedisStore, RedisStoreBuilder};
 pub use crate::tag::CacheTag;

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use http::Method;
 
+use crate::error::ConfigError;
 use crate::tag::{CacheTag, TagId};
 
 /// Requests the cache handles, with their own TTL and rules.
@@ -146,7 +147,7 @@ impl Route {
         self
     }
 
-    pub(crate) fn resolve(self, defaults: &RouteDefaults) -> Result<RouteRule, String> {
+    pub(crate) fn resolve(self, defaults: &RouteDefaults) -> Result<RouteRule, ConfigError> {
         let name: Arc<str> = match self.name {
             Some(name) => name,
             None => match &self.path {
@@ -156,11 +157,15 @@ impl Route {
             },
         };
         if self.methods.is_empty() {
-            return Err(format!("route {name:?} has no method"));
+            return Err(ConfigError::RouteWithoutMethod {
+                route: name.to_string(),
+            });
         }
         let ttl = self.ttl.unwrap_or(defaults.ttl);
         if ttl.is_zero() {
-            return Err(format!("route {name:?} has a zero TTL"));
+            return Err(ConfigError::ZeroRouteTtl {
+                route: name.to_string(),
+            });
         }
         Ok(RouteRule {
             tag: CacheTag::route(&name).id(),

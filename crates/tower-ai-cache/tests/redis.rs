@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use common::{Replica, Seen, ask, chat, client};
 use http::Method;
 use test_support::{RedisCluster, RedisServer, eventually, mock_llm};
-use tower_ai_cache::{CacheKey, CacheLayer, CacheTag, IgnoreList, KeyScope, RedisOptions, Route};
+use tower_ai_cache::{CacheKey, CacheLayer, CacheTag, IgnoreList, KeyScope, RedisStore, Route};
 use tower_ai_core::key::ClientKey;
-use tower_ai_core::redis::{ConnectOptions, DegradeConfig, connect};
+use tower_ai_core::redis::{ConnectOptions, Degrade, DegradeConfig, connect};
 
 const PATH: &str = "/v1/chat/completions";
 
@@ -22,14 +22,16 @@ async fn layer(urls: &[String]) -> CacheLayer {
         .expect("connected to Redis");
     CacheLayer::builder()
         .route(Route::post(PATH).name("chat"))
-        .redis_with(
-            client,
-            RedisOptions::default().degrade(
-                DegradeConfig::default()
-                    // A loaded CI machine: a slow answer shouldn't flip the state.
-                    .timeout(Duration::from_millis(250))
-                    .backoff(Duration::from_millis(100), Duration::from_millis(400)),
-            ),
+        .redis(
+            RedisStore::builder(client)
+                .degrade(Degrade::new(
+                    "cache",
+                    DegradeConfig::default()
+                        // A loaded CI machine: a slow answer shouldn't flip the state.
+                        .timeout(Duration::from_millis(250))
+                        .backoff(Duration::from_millis(100), Duration::from_millis(400)),
+                ))
+                .build(),
         )
         .build()
         .expect("a valid configuration")
@@ -391,7 +393,7 @@ async fn a_stale_answer_from_l2_when_the_upstream_fails() {
                     .ttl(Duration::from_millis(300))
                     .stale_if_error(Duration::from_secs(60)),
             )
-            .redis(client)
+            .redis(RedisStore::new(client))
             .build()
             .expect("valid")
     };

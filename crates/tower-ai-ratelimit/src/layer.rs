@@ -6,8 +6,8 @@ use tower_ai_core::key::{ApiKey, KeyExtractor, KeyExtractorExt, PeerIp, RequestH
 use tower_ai_core::reject::Refusal;
 use tower_layer::Layer;
 
-use crate::ConfigError;
 use crate::config::{CostFn, DefaultKey, HeaderStyle, MissingKey, RefusalFn, Refused, Shared};
+use crate::error::ConfigError;
 use crate::policy::Policy;
 use crate::resolver::Policies;
 use crate::service::RateLimit;
@@ -223,9 +223,7 @@ impl<K> RateLimitBuilder<K> {
         }
         let resolver = policies.compile()?;
         if resolver.policies().next().is_none() {
-            return Err(ConfigError::new(
-                "no policy: add one with .policy() or .policies()",
-            ));
+            return Err(ConfigError::NoPolicy);
         }
         Ok(RateLimitLayer {
             shared: Arc::new(Shared {

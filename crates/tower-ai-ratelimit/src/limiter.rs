@@ -2,7 +2,7 @@
 
 use tower_ai_core::key::ClientKey;
 
-use crate::ConfigError;
+use crate::error::ConfigError;
 use crate::policy::Policy;
 use crate::resolver::{Policies, PolicySet};
 use crate::store::{Backend, Charge, MemoryStore, Verdict};
@@ -35,7 +35,7 @@ impl Limiter {
         let set = resolver
             .default_set()
             .filter(|s| !s.is_empty())
-            .ok_or_else(|| ConfigError::new("a limiter needs at least one policy"))?;
+            .ok_or(ConfigError::EmptyLimiter)?;
         Ok(Self { set, backend })
     }
 

@@ -5,6 +5,8 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::error::ConfigError;
+
 /// How fast a bucket refills (or drains): an amount per period.
 ///
 /// Says plainly what it means, so nobody mistakes "n per second" for "one
@@ -267,31 +269,26 @@ impl Policy {
         }
     }
 
-    pub(crate) fn validate(&self) -> Result<(), crate::ConfigError> {
-        let bad = |why: &str| {
-            Err(crate::ConfigError::new(format!(
-                "policy {}: {why}",
-                self.name
-            )))
-        };
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        let policy = || self.name.to_string();
         if self.capacity == 0 {
-            return bad("capacity must be at least 1");
+            return Err(ConfigError::ZeroCapacity { policy: policy() });
         }
         if self.name.is_empty() || self.name.len() > 64 || self.name.contains(['{', '}', ':', '"'])
         {
-            return bad("a name is 1 to 64 characters, without braces, colons or quotes");
+            return Err(ConfigError::InvalidPolicyName { name: policy() });
         }
         match self.algorithm {
             Algorithm::TokenBucket { refill: rate } | Algorithm::LeakyBucket { drain: rate } => {
                 if !rate.is_valid() {
-                    return bad("the rate must be positive and at most 10^9 per second");
+                    return Err(ConfigError::InvalidRate { policy: policy() });
                 }
             }
             Algorithm::FixedWindow { window }
             | Algorithm::SlidingLog { window }
             | Algorithm::SlidingWindow { window } => {
                 if window < Duration::from_millis(1) {
-                    return bad("the window must be at least 1 ms");
+                    return Err(ConfigError::InvalidWindow { policy: policy() });
                 }
             }
         }

@@ -5,8 +5,8 @@ use std::sync::Arc;
 use http::HeaderName;
 use tower_ai_core::key::{RequestHead, Tier};
 
-use crate::ConfigError;
 use crate::algorithm::Spec;
+use crate::error::ConfigError;
 use crate::policy::Policy;
 use crate::store::MAX_POLICIES;
 
@@ -113,9 +113,10 @@ impl Policies {
         let mut names: Vec<Policy> = Vec::new();
         let mut compile = |policies: Vec<Policy>| -> Result<PolicySet, ConfigError> {
             if policies.len() > MAX_POLICIES {
-                return Err(ConfigError::new(format!(
-                    "at most {MAX_POLICIES} policies apply to one request"
-                )));
+                return Err(ConfigError::TooManyPolicies {
+                    count: policies.len(),
+                    max: MAX_POLICIES,
+                });
             }
             let mut set = Vec::with_capacity(policies.len());
             for policy in policies {
@@ -123,10 +124,9 @@ impl Policies {
                 let slot = match names.iter().position(|p| p.name() == policy.name()) {
                     Some(i) if names[i] == policy => i,
                     Some(_) => {
-                        return Err(ConfigError::new(format!(
-                            "two different policies are named {:?}",
-                            policy.name()
-                        )));
+                        return Err(ConfigError::DuplicatePolicy {
+                            name: policy.name().to_owned(),
+                        });
                     }
                     None => {
                         names.push(policy.clone());
@@ -134,10 +134,9 @@ impl Policies {
                     }
                 };
                 if set.iter().any(|c: &Compiled| c.slot == slot as u32) {
-                    return Err(ConfigError::new(format!(
-                        "policy {:?} appears twice in one set",
-                        policy.name()
-                    )));
+                    return Err(ConfigError::RepeatedPolicy {
+                        name: policy.name().to_owned(),
+                    });
                 }
                 set.push(Compiled {
                     slot: slot as u32,

@@ -13,8 +13,8 @@ use http::StatusCode;
 use tower_ai_core::key::{ForwardedIp, Global, KeyExtractorExt, PeerIp};
 use tower_ai_ratelimit::headers::{RateLimitInfo, retry_after};
 use tower_ai_ratelimit::{
-    HeaderStyle, ManualClock, MemoryStore, MissingKey, Policies, Policy, Rate, RateLimitLayer,
-    TokioClock,
+    ConfigError, HeaderStyle, Limiter, ManualClock, MemoryStore, MissingKey, Policies, Policy,
+    Rate, RateLimitLayer, TokioClock,
 };
 
 #[tokio::test]
@@ -403,6 +403,75 @@ fn invalid_configurations_are_errors_not_panics() {
             .build()
             .is_err()
     );
+}
+
+#[test]
+fn each_configuration_mistake_has_its_own_error() {
+    let err = |b: tower_ai_ratelimit::RateLimitBuilder<_>| b.build().expect_err("invalid");
+    let tb = |cap, name: &str| Policy::token_bucket(cap, Rate::per_second(1.0)).named(name);
+    let cases = [
+        (
+            err(RateLimitLayer::builder()),
+            ConfigError::NoPolicy,
+            "no policy: add one with .policy() or .policies()",
+        ),
+        (
+            err(RateLimitLayer::builder().policy(tb(0, "a"))),
+            ConfigError::ZeroCapacity { policy: "a".into() },
+            "policy a: capacity must be at least 1",
+        ),
+        (
+            err(RateLimitLayer::builder().policy(tb(1, "a{b}"))),
+            ConfigError::InvalidPolicyName {
+                name: "a{b}".into(),
+            },
+            "policy a{b}: a name is 1 to 64 characters, without braces, colons or quotes",
+        ),
+        (
+            err(RateLimitLayer::builder()
+                .policy(Policy::token_bucket(1, Rate::per_second(0.0)).named("a"))),
+            ConfigError::InvalidRate { policy: "a".into() },
+            "policy a: the rate must be positive and at most 10^9 per second",
+        ),
+        (
+            err(RateLimitLayer::builder()
+                .policy(Policy::fixed_window(1, Duration::ZERO).named("a"))),
+            ConfigError::InvalidWindow { policy: "a".into() },
+            "policy a: the window must be at least 1 ms",
+        ),
+        (
+            err(RateLimitLayer::builder()
+                .policy(tb(1, "a"))
+                .policy(tb(2, "a"))),
+            ConfigError::DuplicatePolicy { name: "a".into() },
+            "two different policies are named \"a\"",
+        ),
+        (
+            err(RateLimitLayer::builder()
+                .policy(tb(1, "a"))
+                .policy(tb(1, "a"))),
+            ConfigError::RepeatedPolicy { name: "a".into() },
+            "policy \"a\" appears twice in one set",
+        ),
+        (
+            err(RateLimitLayer::builder()
+                .policies(Policies::new().otherwise((0..9).map(|i| tb(1, &format!("p{i}")))))),
+            ConfigError::TooManyPolicies { count: 9, max: 8 },
+            "at most 8 policies apply to one request",
+        ),
+        (
+            Limiter::memory([], MemoryStore::new()).expect_err("no policy"),
+            ConfigError::EmptyLimiter,
+            "a limiter needs at least one policy",
+        ),
+    ];
+    for (got, want, message) in cases {
+        assert_eq!(got, want);
+        assert_eq!(
+            got.to_string(),
+            format!("invalid rate limit configuration: {message}")
+        );
+    }
 }
 
 #[tokio::test(start_paused = true)]

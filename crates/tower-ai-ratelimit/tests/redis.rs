@@ -16,7 +16,7 @@ use common::{
 use fred::prelude::ClientLike;
 use http::StatusCode;
 use test_support::{RedisServer, shared};
-use tower_ai_core::redis::{ConnectOptions, DegradeConfig, connect};
+use tower_ai_core::redis::{ConnectOptions, Degrade, DegradeConfig, connect};
 use tower_ai_ratelimit::headers::{RateLimitInfo, retry_after};
 use tower_ai_ratelimit::{FailMode, Policy, Rate, RateLimitLayer, RedisStore};
 
@@ -36,7 +36,10 @@ async fn client(urls: &[String]) -> fred::clients::Client {
 fn store(client: fred::clients::Client, prefix: &str) -> RedisStore {
     RedisStore::builder(client)
         .prefix(prefix)
-        .degrade(DegradeConfig::default().timeout(Duration::from_secs(5)))
+        .degrade(Degrade::new(
+            "ratelimit",
+            DegradeConfig::default().timeout(Duration::from_secs(5)),
+        ))
         .build()
 }
 
@@ -183,11 +186,12 @@ async fn fail_open_keeps_serving_while_redis_is_down_then_shares_again() {
             .redis(
                 RedisStore::builder(client)
                     .prefix(&prefix)
-                    .degrade(
+                    .degrade(Degrade::new(
+                        "ratelimit",
                         DegradeConfig::default()
                             .timeout(Duration::from_millis(100))
                             .backoff(Duration::from_millis(100), Duration::from_millis(400)),
-                    )
+                    ))
                     .fail_mode(FailMode::Open)
                     .build(),
             )
@@ -253,7 +257,10 @@ async fn fail_closed_refuses_with_503_while_redis_is_down() {
         .redis(
             RedisStore::builder(client(&[server.url()]).await)
                 .prefix(prefix())
-                .degrade(DegradeConfig::default().timeout(Duration::from_millis(100)))
+                .degrade(Degrade::new(
+                    "ratelimit",
+                    DegradeConfig::default().timeout(Duration::from_millis(100)),
+                ))
                 .fail_mode(FailMode::Closed)
                 .build(),
         )
@@ -294,7 +301,10 @@ async fn leases_admit_the_quota_under_a_burst(urls: &[String]) {
             .map(|c| {
                 let store = RedisStore::builder(c.clone())
                     .prefix(&prefix)
-                    .degrade(DegradeConfig::default().timeout(Duration::from_secs(5)))
+                    .degrade(Degrade::new(
+                        "ratelimit",
+                        DegradeConfig::default().timeout(Duration::from_secs(5)),
+                    ))
                     .lease(10, Duration::from_secs(60))
                     .build();
                 service(
@@ -333,7 +343,10 @@ async fn a_lease_is_spent_while_redis_is_down() {
     let mut server = RedisServer::start();
     let store = RedisStore::builder(client(&[server.url()]).await)
         .prefix(prefix())
-        .degrade(DegradeConfig::default().timeout(Duration::from_millis(100)))
+        .degrade(Degrade::new(
+            "ratelimit",
+            DegradeConfig::default().timeout(Duration::from_millis(100)),
+        ))
         .fail_mode(FailMode::Closed)
         .lease(5, Duration::from_secs(60))
         .build();
@@ -364,4 +377,32 @@ async fn a_lease_is_spent_while_redis_is_down() {
         StatusCode::SERVICE_UNAVAILABLE,
         "the lease is spent; fail-closed"
     );
+}
+
+#[tokio::test]
+async fn stores_share_the_health_they_are_given() {
+    let server = RedisServer::start();
+    let client = client(&[server.url()]).await;
+    let health = Degrade::new("redis", DegradeConfig::default());
+    let a = RedisStore::builder(client.clone())
+        .prefix(prefix())
+        .degrade(health.clone())
+        .build();
+    let b = RedisStore::builder(client.clone())
+        .prefix(prefix())
+        .degrade(health.clone())
+        .build();
+    let own = RedisStore::new(client);
+    assert_eq!(a.health().component(), "redis");
+    assert_eq!(own.health().component(), "ratelimit");
+    health.mark_down(&"test");
+    assert!(!a.health().is_up());
+    assert!(!b.health().is_up());
+    assert!(own.health().is_up());
+    let layer = RateLimitLayer::builder()
+        .policy(Policy::token_bucket(1, Rate::per_second(1.0)))
+        .redis(b)
+        .build()
+        .expect("valid");
+    assert!(layer.redis_health().is_some_and(|h| !h.is_up()));
 }

@@ -1,7 +1,7 @@
 //! Conversation memory for AI chat: a per-session history of turns.
 //!
 //! Each session has a list of [`Turn`]s (role, content, token count) capped
-//! at the layer's [`history_limit`](crate::SessionLayerBuilder::history_limit),
+//! at the layer's [`history_limit`](crate::SessionBuilder::history_limit),
 //! and at most one system message kept apart from the list, so trimming
 //! never drops it. Appending is one atomic store operation (in Redis, one
 //! Lua script: push, trim, renew the TTL), and the history expires with its

@@ -1,4 +1,4 @@
-//! [`SessionLayer`] and its builder.
+//! [`SessionLayer`] and its builder, [`SessionBuilder`].
 
 use std::borrow::Cow;
 use std::fmt;
@@ -14,7 +14,9 @@ use crate::config::{Config, OutagePolicy};
 use crate::error::ConfigError;
 use crate::service::SessionManager;
 use crate::sessions::Sessions;
-use crate::store::{DynStore, SessionStore};
+#[cfg(feature = "redis")]
+use crate::store::RedisStore;
+use crate::store::{DynStore, MemoryStore, SessionStore};
 
 /// The default cookie name.
 pub const DEFAULT_COOKIE_NAME: &str = "sid";
@@ -48,16 +50,20 @@ impl SessionLayer {
     /// renewed at most once a minute when unchanged, no absolute lifetime,
     /// `503` on a store outage, history capped at 100 turns of at most
     /// 64 KiB, user field `"user"`.
+    ///
+    /// The same as `SessionLayer::builder().store(store).build()`, which
+    /// can't fail on the defaults.
     pub fn new(store: impl SessionStore) -> Self {
         Self {
-            config: Arc::new(SessionLayerBuilder::new(store).into_config()),
+            config: Arc::new(SessionBuilder::new().store(store).into_config()),
         }
     }
 
-    /// A builder on `store`, starting from the defaults of
-    /// [`SessionLayer::new`].
-    pub fn builder(store: impl SessionStore) -> SessionLayerBuilder {
-        SessionLayerBuilder::new(store)
+    /// A builder starting from the defaults of [`SessionLayer::new`], on a
+    /// new [`MemoryStore`] until `redis` (feature `redis`) or
+    /// [`store`](SessionBuilder::store) says otherwise.
+    pub fn builder() -> SessionBuilder {
+        SessionBuilder::new()
     }
 
     /// A handle for work outside a request on the same store: log a user
@@ -75,11 +81,12 @@ impl<S> Layer<S> for SessionLayer {
     }
 }
 
-/// Builds a [`SessionLayer`]; [`build`](SessionLayerBuilder::build) checks
-/// the settings.
+/// Builds a [`SessionLayer`]; made by [`SessionLayer::builder`].
+/// [`build`](SessionBuilder::build) checks the settings.
 #[must_use]
-pub struct SessionLayerBuilder {
-    store: Arc<dyn DynStore>,
+pub struct SessionBuilder {
+    /// `None`: a new [`MemoryStore`], made by `into_config`.
+    store: Option<Arc<dyn DynStore>>,
     cookie_name: Cow<'static, str>,
     http_only: bool,
     secure: bool,
@@ -98,9 +105,9 @@ pub struct SessionLayerBuilder {
     max_turn_bytes: usize,
 }
 
-impl fmt::Debug for SessionLayerBuilder {
+impl fmt::Debug for SessionBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SessionLayerBuilder")
+        f.debug_struct("SessionBuilder")
             .field("cookie_name", &self.cookie_name)
             .field("header", &self.header)
             .field("ttl", &self.ttl)
@@ -108,10 +115,10 @@ impl fmt::Debug for SessionLayerBuilder {
     }
 }
 
-impl SessionLayerBuilder {
-    fn new(store: impl SessionStore) -> Self {
+impl SessionBuilder {
+    fn new() -> Self {
         Self {
-            store: Arc::new(store),
+            store: None,
             cookie_name: Cow::Borrowed(DEFAULT_COOKIE_NAME),
             http_only: true,
             secure: true,
@@ -129,6 +136,24 @@ impl SessionLayerBuilder {
             history_turns: DEFAULT_HISTORY_TURNS,
             max_turn_bytes: DEFAULT_MAX_TURN_BYTES,
         }
+    }
+
+    /// Keeps the sessions in `store` (default: a new [`MemoryStore`], for
+    /// one replica or tests). For a `RedisStore`, `redis` (feature `redis`)
+    /// says the same.
+    pub fn store(mut self, store: impl SessionStore) -> Self {
+        self.store = Some(Arc::new(store));
+        self
+    }
+
+    /// Keeps the sessions in Redis, through `store` (feature `redis`): shared
+    /// by every replica. Same as [`store`](Self::store).
+    #[cfg(feature = "redis")]
+    pub fn redis<C>(self, store: RedisStore<C>) -> Self
+    where
+        RedisStore<C>: SessionStore,
+    {
+        self.store(store)
     }
 
     /// The cookie's name (default `sid`): an RFC 6265 token.
@@ -295,7 +320,7 @@ impl SessionLayerBuilder {
     /// [`build`](Self::build)'s checks.
     fn into_config(self) -> Config {
         Config {
-            store: self.store,
+            store: self.store.unwrap_or_else(|| Arc::new(MemoryStore::new())),
             carrier: Carrier {
                 name: self.cookie_name,
                 http_only: self.http_only,
@@ -327,15 +352,14 @@ impl SessionLayerBuilder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::MemoryStore;
 
-    fn builder() -> SessionLayerBuilder {
-        SessionLayer::builder(MemoryStore::new())
+    fn builder() -> SessionBuilder {
+        SessionLayer::builder()
     }
 
     #[test]
     fn invalid_settings_are_refused() {
-        let err = |b: SessionLayerBuilder| b.build().err();
+        let err = |b: SessionBuilder| b.build().err();
         assert!(builder().build().is_ok());
         assert_eq!(
             err(builder().cookie_name("a b")),

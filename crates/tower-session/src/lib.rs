@@ -28,13 +28,13 @@ pub use history::{History, Role, Turn};
 pub use id::Id;
 pub use layer::{
     DEFAULT_COOKIE_NAME, DEFAULT_HISTORY_TURNS, DEFAULT_MAX_TURN_BYTES, DEFAULT_TOUCH_INTERVAL,
-    DEFAULT_TTL, DEFAULT_USER_FIELD, SessionLayer, SessionLayerBuilder,
+    DEFAULT_TTL, DEFAULT_USER_FIELD, SessionBuilder, SessionLayer,
 };
 pub use profile::{Profile, TIER_FIELD};
 pub use service::SessionManager;
 pub use session::Session;
 pub use sessions::Sessions;
-#[cfg(feature = "redis")]
-pub use store::RedisStore;
 pub use store::{MemoryStore, SessionStore};
+#[cfg(feature = "redis")]
+pub use store::{RedisStore, RedisStoreBuilder};
 pub use user::{LoadUser, SessionUser, UserLayer};

@@ -32,7 +32,7 @@ async fn replica(urls: &[String]) -> SocketAddr {
         "session",
         DegradeConfig::default().timeout(Duration::from_secs(1)),
     );
-    let store = RedisStore::new(client).with_degrade(degrade);
+    let store = RedisStore::builder(client).degrade(degrade).build();
     serve(SessionLayer::new(store)).await
 }
 

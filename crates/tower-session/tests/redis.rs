@@ -29,7 +29,7 @@ async fn store(urls: &[String]) -> RedisStore<fred::clients::Client> {
     let client = connect(urls, &ConnectOptions::default())
         .await
         .expect("connected");
-    RedisStore::new(client).with_degrade(degrade())
+    RedisStore::builder(client).degrade(degrade()).build()
 }
 
 /// Calls per command since the last `CONFIG RESETSTAT`.
@@ -65,7 +65,8 @@ async fn the_redis_key_ttl_slides_with_activity_and_expires_without() {
     let server = test_support::RedisServer::start();
     let store = store(&[server.url()]).await;
     let raw = server.client().await;
-    let layer = SessionLayer::builder(store.clone())
+    let layer = SessionLayer::builder()
+        .redis(store.clone())
         .ttl(Duration::from_secs(3))
         .touch_interval(Duration::from_millis(500))
         .build()
@@ -158,7 +159,8 @@ async fn redis_dying_mid_request_answers_503_or_continues_as_configured() {
         let url = server.url();
         let server = Arc::new(parking_lot::Mutex::new(server));
         let store = store(&[url]).await;
-        let layer = SessionLayer::builder(store)
+        let layer = SessionLayer::builder()
+            .redis(store)
             .on_outage(policy)
             .build()
             .expect("valid");
@@ -234,7 +236,7 @@ async fn a_pool_works_like_a_client() {
     let config = fred::types::config::Config::from_url(&server.url()).expect("URL");
     let pool = fred::clients::Pool::new(config, None, None, None, 4).expect("pool");
     pool.init().await.expect("connected");
-    let store = RedisStore::new(pool).with_degrade(degrade());
+    let store = RedisStore::builder(pool).degrade(degrade()).build();
     let mut c = Client::new(app(SessionLayer::new(store)));
     c.post("/login/ada").await;
     assert_eq!(c.post("/bump/n").await.body, "1");

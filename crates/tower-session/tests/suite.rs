@@ -10,18 +10,20 @@ use common::{Client, Probe, app, cookie_id, raw, turns, with_cookie};
 use http::StatusCode;
 use tower_ai_core::redis::{ConnectOptions, DegradeConfig, connect};
 use tower_session::{
-    Id, MemoryStore, OutagePolicy, RedisStore, SessionLayer, SessionLayerBuilder, SessionStore,
+    Id, MemoryStore, OutagePolicy, RedisStore, SessionBuilder, SessionLayer, SessionStore,
 };
 
-/// A store for one case, and whatever keeps its server alive.
+/// A store for one case, how a layer is put on it, and whatever keeps its
+/// server alive.
 pub(crate) struct Backend<S> {
     store: S,
+    on: fn(SessionBuilder, S) -> SessionBuilder,
     _server: Option<test_support::RedisServer>,
 }
 
 impl<S: SessionStore + Clone> Backend<S> {
-    fn builder(&self) -> SessionLayerBuilder {
-        SessionLayer::builder(self.store.clone())
+    fn builder(&self) -> SessionBuilder {
+        (self.on)(SessionLayer::builder(), self.store.clone())
     }
 
     fn layer(&self) -> SessionLayer {
@@ -36,6 +38,7 @@ impl<S: SessionStore + Clone> Backend<S> {
 fn memory() -> Backend<MemoryStore> {
     Backend {
         store: MemoryStore::new(),
+        on: SessionBuilder::store,
         _server: None,
     }
 }
@@ -48,9 +51,10 @@ fn redis_store(client: fred::clients::Client, prefix: &str) -> Redis {
         "session",
         DegradeConfig::default().timeout(Duration::from_secs(2)),
     );
-    RedisStore::new(client)
-        .with_prefix(prefix)
-        .with_degrade(degrade)
+    RedisStore::builder(client)
+        .prefix(prefix)
+        .degrade(degrade)
+        .build()
 }
 
 async fn redis() -> Backend<Redis> {
@@ -60,6 +64,7 @@ async fn redis() -> Backend<Redis> {
         .expect("connected");
     Backend {
         store: redis_store(client, "test"),
+        on: SessionBuilder::redis,
         _server: Some(server),
     }
 }
@@ -70,6 +75,7 @@ async fn cluster(urls: &[String], prefix: &str) -> Backend<Redis> {
         .expect("connected to the cluster");
     Backend {
         store: redis_store(client, prefix),
+        on: SessionBuilder::redis,
         _server: None,
     }
 }
@@ -193,7 +199,8 @@ mod cases {
         // With a zero touch interval every read renews the TTL (and the
         // cookie), still without writing a field.
         let probe = b.probe();
-        let layer = SessionLayer::builder(probe.clone())
+        let layer = SessionLayer::builder()
+            .store(probe.clone())
             .touch_interval(Duration::ZERO)
             .build()
             .expect("valid");
@@ -544,7 +551,8 @@ mod cases {
         let r = raw(&refuse, req).await;
         assert_eq!(r.headers["grpc-status"], "14");
 
-        let continuing = SessionLayer::builder(probe.clone())
+        let continuing = SessionLayer::builder()
+            .store(probe.clone())
             .on_outage(OutagePolicy::Continue)
             .build()
             .expect("valid");

@@ -33,7 +33,7 @@ pin_project! {
     ///   request (after the usage drain, when configured).
     /// - Resumable mode: a subscription to the stored stream, plus
     ///   heartbeats; dropping it leaves the generation running.
-    pub struct RelayBody<B> {
+    pub struct SseRelayBody<B> {
         #[pin]
         kind: Kind<B>,
     }
@@ -57,7 +57,7 @@ pin_project! {
     }
 }
 
-impl<B> RelayBody<B> {
+impl<B> SseRelayBody<B> {
     pub(crate) fn inner(body: ResponseBody<B>) -> Self {
         Self {
             kind: Kind::Inner { body },
@@ -96,24 +96,24 @@ impl<B> RelayBody<B> {
     }
 }
 
-impl<B> Default for RelayBody<B> {
+impl<B> Default for SseRelayBody<B> {
     fn default() -> Self {
         Self::empty()
     }
 }
 
-impl<B> fmt::Debug for RelayBody<B> {
+impl<B> fmt::Debug for SseRelayBody<B> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let kind = match &self.kind {
             Kind::Inner { .. } => "inner",
             Kind::Direct { .. } => "direct",
             Kind::Attached { .. } => "attached",
         };
-        f.debug_struct("RelayBody").field("kind", &kind).finish()
+        f.debug_struct("SseRelayBody").field("kind", &kind).finish()
     }
 }
 
-impl<B> Body for RelayBody<B>
+impl<B> Body for SseRelayBody<B>
 where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,

@@ -1,7 +1,7 @@
 //! The response future of [`SseRelay`](crate::SseRelay).
 //!
 //! [`ResponseFuture`] resolves to the inner service's response with its body
-//! wrapped in a [`RelayBody`]: at once in direct mode (the body relays the
+//! wrapped in a [`SseRelayBody`]: at once in direct mode (the body relays the
 //! upstream), after the generation task's handover in resumable mode, or to
 //! an answer of the relay's own (a re-attach, a `202 Accepted`, a refusal).
 //! It never adds an error: `S::Error` passes through unchanged.
@@ -38,7 +38,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tower_ai_core::reject::Refusal;
 
-use crate::body::RelayBody;
+use crate::body::SseRelayBody;
 use crate::config::Config;
 use crate::error::BoxError;
 use crate::generate::{Handoff, respond};
@@ -74,11 +74,11 @@ pin_project! {
         },
         // Re-attaching, or answering `202 Accepted`: store calls first.
         Boxed {
-            fut: BoxFuture<Result<Response<RelayBody<B>>, E>>,
+            fut: BoxFuture<Result<Response<SseRelayBody<B>>, E>>,
         },
         // Answered here.
         Ready {
-            res: Option<Response<RelayBody<B>>>,
+            res: Option<Response<SseRelayBody<B>>>,
         },
     }
 }
@@ -119,13 +119,13 @@ impl<F, B, E> ResponseFuture<F, B, E> {
         }
     }
 
-    pub(crate) fn boxed(fut: BoxFuture<Result<Response<RelayBody<B>>, E>>) -> Self {
+    pub(crate) fn boxed(fut: BoxFuture<Result<Response<SseRelayBody<B>>, E>>) -> Self {
         Self {
             kind: Kind::Boxed { fut },
         }
     }
 
-    pub(crate) fn ready(res: Response<RelayBody<B>>) -> Self {
+    pub(crate) fn ready(res: Response<SseRelayBody<B>>) -> Self {
         Self {
             kind: Kind::Ready { res: Some(res) },
         }
@@ -133,7 +133,7 @@ impl<F, B, E> ResponseFuture<F, B, E> {
 }
 
 impl DirectSetup {
-    pub(crate) fn wrap<B>(self, res: Response<B>) -> Response<RelayBody<B>>
+    pub(crate) fn wrap<B>(self, res: Response<B>) -> Response<SseRelayBody<B>>
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -161,7 +161,10 @@ impl DirectSetup {
 
 impl HandoffSetup {
     /// The client's response to the generation task's `handoff`.
-    pub(crate) fn respond<B, E>(self, handoff: Handoff<B, E>) -> Result<Response<RelayBody<B>>, E>
+    pub(crate) fn respond<B, E>(
+        self,
+        handoff: Handoff<B, E>,
+    ) -> Result<Response<SseRelayBody<B>>, E>
     where
         B: Body<Data = Bytes> + Send + 'static,
         B::Error: Into<BoxError>,
@@ -183,7 +186,7 @@ where
     B::Error: Into<BoxError>,
     E: Send + 'static,
 {
-    type Output = Result<Response<RelayBody<B>>, E>;
+    type Output = Result<Response<SseRelayBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project().kind.project() {
@@ -216,8 +219,8 @@ where
 
 /// Polled again after it completed, or a type mismatch that can't happen:
 /// a caller bug, answered without a panic.
-fn internal_error<B>() -> Response<RelayBody<B>> {
-    let mut res = Response::new(RelayBody::empty());
+fn internal_error<B>() -> Response<SseRelayBody<B>> {
+    let mut res = Response::new(SseRelayBody::empty());
     *res.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
     res
 }

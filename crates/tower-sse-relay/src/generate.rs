@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use tower_ai_core::sse::Event;
 use tower_service::Service;
 
-use crate::body::{RelayBody, end_direct, finish};
+use crate::body::{SseRelayBody, end_direct, finish};
 use crate::config::{Config, Shared};
 use crate::error::BoxError;
 use crate::id::{ResumeFrom, StreamId};
@@ -320,7 +320,7 @@ pub(crate) fn respond<B, E>(
     stream: StreamId,
     started: Instant,
     handoff: Handoff<B, E>,
-) -> Result<Response<RelayBody<B>>, E>
+) -> Result<Response<SseRelayBody<B>>, E>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,

@@ -14,6 +14,8 @@ use crate::config::{Config, InvalidResume, Shared};
 use crate::error::ConfigError;
 use crate::relay::{Counters, RelayStats};
 use crate::service::SseRelay;
+#[cfg(feature = "redis")]
+use crate::store::RedisStore;
 use crate::store::{MemoryStore, StreamStore};
 use crate::streams::StreamsService;
 use crate::tap::MakeTap;
@@ -122,8 +124,9 @@ impl<St: fmt::Debug> fmt::Debug for SseRelayBuilder<St> {
 }
 
 impl<St> SseRelayBuilder<St> {
-    /// Resumable mode, keeping streams in `store` (a [`MemoryStore`], or a
-    /// `RedisStore` shared by every replica).
+    /// Resumable mode, keeping streams in `store` (a [`MemoryStore`], an
+    /// [`AnyStore`](crate::AnyStore), or any [`StreamStore`]; for a
+    /// `RedisStore`, `.redis(store)` says the same).
     ///
     /// Each streamed answer gets a stream id (the `X-Stream-Id` response
     /// header), its events are appended to the store, and the generation
@@ -142,6 +145,28 @@ impl<St> SseRelayBuilder<St> {
             max_generations: self.max_generations,
             make_tap: self.make_tap,
         }
+    }
+
+    /// Resumable mode on Redis: streams kept in `store`, shared by every
+    /// replica on the same Redis. The same as
+    /// [`resumable(store)`](Self::resumable).
+    ///
+    /// ```no_run
+    /// use tower_ai_core::redis::{ConnectOptions, connect};
+    /// use tower_sse_relay::SseRelayLayer;
+    /// use tower_sse_relay::store::RedisStore;
+    ///
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = connect(&["redis://127.0.0.1:6379"], &ConnectOptions::default()).await?;
+    /// let relay = SseRelayLayer::builder()
+    ///     .redis(RedisStore::new(client))
+    ///     .build()?;
+    /// # let _ = relay;
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "redis")]
+    pub fn redis(self, store: RedisStore) -> SseRelayBuilder<RedisStore> {
+        self.resumable(store)
     }
 
     /// Sends a comment heartbeat after `idle` without an event (default
@@ -250,28 +275,28 @@ impl<St> SseRelayBuilder<St> {
     pub fn build(self) -> Result<SseRelayLayer<St>, ConfigError> {
         let config = &self.config;
         if config.heartbeat.is_some_and(|d| d.is_zero()) {
-            return Err(ConfigError::new(
-                "the heartbeat interval must be above zero",
-            ));
+            return Err(ConfigError::ZeroHeartbeat);
         }
         if config.max_event_size == 0 {
-            return Err(ConfigError::new("max_event_size must be above zero"));
+            return Err(ConfigError::ZeroMaxEventSize);
         }
         if config.max_duration.is_zero() {
-            return Err(ConfigError::new("max_duration must be above zero"));
+            return Err(ConfigError::ZeroMaxDuration);
         }
         if config.drain_usage.is_some_and(|d| d.is_zero()) {
-            return Err(ConfigError::new("the usage drain limit must be above zero"));
+            return Err(ConfigError::ZeroDrainUsage);
         }
         if self.max_generations == 0 {
-            return Err(ConfigError::new("max_generations must be above zero"));
+            return Err(ConfigError::ZeroMaxGenerations);
         }
         if !config.streams_path.starts_with('/') {
-            return Err(ConfigError::new("the streams path must start with '/'"));
+            return Err(ConfigError::StreamsPath {
+                path: config.streams_path.clone(),
+            });
         }
         let mut frame = BytesMut::new();
         encode_comment(&self.heartbeat_comment, &mut frame)
-            .map_err(|e| ConfigError::new(format!("heartbeat comment: {e}")))?;
+            .map_err(|error| ConfigError::HeartbeatComment { error })?;
         let mut this = self;
         this.config.heartbeat_frame = frame.freeze();
         Ok(this.build_unchecked())

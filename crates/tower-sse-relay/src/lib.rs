@@ -45,7 +45,7 @@ pub mod tap;
 /// [`encode`](sse::encode), [`EventStream`](sse::EventStream).
 pub use tower_ai_core::sse;
 
-pub use crate::body::RelayBody;
+pub use crate::body::SseRelayBody;
 pub use crate::config::InvalidResume;
 pub use crate::error::{BoxError, ConfigError};
 pub use crate::id::{EventId, IdError, ResumeFrom, StreamId};

@@ -13,7 +13,7 @@ use tokio::time::Instant;
 use tower_ai_core::body::ResponseBody;
 use tower_ai_core::reject::Refusal;
 
-use crate::body::{AttachedBody, DirectBody, DrainFn, RelayBody, spawn_drain};
+use crate::body::{AttachedBody, DirectBody, DrainFn, SseRelayBody, spawn_drain};
 use crate::config::Config;
 use crate::error::BoxError;
 use crate::id::StreamId;
@@ -30,7 +30,7 @@ pub(crate) fn direct_response<B>(
     tap: Option<TapState>,
     started: Instant,
     res: Response<B>,
-) -> Response<RelayBody<B>>
+) -> Response<SseRelayBody<B>>
 where
     B: Body<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
@@ -54,7 +54,7 @@ where
         counters,
         drain,
     );
-    Response::from_parts(parts, RelayBody::direct(body))
+    Response::from_parts(parts, SseRelayBody::direct(body))
 }
 
 /// A `200` event stream reading `subscription`, or `204` when it has
@@ -66,9 +66,9 @@ pub(crate) fn attached_response<B>(
     subscription: Subscription,
     resumed_after: Option<&str>,
     started: Instant,
-) -> Response<RelayBody<B>> {
+) -> Response<SseRelayBody<B>> {
     let mut res = if subscription.is_finished() {
-        let mut res = Response::new(RelayBody::empty());
+        let mut res = Response::new(SseRelayBody::empty());
         *res.status_mut() = StatusCode::NO_CONTENT;
         if let Ok(value) = HeaderValue::from_str(stream.as_str()) {
             res.headers_mut()
@@ -82,7 +82,7 @@ pub(crate) fn attached_response<B>(
             Mode::Reader.clock(started),
             counters.clone(),
         );
-        let mut res = Response::new(RelayBody::attached(body));
+        let mut res = Response::new(SseRelayBody::attached(body));
         stream_headers(
             res.headers_mut(),
             stream,
@@ -98,11 +98,11 @@ pub(crate) fn attached_response<B>(
 }
 
 /// Passes a non-event-stream response through unchanged.
-pub(crate) fn passthrough<B>(res: Response<B>) -> Response<RelayBody<B>> {
-    res.map(|body| RelayBody::inner(ResponseBody::inner(body)))
+pub(crate) fn passthrough<B>(res: Response<B>) -> Response<SseRelayBody<B>> {
+    res.map(|body| SseRelayBody::inner(ResponseBody::inner(body)))
 }
 
 /// A refusal, as the relay's response.
-pub(crate) fn refuse<B>(refusal: Refusal) -> Response<RelayBody<B>> {
-    refusal.into_http().map(RelayBody::inner)
+pub(crate) fn refuse<B>(refusal: Refusal) -> Response<SseRelayBody<B>> {
+    refusal.into_http().map(SseRelayBody::inner)
 }

@@ -15,7 +15,7 @@ use tower_ai_core::reject::Refusal;
 use tower_service::Service;
 use tracing::Instrument;
 
-use crate::body::RelayBody;
+use crate::body::SseRelayBody;
 use crate::config::{InvalidResume, Shared};
 use crate::error::BoxError;
 use crate::future::{DirectSetup, HandoffSetup, ResponseFuture};
@@ -83,7 +83,7 @@ where
     ResBody: Body<Data = Bytes> + Send + 'static,
     ResBody::Error: Into<BoxError>,
 {
-    type Response = Response<RelayBody<ResBody>>;
+    type Response = Response<SseRelayBody<ResBody>>;
     type Error = S::Error;
     type Future = ResponseFuture<S::Future, ResBody, S::Error>;
 
@@ -364,14 +364,14 @@ fn accepted<B>(
     streams_path: &str,
     stream_header: &header::HeaderName,
     stream: StreamId,
-) -> Response<RelayBody<B>> {
+) -> Response<SseRelayBody<B>> {
     let location = format!("{}/{stream}", streams_path.trim_end_matches('/'));
     let body = serde_json::json!({
         "id": stream.as_str(),
         "object": "stream",
         "url": location,
     });
-    let mut res = Response::new(RelayBody::full(body.to_string()));
+    let mut res = Response::new(SseRelayBody::full(body.to_string()));
     *res.status_mut() = StatusCode::ACCEPTED;
     let headers = res.headers_mut();
     headers.insert(

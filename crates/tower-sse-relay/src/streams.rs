@@ -62,7 +62,7 @@ use tokio::time::Instant;
 use tower_ai_core::reject::Refusal;
 use tower_service::Service;
 
-use crate::body::RelayBody;
+use crate::body::SseRelayBody;
 use crate::config::{InvalidResume, Shared};
 use crate::id::{ResumeFrom, StreamId};
 use crate::relay::LAST_EVENT_ID;
@@ -136,7 +136,7 @@ pub(crate) async fn attach<St: StreamStore, B>(
     asked: Asked,
     started: Instant,
     may_restart: bool,
-) -> Result<Response<RelayBody<B>>, Restart> {
+) -> Result<Response<SseRelayBody<B>>, Restart> {
     let restart = shared.config.invalid_resume == InvalidResume::Restart;
     let (from, label) = match asked {
         Asked::Nothing => (ResumeFrom::Earliest, None),
@@ -198,7 +198,7 @@ pub(crate) async fn attach<St: StreamStore, B>(
     ))
 }
 
-fn refuse_resume<B>(error: &ResumeError) -> Response<RelayBody<B>> {
+fn refuse_resume<B>(error: &ResumeError) -> Response<SseRelayBody<B>> {
     let (outcome, refusal) = match error {
         ResumeError::UnknownStream => (
             "unknown_stream",
@@ -228,7 +228,7 @@ fn resume_metric(outcome: &'static str) {
 }
 
 /// The body type of [`StreamsService`]'s responses.
-pub type StreamBody = RelayBody<Empty<Bytes>>;
+pub type StreamBody = SseRelayBody<Empty<Bytes>>;
 
 /// The endpoint that re-attaches clients to stored streams:
 /// `GET {streams path}/{stream id}`, made by

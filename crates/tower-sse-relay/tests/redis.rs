@@ -10,7 +10,7 @@ use common::{App, assert_exact, http, post_chat, serve, stream_id, suite};
 use http::StatusCode;
 use test_support::sse::SseReader;
 use test_support::{RedisCluster, RedisServer, chat, eventually, mock_llm};
-use tower_ai_core::redis::DegradeConfig;
+use tower_ai_core::redis::{Degrade, DegradeConfig};
 use tower_sse_relay::store::{MemoryStore, RedisStore};
 use tower_sse_relay::{SseRelayLayer, StreamStore};
 
@@ -18,11 +18,10 @@ async fn store(server: &RedisServer) -> RedisStore {
     RedisStore::builder(server.client().await)
         .prefix("test")
         .build()
-        .unwrap()
 }
 
 fn relay(store: RedisStore) -> SseRelayLayer<RedisStore> {
-    SseRelayLayer::builder().resumable(store).build().unwrap()
+    SseRelayLayer::builder().redis(store).build().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -49,8 +48,7 @@ async fn suite_trimmed_events_are_expired() {
     let writer = RedisStore::builder(server.client().await)
         .max_events(8)
         .local(bounded())
-        .build()
-        .unwrap();
+        .build();
     suite::trimmed_events_are_expired(writer, 8).await;
 }
 
@@ -66,8 +64,7 @@ async fn keys_carry_the_stream_id_as_hash_tag_and_expire() {
     let store = RedisStore::builder(server.client().await)
         .prefix("app")
         .ttl(Duration::from_secs(30))
-        .build()
-        .unwrap();
+        .build();
     let id = tower_sse_relay::StreamId::random().unwrap();
     store.create(&id).await.unwrap();
     let key = store.key(&id);
@@ -162,9 +159,11 @@ async fn a_hundred_clients_switching_replicas_at_once_lose_nothing() {
     let tolerant = |client| {
         RedisStore::builder(client)
             .prefix("test")
-            .degrade(DegradeConfig::default().timeout(Duration::from_secs(2)))
+            .degrade(Degrade::new(
+                "sse-relay",
+                DegradeConfig::default().timeout(Duration::from_secs(2)),
+            ))
             .build()
-            .unwrap()
     };
     let a = serve(&relay(tolerant(server.client().await)), &mock.base_url()).await;
     let b = serve(&relay(tolerant(server.client().await)), &mock.base_url()).await;
@@ -207,8 +206,8 @@ async fn a_hundred_clients_switching_replicas_at_once_lose_nothing() {
 async fn a_client_resumes_on_another_replica_of_a_cluster() {
     let cluster = RedisCluster::start();
     let mock = mock_llm(Duration::from_millis(20)).await;
-    let store_a = RedisStore::builder(cluster.client().await).build().unwrap();
-    let store_b = RedisStore::builder(cluster.client().await).build().unwrap();
+    let store_a = RedisStore::new(cluster.client().await);
+    let store_b = RedisStore::new(cluster.client().await);
     let a = serve(&relay(store_a), &mock.base_url()).await;
     let b = serve(&relay(store_b), &mock.base_url()).await;
     let client = http();
@@ -236,8 +235,7 @@ async fn events_trimmed_in_redis_are_gone_on_another_replica() {
     let a = RedisStore::builder(server.client().await)
         .prefix("test")
         .max_events(4)
-        .build()
-        .unwrap();
+        .build();
     let app_a = serve(&relay(a), &mock.base_url()).await;
     let app_b = serve(&relay(store(&server).await), &mock.base_url()).await;
     let client = http();
@@ -281,11 +279,11 @@ async fn with_redis_down_streams_stay_resumable_on_their_replica() {
     let degrade = DegradeConfig::default()
         .timeout(Duration::from_millis(50))
         .backoff(Duration::from_millis(100), Duration::from_millis(200));
+    // One health state per replica: each is a process of its own.
     let make = |client| {
         RedisStore::builder(client)
-            .degrade(degrade.clone())
+            .degrade(Degrade::new("sse-relay", degrade.clone()))
             .build()
-            .unwrap()
     };
     let store_a = make(server.client().await);
     let store_b = make(server.client().await);

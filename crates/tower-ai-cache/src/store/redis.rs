@@ -33,6 +33,7 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tower_ai_core::redis::{Degrade, DegradeConfig, KeySpace, Script, Tag, Unavailable};
 
 use crate::entry::{Entry, Head, millis, now_ms};
+use crate::error::ConfigError;
 use crate::key::CacheKey;
 use crate::store::memory::L1;
 use crate::store::{END_ABORTED, END_STORED};
@@ -117,15 +118,200 @@ pub(crate) enum Item {
     End(String),
 }
 
-/// How an L2 store is configured.
+/// How an L2 store is configured (what a [`RedisStore`] holds besides its
+/// client and health).
 #[derive(Debug, Clone)]
 pub(crate) struct L2Config {
     pub(crate) prefix: String,
-    pub(crate) degrade: DegradeConfig,
     pub(crate) lock_ttl: Duration,
     pub(crate) stream_keep: Duration,
     pub(crate) block: Duration,
     pub(crate) blocking_connections: usize,
+}
+
+impl Default for L2Config {
+    fn default() -> Self {
+        Self {
+            prefix: "tower-ai".to_owned(),
+            lock_ttl: Duration::from_secs(30),
+            stream_keep: Duration::from_secs(10),
+            block: Duration::from_secs(1),
+            blocking_connections: 8,
+        }
+    }
+}
+
+/// The cache's L2 in Redis (feature `redis`; standalone or Cluster), given to
+/// [`CacheBuilder::redis`](crate::CacheBuilder::redis): entries shared by
+/// every replica, a lock per key so that one replica calls the upstream for
+/// identical misses, live recordings for the others to follow, and
+/// invalidation across replicas.
+///
+/// Keys are `{prefix}:cache:{digest}:…`, the digest a hash tag (no prompt or
+/// API key ever appears in a key name). Every call goes through the store's
+/// [`Degrade`] (its health, shared with whatever else holds a clone of it),
+/// with its timeout, except blocking reads of a recording, which wait up to
+/// [`block`](RedisStoreBuilder::block) by design and get that much longer.
+///
+/// The layer opens its own extra connections from the client: one for
+/// invalidation messages, and up to
+/// [`blocking_connections`](RedisStoreBuilder::blocking_connections) for
+/// following recordings.
+///
+/// ```no_run
+/// use tower_ai_cache::{CacheLayer, RedisStore};
+/// use tower_ai_core::redis::{ConnectOptions, Degrade, DegradeConfig, connect};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+/// let client = connect(&["redis://127.0.0.1:6379"], &ConnectOptions::default()).await?;
+/// let health = Degrade::new("redis", DegradeConfig::default());
+/// let store = RedisStore::builder(client)
+///     .prefix("my-app")
+///     .degrade(health.clone())
+///     .build();
+/// let layer = CacheLayer::builder().redis(store).build()?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct RedisStore {
+    pub(crate) client: Client,
+    pub(crate) degrade: Degrade,
+    pub(crate) config: L2Config,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("config", &self.config)
+            .field("degrade", &self.degrade)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStore {
+    /// A store on `client` with the defaults (the same as
+    /// `RedisStore::builder(client).build()`). `client` may be connected or
+    /// not (see `tower_ai_core::redis::client`).
+    pub fn new(client: Client) -> Self {
+        Self::builder(client).build()
+    }
+
+    /// A builder for a store on `client`.
+    pub fn builder(client: Client) -> RedisStoreBuilder {
+        RedisStoreBuilder {
+            client,
+            degrade: None,
+            config: L2Config::default(),
+        }
+    }
+
+    /// The health of this store's Redis: the [`Degrade`] every call goes
+    /// through.
+    pub fn health(&self) -> &Degrade {
+        &self.degrade
+    }
+
+    /// What the cache's builder refuses in this store's settings.
+    pub(crate) fn check(&self) -> Result<(), ConfigError> {
+        if self.config.lock_ttl.is_zero() {
+            return Err(ConfigError::ZeroLockTtl);
+        }
+        if self.config.blocking_connections == 0 {
+            return Err(ConfigError::ZeroBlockingConnections);
+        }
+        if self.config.prefix.contains(['{', '}']) {
+            return Err(ConfigError::BracesInPrefix {
+                prefix: self.config.prefix.clone(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Builds a [`RedisStore`].
+///
+/// | setting | default |
+/// |---|---|
+/// | [`prefix`](Self::prefix) | `tower-ai` |
+/// | [`degrade`](Self::degrade) | a new `Degrade::new("cache", DegradeConfig::default())` (50 ms timeout) |
+/// | [`lock_ttl`](Self::lock_ttl) | 30 s |
+/// | [`stream_keep`](Self::stream_keep) | 10 s |
+/// | [`block`](Self::block) | 1 s |
+/// | [`blocking_connections`](Self::blocking_connections) | 8 |
+#[must_use]
+pub struct RedisStoreBuilder {
+    client: Client,
+    degrade: Option<Degrade>,
+    config: L2Config,
+}
+
+impl std::fmt::Debug for RedisStoreBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStoreBuilder")
+            .field("config", &self.config)
+            .field("degrade", &self.degrade)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStoreBuilder {
+    /// The key prefix (default `tower-ai`): keys are
+    /// `{prefix}:cache:{digest}:…`. It must not contain braces.
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.config.prefix = prefix.into();
+        self
+    }
+
+    /// The health every Redis call goes through, with its timeout and
+    /// backoff (default: a new `Degrade::new("cache",
+    /// DegradeConfig::default())`, a 50 ms timeout). Pass a clone of one
+    /// `Degrade` to every store on the same Redis to share its health.
+    pub fn degrade(mut self, degrade: Degrade) -> Self {
+        self.degrade = Some(degrade);
+        self
+    }
+
+    /// How long a leader's lock lives without renewal (default 30 s); a
+    /// streamed answer renews it with each chunk. Must be more than 0.
+    pub fn lock_ttl(mut self, ttl: Duration) -> Self {
+        self.config.lock_ttl = ttl;
+        self
+    }
+
+    /// How long a finished recording stays readable (default 10 s).
+    pub fn stream_keep(mut self, keep: Duration) -> Self {
+        self.config.stream_keep = keep;
+        self
+    }
+
+    /// How long one blocking read of a recording waits (default 1 s); such a
+    /// read times out after this plus the `Degrade`'s timeout (at least
+    /// 250 ms).
+    pub fn block(mut self, block: Duration) -> Self {
+        self.config.block = block;
+        self
+    }
+
+    /// Connections for blocking reads (default 8): how many answers in
+    /// flight on other replicas this one can follow at once without
+    /// polling. Must be more than 0.
+    pub fn blocking_connections(mut self, n: usize) -> Self {
+        self.config.blocking_connections = n;
+        self
+    }
+
+    /// The store. Its settings are checked by
+    /// [`CacheBuilder::build`](crate::CacheBuilder::build).
+    pub fn build(self) -> RedisStore {
+        RedisStore {
+            client: self.client,
+            degrade: self
+                .degrade
+                .unwrap_or_else(|| Degrade::new("cache", DegradeConfig::default())),
+            config: self.config,
+        }
+    }
 }
 
 struct Scripts {
@@ -144,7 +330,9 @@ pub(crate) struct L2 {
     keys: KeySpace,
     channel: String,
     degrade: Degrade,
-    follow: Degrade,
+    /// The timeout of a blocking read: the block time and room for the
+    /// round trip.
+    follow_timeout: Duration,
     scripts: Scripts,
     instance: String,
     seq: AtomicU64,
@@ -173,21 +361,19 @@ pub(crate) struct Names {
 }
 
 impl L2 {
-    /// The L2 store on `client`; starts the invalidation subscriber (a
-    /// connection of its own), which evicts from `l1`.
-    pub(crate) fn start(client: Client, config: L2Config, l1: L1) -> Arc<Self> {
+    /// The L2 store on `store`'s client; starts the invalidation subscriber
+    /// (a connection of its own), which evicts from `l1`.
+    pub(crate) fn start(store: RedisStore, l1: L1) -> Arc<Self> {
+        let RedisStore {
+            client,
+            degrade,
+            config,
+        } = store;
         let keys = KeySpace::new(&config.prefix, "cache");
         let channel = format!("{}:cache:invalidate", config.prefix);
-        let degrade = Degrade::new("cache", config.degrade.clone());
-        // Blocking reads wait up to `block` by design: their own state, with a
-        // timeout that leaves room for it.
-        let follow = Degrade::new(
-            "cache-follow",
-            config
-                .degrade
-                .clone()
-                .timeout(config.block + config.degrade.timeout.max(Duration::from_millis(250))),
-        );
+        // Blocking reads wait up to `block` by design: the store's health,
+        // with a timeout that leaves room for it.
+        let follow_timeout = config.block + degrade.timeout().max(Duration::from_millis(250));
         let (stop, stopped) = watch::channel(());
         let instance = instance_id();
         let l2 = Arc::new(Self {
@@ -196,7 +382,7 @@ impl L2 {
             keys,
             channel,
             degrade,
-            follow,
+            follow_timeout,
             scripts: Scripts {
                 lock: Script::new(LOCK),
                 store: Script::new(STORE),
@@ -504,8 +690,11 @@ impl L2 {
         let reply: Value = match conn {
             Some(conn) => {
                 let block = millis(self.config.block);
-                self.follow
-                    .call(conn.xread::<Value, _, _>(Some(256), Some(block), stream, last_id))
+                self.degrade
+                    .call_within(
+                        self.follow_timeout,
+                        conn.xread::<Value, _, _>(Some(256), Some(block), stream, last_id),
+                    )
                     .await
             }
             None => {

@@ -39,6 +39,28 @@ pub enum FailMode {
 /// failure the store uses its fallback for a backoff period (see
 /// [`Degrade`]), per its [`FailMode`].
 ///
+/// ```
+/// use std::time::Duration;
+/// use tower_ai_core::redis::{ConnectOptions, Degrade, DegradeConfig, client};
+/// use tower_ai_ratelimit::{FailMode, Policy, Rate, RateLimitLayer, RedisStore};
+///
+/// let client = client(&["redis://127.0.0.1:6379"], &ConnectOptions::default()).unwrap();
+/// // One health state per Redis, shared by every store on it.
+/// let health = Degrade::new("redis", DegradeConfig::default());
+/// let store = RedisStore::builder(client)
+///     .prefix("tower-ai")
+///     .degrade(health.clone())
+///     .fail_mode(FailMode::Open)
+///     .lease(100, Duration::from_secs(10))
+///     .build();
+/// assert_eq!(store.health().component(), "redis");
+/// let layer = RateLimitLayer::builder()
+///     .policy(Policy::token_bucket(10, Rate::per_second(1.0)))
+///     .redis(store)
+///     .build();
+/// assert!(layer.is_ok());
+/// ```
+///
 /// # Quota leases
 ///
 /// One Redis core runs roughly 130k script calls a second. Past that, a
@@ -107,7 +129,7 @@ struct Held {
 pub struct RedisStoreBuilder {
     client: Client,
     prefix: String,
-    degrade: DegradeConfig,
+    degrade: Option<Degrade>,
     fallback: Option<MemoryStore>,
     fail: FailMode,
     lease: Option<(u64, Duration)>,
@@ -127,9 +149,12 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// The Redis call timeout and backoff (default: 50 ms timeout).
-    pub fn degrade(mut self, config: DegradeConfig) -> Self {
-        self.degrade = config;
+    /// The Redis health state calls go through: its timeout and backoff,
+    /// shared with every other store given a clone of it (default: a new
+    /// `Degrade::new("ratelimit", DegradeConfig::default())`, 50 ms
+    /// timeout).
+    pub fn degrade(mut self, degrade: Degrade) -> Self {
+        self.degrade = Some(degrade);
         self
     }
 
@@ -154,7 +179,9 @@ impl RedisStoreBuilder {
                 keys: KeySpace::new(&self.prefix, "ratelimit"),
                 check: Script::new(CHECK),
                 adjust: Script::new(ADJUST),
-                degrade: Degrade::new("ratelimit", self.degrade),
+                degrade: self
+                    .degrade
+                    .unwrap_or_else(|| Degrade::new("ratelimit", DegradeConfig::default())),
                 fallback: self.fallback.unwrap_or_default(),
                 fail: self.fail,
                 nonce: AtomicU64::new(initial_nonce()),
@@ -172,7 +199,7 @@ impl RedisStoreBuilder {
 }
 
 impl RedisStore {
-    /// A store on `client` with the defaults.
+    /// A store on `client` with the defaults (`builder(client).build()`).
     pub fn new(client: Client) -> Self {
         Self::builder(client).build()
     }
@@ -182,14 +209,15 @@ impl RedisStore {
         RedisStoreBuilder {
             client,
             prefix: "tower-ai".into(),
-            degrade: DegradeConfig::default(),
+            degrade: None,
             fallback: None,
             fail: FailMode::Open,
             lease: None,
         }
     }
 
-    /// The Redis health state (for health checks).
+    /// The Redis health state (for health checks): the [`Degrade`] given to
+    /// [`RedisStoreBuilder::degrade`], or the store's own.
     pub fn health(&self) -> &Degrade {
         &self.inner.degrade
     }

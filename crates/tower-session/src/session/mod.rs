@@ -91,7 +91,7 @@ impl Session {
     /// so a concurrent request changing another field keeps its change.
     /// Doesn't load the session.
     ///
-    /// Setting the [user field](crate::SessionLayerBuilder::user_field) links
+    /// Setting the [user field](crate::SessionBuilder::user_field) links
     /// the session to that user (for "log out everywhere" and the profile).
     /// Call [`cycle_id`](Session::cycle_id) at login too.
     ///
@@ -138,7 +138,7 @@ impl Session {
     }
 
     /// The session's user: the value of the
-    /// [user field](crate::SessionLayerBuilder::user_field) (loads the
+    /// [user field](crate::SessionBuilder::user_field) (loads the
     /// session, once per request).
     pub async fn user_id(&self) -> Result<Option<String>, Error> {
         let field = self.config().user_field.clone();

@@ -76,7 +76,7 @@ pub mod redis;
 
 pub use memory::MemoryStore;
 #[cfg(feature = "redis")]
-pub use redis::RedisStore;
+pub use redis::{RedisStore, RedisStoreBuilder};
 
 /// A session's fields: name → JSON text, in no particular order.
 pub type Fields = Vec<(String, String)>;

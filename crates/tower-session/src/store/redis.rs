@@ -20,7 +20,7 @@
 //!
 //! On a standalone server, loads and updates of different sessions that
 //! wait at the same moment share one script call
-//! ([`RedisStore::with_batching`], on by default): under load a request costs
+//! ([`RedisStoreBuilder::batching`], on by default): under load a request costs
 //! Redis and the client a share of a command instead of a command, and an
 //! idle store sends each call at once. A Cluster gets one call per session,
 //! since a script can't span slots.
@@ -47,7 +47,7 @@
 //!
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let client = connect(&["redis://127.0.0.1:6379"], &ConnectOptions::default()).await?;
-//! let store = RedisStore::new(client).with_prefix("myapp");
+//! let store = RedisStore::builder(client).prefix("myapp").build();
 //! let layer = SessionLayer::new(store);
 //! # let _ = layer;
 //! # Ok(())
@@ -67,7 +67,7 @@ use super::{Changes, Fields, HistoryAppend, SessionStore, StoredHistory};
 use crate::error::StoreError;
 use crate::id::Id;
 
-/// The key prefix used unless [`RedisStore::with_prefix`] says otherwise.
+/// The key prefix used unless [`RedisStoreBuilder::prefix`] says otherwise.
 pub const DEFAULT_PREFIX: &str = "tower-ai";
 
 /// The most sessions a user's index keeps (the ones that expire first are
@@ -120,6 +120,97 @@ impl<C> fmt::Debug for RedisStore<C> {
             .field("keys", &self.keys)
             .field("degrade", &self.degrade)
             .finish_non_exhaustive()
+    }
+}
+
+/// Builds a [`RedisStore`]; made by [`RedisStore::builder`].
+///
+/// ```no_run
+/// use tower_ai_core::redis::{ConnectOptions, Degrade, DegradeConfig, connect};
+/// use tower_session::RedisStore;
+///
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// let client = connect(&["redis://127.0.0.1:6379"], &ConnectOptions::default()).await?;
+/// // One health state per Redis, shared by every store on it.
+/// let health = Degrade::new("redis", DegradeConfig::default());
+/// let store = RedisStore::builder(client)
+///     .prefix("myapp")
+///     .degrade(health.clone())
+///     .max_sessions_per_user(50)
+///     .build();
+/// # let _ = store;
+/// # Ok(())
+/// # }
+/// ```
+#[must_use]
+pub struct RedisStoreBuilder<C> {
+    client: C,
+    prefix: String,
+    degrade: Option<Degrade>,
+    batching: bool,
+    max_sessions_per_user: usize,
+}
+
+impl<C> fmt::Debug for RedisStoreBuilder<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStoreBuilder")
+            .field("prefix", &self.prefix)
+            .field("degrade", &self.degrade)
+            .field("batching", &self.batching)
+            .field("max_sessions_per_user", &self.max_sessions_per_user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C> RedisStoreBuilder<C> {
+    /// Puts the keys under `prefix` (`{prefix}:session:…`; default
+    /// [`DEFAULT_PREFIX`]).
+    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Uses `degrade` for the timeout and the down/up state, e.g. one shared
+    /// with other layers on the same connection (default: a new one,
+    /// component `"session"`, default timeouts).
+    pub fn degrade(mut self, degrade: Degrade) -> Self {
+        self.degrade = Some(degrade);
+        self
+    }
+
+    /// Whether loads and updates of different sessions that wait at the
+    /// same moment go to Redis together, in one script call (default on;
+    /// standalone Redis only, since a Cluster script can't span slots).
+    /// When Redis is idle a call is sent at once; under load this replaces
+    /// a command per request by a share of one, which is most of what a
+    /// session costs Redis and the client. Each session's update stays
+    /// atomic.
+    pub fn batching(mut self, batching: bool) -> Self {
+        self.batching = batching;
+        self
+    }
+
+    /// Keeps at most `max` sessions in a user's index (default
+    /// [`DEFAULT_MAX_SESSIONS_PER_USER`]; at least 1).
+    pub fn max_sessions_per_user(mut self, max: usize) -> Self {
+        self.max_sessions_per_user = max.max(1);
+        self
+    }
+
+    /// The store.
+    pub fn build(self) -> RedisStore<C> {
+        RedisStore {
+            client: self.client,
+            keys: KeySpace::new(&self.prefix, "session"),
+            degrade: self
+                .degrade
+                .unwrap_or_else(|| Degrade::new("session", DegradeConfig::default())),
+            scripts: &SCRIPTS,
+            max_sessions_per_user: self.max_sessions_per_user,
+            batching: self.batching,
+            loads: Arc::new(Batcher::new(MAX_BATCH)),
+            updates: Arc::new(Batcher::new(MAX_BATCH)),
+        }
     }
 }
 
@@ -276,56 +367,26 @@ static SCRIPTS: LazyLock<Scripts> = LazyLock::new(|| Scripts {
 });
 
 impl<C> RedisStore<C> {
-    /// A store on `client` (a `fred` `Client` or `Pool`, connected or not),
-    /// with keys under [`DEFAULT_PREFIX`] and its own [`Degrade`] state
-    /// (component `"session"`, default timeouts).
-    pub fn new(client: C) -> Self {
-        Self {
+    /// A builder for a store on `client` (a `fred` `Client` or `Pool`,
+    /// connected or not), starting from the defaults of
+    /// [`RedisStore::new`].
+    pub fn builder(client: C) -> RedisStoreBuilder<C> {
+        RedisStoreBuilder {
             client,
-            keys: KeySpace::new(DEFAULT_PREFIX, "session"),
-            degrade: Degrade::new("session", DegradeConfig::default()),
-            scripts: &SCRIPTS,
-            max_sessions_per_user: DEFAULT_MAX_SESSIONS_PER_USER,
+            prefix: DEFAULT_PREFIX.to_owned(),
+            degrade: None,
             batching: true,
-            loads: Arc::new(Batcher::new(MAX_BATCH)),
-            updates: Arc::new(Batcher::new(MAX_BATCH)),
+            max_sessions_per_user: DEFAULT_MAX_SESSIONS_PER_USER,
         }
     }
 
-    /// Whether loads and updates of different sessions that wait at the
-    /// same moment go to Redis together, in one script call (default on;
-    /// standalone Redis only, since a Cluster script can't span slots).
-    /// When Redis is idle a call is sent at once; under load this replaces
-    /// a command per request by a share of one, which is most of what a
-    /// session costs Redis and the client. Each session's update stays
-    /// atomic.
-    #[must_use]
-    pub fn with_batching(mut self, batching: bool) -> Self {
-        self.batching = batching;
-        self
-    }
-
-    /// Puts the keys under `prefix` (`{prefix}:session:…`).
-    #[must_use]
-    pub fn with_prefix(mut self, prefix: &str) -> Self {
-        self.keys = KeySpace::new(prefix, "session");
-        self
-    }
-
-    /// Uses `degrade` for the timeout and the down/up state, e.g. one shared
-    /// with other layers on the same connection.
-    #[must_use]
-    pub fn with_degrade(mut self, degrade: Degrade) -> Self {
-        self.degrade = degrade;
-        self
-    }
-
-    /// Keeps at most `max` sessions in a user's index (default
-    /// [`DEFAULT_MAX_SESSIONS_PER_USER`]; at least 1).
-    #[must_use]
-    pub fn with_max_sessions_per_user(mut self, max: usize) -> Self {
-        self.max_sessions_per_user = max.max(1);
-        self
+    /// A store on `client` (a `fred` `Client` or `Pool`, connected or not),
+    /// with keys under [`DEFAULT_PREFIX`], its own [`Degrade`] state
+    /// (component `"session"`, default timeouts), batching on and at most
+    /// [`DEFAULT_MAX_SESSIONS_PER_USER`] sessions in a user's index: the
+    /// same as `RedisStore::builder(client).build()`.
+    pub fn new(client: C) -> Self {
+        Self::builder(client).build()
     }
 
     /// The `fred` client.
@@ -333,8 +394,9 @@ impl<C> RedisStore<C> {
         &self.client
     }
 
-    /// The health state every call goes through.
-    pub fn degrade(&self) -> &Degrade {
+    /// The health state every call goes through (its timeout and its
+    /// down/up state), e.g. to report it or to share it with another store.
+    pub fn health(&self) -> &Degrade {
         &self.degrade
     }
 

@@ -12,7 +12,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{Outcome, ResumeError, StoreError, StoredEvent, StreamStore, Subscription};
-use crate::ConfigError;
+use crate::error::ConfigError;
 use crate::id::{ResumeFrom, StreamId};
 
 /// Streams kept in this process's memory.
@@ -570,19 +570,17 @@ impl MemoryStoreBuilder {
     /// When a bound is zero.
     pub fn build(self) -> Result<MemoryStore, ConfigError> {
         let l = self.limits;
-        if l.max_streams == 0
-            || l.max_events == 0
-            || l.max_stream_bytes == 0
-            || l.max_total_bytes == 0
-        {
-            return Err(ConfigError::new(
-                "every memory store bound must be above zero",
-            ));
+        let bounds = [
+            ("max_streams", l.max_streams),
+            ("max_events", l.max_events),
+            ("max_stream_bytes", l.max_stream_bytes),
+            ("max_total_bytes", l.max_total_bytes),
+        ];
+        if let Some(&(bound, _)) = bounds.iter().find(|(_, value)| *value == 0) {
+            return Err(ConfigError::ZeroMemoryBound { bound });
         }
         if l.ttl.is_zero() {
-            return Err(ConfigError::new(
-                "the memory store's TTL must be above zero",
-            ));
+            return Err(ConfigError::ZeroMemoryTtl);
         }
         Ok(MemoryStore::with_limits(l))
     }

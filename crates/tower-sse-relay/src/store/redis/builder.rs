@@ -11,16 +11,15 @@ use tower_ai_core::redis::{Degrade, DegradeConfig, KeySpace, Script};
 
 use super::RedisStore;
 use super::inner::Inner;
-use crate::error::ConfigError;
 use crate::store::MemoryStore;
 
 /// The append script: `XADD … MAXLEN` for each entry, then `PEXPIRE`.
 static APPEND: &str = include_str!("../append.lua");
 
 impl RedisStore {
-    /// A store on `client` with the defaults.
+    /// A store on `client` with the defaults: `builder(client).build()`.
     pub fn new(client: Client) -> Self {
-        Self::builder(client).build_unchecked()
+        Self::builder(client).build()
     }
 
     /// A builder for a store on `client`.
@@ -30,7 +29,7 @@ impl RedisStore {
             prefix: "tower-ai".to_owned(),
             max_events: 10_000,
             ttl: Duration::from_secs(600),
-            degrade: DegradeConfig::default(),
+            degrade: None,
             local: None,
             page: 256,
             block: Duration::from_secs(1),
@@ -49,7 +48,7 @@ pub struct RedisStoreBuilder {
     prefix: String,
     max_events: u64,
     ttl: Duration,
-    degrade: DegradeConfig,
+    degrade: Option<Degrade>,
     local: Option<MemoryStore>,
     page: u64,
     block: Duration,
@@ -66,22 +65,29 @@ impl RedisStoreBuilder {
     }
 
     /// The most events kept of one stream (`XADD … MAXLEN`, default
-    /// 10,000); past it the oldest are dropped.
+    /// 10,000, at least 1); past it the oldest are dropped.
     pub fn max_events(mut self, events: u64) -> Self {
         self.max_events = events;
         self
     }
 
     /// How long a stream is kept after its last event (the key's TTL,
-    /// default 10 minutes).
+    /// default 10 minutes, at least 1 ms).
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
         self
     }
 
-    /// The Redis call timeout and backoff (default: 50 ms timeout).
-    pub fn degrade(mut self, config: DegradeConfig) -> Self {
-        self.degrade = config;
+    /// The Redis health this store reports to and obeys: its call timeout
+    /// and backoff, shared with every store given a clone of it (default: a
+    /// new `Degrade::new("sse-relay", DegradeConfig::default())`, a 50 ms
+    /// timeout).
+    ///
+    /// The blocking `XREAD`s of remote tails share this health but wait for
+    /// their own time: [`block`](Self::block) plus the call timeout plus a
+    /// second.
+    pub fn degrade(mut self, degrade: Degrade) -> Self {
+        self.degrade = Some(degrade);
         self
     }
 
@@ -92,13 +98,13 @@ impl RedisStoreBuilder {
         self
     }
 
-    /// Entries read per `XRANGE`/`XREAD` (default 256).
+    /// Entries read per `XRANGE`/`XREAD` (default 256, at least 1).
     pub fn page(mut self, entries: u64) -> Self {
         self.page = entries;
         self
     }
 
-    /// How long one blocking `XREAD` waits (default 1 s).
+    /// How long one blocking `XREAD` waits (default 1 s, at least 1 ms).
     pub fn block(mut self, block: Duration) -> Self {
         self.block = block;
         self
@@ -112,53 +118,39 @@ impl RedisStoreBuilder {
     }
 
     /// How long a remote stream may go without an event before its readers
-    /// here stop (default 10 minutes: the generating replica may be gone).
+    /// here stop (default 10 minutes: the generating replica may be gone;
+    /// zero counts as 1 ms).
     pub fn max_idle(mut self, idle: Duration) -> Self {
         self.max_idle = idle;
         self
     }
 
     /// How often a tail without a connection of its own polls (default
-    /// 50 ms).
+    /// 50 ms; zero counts as 1 ms).
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.poll_interval = interval;
         self
     }
 
-    /// The store.
-    ///
-    /// # Errors
-    ///
-    /// When a bound or duration is zero.
-    pub fn build(self) -> Result<RedisStore, ConfigError> {
-        if self.max_events == 0 || self.page == 0 {
-            return Err(ConfigError::new("max_events and page must be above zero"));
-        }
-        if self.ttl < Duration::from_millis(1)
-            || self.block < Duration::from_millis(1)
-            || self.max_idle.is_zero()
-            || self.poll_interval.is_zero()
-        {
-            return Err(ConfigError::new(
-                "the TTL, block time, idle limit and poll interval must be above zero",
-            ));
-        }
-        Ok(self.build_unchecked())
-    }
-
-    fn build_unchecked(self) -> RedisStore {
+    /// The store. A bound or duration below the minimum its setter names is
+    /// raised to that minimum.
+    pub fn build(self) -> RedisStore {
+        const MILLI: Duration = Duration::from_millis(1);
+        let nonzero = |d: Duration| if d.is_zero() { MILLI } else { d };
         let inner = Inner {
             client: self.client,
             keys: KeySpace::new(&self.prefix, "sse"),
             append: Script::new(APPEND),
-            degrade: Degrade::new("sse", self.degrade),
+            degrade: self
+                .degrade
+                .unwrap_or_else(|| Degrade::new("sse-relay", DegradeConfig::default())),
             local: self.local.unwrap_or_default(),
-            max_len: self.max_events,
-            ttl_ms: u64::try_from(self.ttl.as_millis()).unwrap_or(u64::MAX),
-            page: self.page,
-            block: self.block,
-            max_idle: self.max_idle,
-            poll_interval: self.poll_interval,
+            max_len: self.max_events.max(1),
+            ttl_ms: u64::try_from(self.ttl.max(MILLI).as_millis()).unwrap_or(u64::MAX),
+            page: self.page.max(1),
+            block: self.block.max(MILLI),
+            max_idle: nonzero(self.max_idle),
+            poll_interval: nonzero(self.poll_interval),
             max_tails: self.max_tails,
             tails: Mutex::new(HashMap::new()),
             blocking: Mutex::new(Vec::new()),

@@ -58,8 +58,9 @@ use crate::store::{
 ///
 /// # When Redis is down
 ///
-/// Every call but the blocking read goes through a [`Degrade`] (timeout,
-/// backoff, one probe). While Redis is down, streams are kept locally only:
+/// Every call goes through the store's [`Degrade`] (timeout, backoff, one
+/// probe; see [`RedisStoreBuilder::degrade`]), the blocking reads with a
+/// longer timeout of their own. While Redis is down, streams are kept locally only:
 /// this process can still resume them, other replicas answer `503` (or `404`
 /// for streams created meanwhile). Events Redis did not confirm are sent
 /// again with the stream's next append (appends are idempotent), and a
@@ -71,17 +72,20 @@ use crate::store::{
 ///
 /// # Example
 /// ```no_run
-/// use tower_ai_core::redis::{ConnectOptions, connect};
+/// use tower_ai_core::redis::{ConnectOptions, Degrade, DegradeConfig, connect};
 /// use tower_sse_relay::SseRelayLayer;
 /// use tower_sse_relay::store::RedisStore;
 ///
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// let client = connect(&["redis://127.0.0.1:6379"], &ConnectOptions::default()).await?;
+/// // One health state per Redis, shared by every store on it.
+/// let health = Degrade::new("redis", DegradeConfig::default());
 /// let store = RedisStore::builder(client)
 ///     .prefix("myapp")
+///     .degrade(health.clone())
 ///     .max_events(5_000)
-///     .build()?;
-/// let relay = SseRelayLayer::builder().resumable(store).build()?;
+///     .build();
+/// let relay = SseRelayLayer::builder().redis(store).build()?;
 /// # let _ = relay;
 /// # Ok(()) }
 /// ```
@@ -93,7 +97,9 @@ pub struct RedisStore {
 }
 
 impl RedisStore {
-    /// The Redis health state (for health checks).
+    /// The Redis health state (for health checks): the
+    /// [`Degrade`] given to [`RedisStoreBuilder::degrade`], or the store's
+    /// own.
     pub fn health(&self) -> &Degrade {
         &self.inner.degrade
     }

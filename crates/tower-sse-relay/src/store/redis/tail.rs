@@ -146,28 +146,21 @@ async fn run_tail(inner: Arc<Inner>, id: StreamId, mut cursor: u64, handle: Arc<
                 if !inner.degrade.is_up() {
                     tokio::time::sleep(inner.poll_interval).await;
                 }
-                let read = client.xread::<Value, _, _>(
-                    Some(inner.page),
-                    Some(block_ms),
-                    key.as_str(),
-                    from,
-                );
-                match tokio::time::timeout(
-                    inner.block + inner.degrade.timeout() + Duration::from_secs(1),
-                    read,
-                )
-                .await
-                {
-                    Ok(Ok(value)) => Ok(value),
-                    Ok(Err(error)) => {
-                        inner.degrade.mark_down(&error);
-                        Err(error.to_string())
-                    }
-                    Err(_) => {
-                        inner.degrade.mark_down(&"a blocking XREAD timed out");
-                        Err("a blocking XREAD timed out".to_owned())
-                    }
-                }
+                // Shares the store's health, with a timeout of its own: the
+                // read waits up to `block` by design.
+                inner
+                    .degrade
+                    .call_within(
+                        inner.block + inner.degrade.timeout() + Duration::from_secs(1),
+                        client.xread::<Value, _, _>(
+                            Some(inner.page),
+                            Some(block_ms),
+                            key.as_str(),
+                            from,
+                        ),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())
             }
             None => {
                 tokio::time::sleep(inner.poll_interval).await;
