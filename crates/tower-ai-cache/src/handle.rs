@@ -39,6 +39,27 @@ pub struct Invalidated {
     pub replicated: bool,
 }
 
+impl Invalidated {
+    /// Only this replica's L1 was cleaned: no Redis, or Redis not reached.
+    const LOCAL: Self = Self {
+        removed: 0,
+        replicated: false,
+    };
+
+    /// What a Redis invalidation did: `removed` entries deleted and every
+    /// replica told, or [`LOCAL`](Self::LOCAL) when Redis failed.
+    #[cfg(feature = "redis")]
+    fn from_redis<E>(removed: Result<u64, E>) -> Self {
+        match removed {
+            Ok(removed) => Self {
+                removed,
+                replicated: true,
+            },
+            Err(_) => Self::LOCAL,
+        }
+    }
+}
+
 /// Invalidation and lookups on a [`CacheLayer`](crate::CacheLayer)'s state
 /// (what an admin endpoint and a circuit breaker's fallback need). Cheap to
 /// clone.
@@ -101,21 +122,9 @@ impl CacheHandle {
         metrics::counter!("tower_ai_cache_invalidations_total", "kind" => "key").increment(1);
         #[cfg(feature = "redis")]
         if let Some(l2) = &self.shared.l2 {
-            return match l2.invalidate_key(key).await {
-                Ok(existed) => Invalidated {
-                    removed: u64::from(existed),
-                    replicated: true,
-                },
-                Err(_) => Invalidated {
-                    removed: 0,
-                    replicated: false,
-                },
-            };
+            return Invalidated::from_redis(l2.invalidate_key(key).await.map(u64::from));
         }
-        Invalidated {
-            removed: 0,
-            replicated: false,
-        }
+        Invalidated::LOCAL
     }
 
     /// Drops every entry of a tag (a model, a tenant, a route), everywhere.
@@ -127,21 +136,9 @@ impl CacheHandle {
         tracing::info!(tag = %tag, "cache: invalidating a tag");
         #[cfg(feature = "redis")]
         if let Some(l2) = &self.shared.l2 {
-            return match l2.invalidate_tag(tag.id()).await {
-                Ok(removed) => Invalidated {
-                    removed,
-                    replicated: true,
-                },
-                Err(_) => Invalidated {
-                    removed: 0,
-                    replicated: false,
-                },
-            };
+            return Invalidated::from_redis(l2.invalidate_tag(tag.id()).await);
         }
-        Invalidated {
-            removed: 0,
-            replicated: false,
-        }
+        Invalidated::LOCAL
     }
 
     /// Empties this replica's L1 and tells the other replicas to empty
@@ -155,10 +152,7 @@ impl CacheHandle {
                 replicated: l2.flush_replicas().await.is_ok(),
             };
         }
-        Invalidated {
-            removed: 0,
-            replicated: false,
-        }
+        Invalidated::LOCAL
     }
 
     /// The key the cache uses for this request and body, or `None` when no

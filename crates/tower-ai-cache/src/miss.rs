@@ -10,7 +10,7 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{Request, Response};
 use http_body::Body;
-use tower_ai_core::body::{ReadError, read_limited};
+use tower_ai_core::body::read_limited;
 use tower_ai_core::reject::Refusal;
 use tower_service::Service;
 
@@ -94,27 +94,16 @@ pub(crate) async fn run<S, ReqBody, ResBody>(
     keyed: Option<Keyed>,
 ) -> Result<Response<CacheBody<ResBody>>, S::Error>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    ReqBody: Body<Data = Bytes> + From<Bytes> + Send + 'static,
-    ReqBody::Error: Into<BoxError>,
-    ResBody: Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
+    S: Upstream<ReqBody, ResBody>,
+    ReqBody: Body<Data = Bytes, Error: Into<BoxError>> + From<Bytes> + Send + 'static,
+    ResBody: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
 {
     let (parts, body) = req.into_parts();
     let bytes = match read_limited(body, shared.max_request_body).await {
         Ok(bytes) => bytes,
         Err(e) => {
             let head = Request::from_parts(parts, ());
-            let refusal = match e {
-                ReadError::TooLarge { limit } => Refusal::payload_too_large()
-                    .detail(format!("the request body is larger than {limit} bytes")),
-                ReadError::Failed(e) => Refusal::bad_request()
-                    .detail(format!("the request body could not be read: {e}")),
-                e => Refusal::bad_request().detail(e.to_string()),
-            };
-            return Ok(refusal
+            return Ok(Refusal::from(e)
                 .for_request::<ResBody, _>(&head)
                 .map(CacheBody::from_response_body));
         }
@@ -162,6 +151,28 @@ where
     rest.await
 }
 
+/// What the miss pipeline needs of the inner service: the instance polled
+/// ready is moved into the boxed future, and a clone stays behind.
+pub(crate) trait Upstream<ReqBody, ResBody>:
+    Service<
+        Request<ReqBody>,
+        Response = Response<ResBody>,
+        Future: Send + 'static,
+        Error: Send + 'static,
+    > + Clone
+    + Send
+    + 'static
+{
+}
+
+impl<S, ReqBody, ResBody> Upstream<ReqBody, ResBody> for S
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+{
+}
+
 /// Everything after the first L1 lookup (`first`, what it found, if it was
 /// made): bypasses, flights, L2, the upstream.
 async fn resolve<S, ReqBody, ResBody>(
@@ -171,13 +182,9 @@ async fn resolve<S, ReqBody, ResBody>(
     mut first: Option<Lookup>,
 ) -> Result<Response<CacheBody<ResBody>>, S::Error>
 where
-    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    ReqBody: Body<Data = Bytes> + From<Bytes> + Send + 'static,
-    ReqBody::Error: Into<BoxError>,
-    ResBody: Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
+    S: Upstream<ReqBody, ResBody>,
+    ReqBody: Body<Data = Bytes, Error: Into<BoxError>> + From<Bytes> + Send + 'static,
+    ResBody: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
 {
     let directives = ctx.directives;
     let route = ctx.route;

@@ -39,7 +39,7 @@ use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode};
 use serde_json::{Map, Value};
 
-use crate::body::ResponseBody;
+use crate::body::{ReadError, ResponseBody};
 
 /// The media type of an RFC 9457 problem document.
 pub const PROBLEM_JSON: &str = "application/problem+json";
@@ -313,6 +313,22 @@ impl fmt::Display for Refusal {
     }
 }
 
+/// The refusal for a request body [`read_limited`](crate::body::read_limited)
+/// could not read: `413` with "the request body is larger than {limit} bytes"
+/// when it is too large, `400` with "the request body could not be read: …"
+/// when it failed.
+impl From<ReadError> for Refusal {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::TooLarge { limit } => Self::payload_too_large()
+                .detail(format!("the request body is larger than {limit} bytes")),
+            ReadError::Failed(e) => {
+                Self::bad_request().detail(format!("the request body could not be read: {e}"))
+            }
+        }
+    }
+}
+
 /// Whole seconds for `Retry-After`: rounded up, and at least 1.
 pub fn retry_after_secs(wait: Duration) -> u64 {
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
@@ -385,6 +401,22 @@ mod tests {
             "circuit open: 100%25 k%C3%A4put"
         );
         assert!(http_body::Body::is_end_stream(res.body()));
+    }
+
+    #[test]
+    fn read_errors_refuse_with_413_or_400() {
+        let too_large = Refusal::from(ReadError::TooLarge { limit: 8 });
+        assert_eq!(too_large.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(
+            too_large.to_string(),
+            "413 Payload Too Large: the request body is larger than 8 bytes"
+        );
+        let failed = Refusal::from(ReadError::Failed("reset".into()));
+        assert_eq!(failed.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            failed.to_string(),
+            "400 Bad Request: the request body could not be read: reset"
+        );
     }
 
     #[test]

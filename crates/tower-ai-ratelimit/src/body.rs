@@ -74,13 +74,7 @@ impl Reconcile {
         let this = *self;
         match &this.backend {
             Backend::Memory(store) => {
-                for c in this.set.iter().filter(|c| c.policy.unit() == Unit::Tokens) {
-                    let charge = Charge {
-                        slot: c.slot,
-                        name: c.policy.name(),
-                        spec: c.spec,
-                        cost: amount,
-                    };
+                for charge in token_charges(&this.set, amount) {
                     store.adjust(&this.key, &charge, refund);
                 }
             }
@@ -90,19 +84,25 @@ impl Reconcile {
                     return;
                 };
                 handle.spawn(async move {
-                    for c in this.set.iter().filter(|c| c.policy.unit() == Unit::Tokens) {
-                        let charge = Charge {
-                            slot: c.slot,
-                            name: c.policy.name(),
-                            spec: c.spec,
-                            cost: amount,
-                        };
+                    for charge in token_charges(&this.set, amount) {
                         this.backend.adjust(&this.key, charge, refund).await;
                     }
                 });
             }
         }
     }
+}
+
+/// `amount` tokens for each token policy of `set`.
+fn token_charges(set: &PolicySet, amount: u64) -> impl Iterator<Item = Charge<'_>> {
+    set.iter()
+        .filter(|c| c.policy.unit() == Unit::Tokens)
+        .map(move |c| Charge {
+            slot: c.slot,
+            name: c.policy.name(),
+            spec: c.spec,
+            cost: amount,
+        })
 }
 
 impl<B> Body for RateLimitBody<B>

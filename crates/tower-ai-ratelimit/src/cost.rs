@@ -128,15 +128,7 @@ where
                 Ok(bytes) => bytes,
                 Err(e) => {
                     let head = Request::from_parts(parts, ());
-                    return Ok(match e {
-                        ReadError::TooLarge { .. } => too_large(&head, cost.max_body),
-                        ReadError::Failed(e) => Refusal::bad_request()
-                            .detail(format!("the request body could not be read: {e}"))
-                            .for_request(&head),
-                        e => Refusal::bad_request()
-                            .detail(e.to_string())
-                            .for_request(&head),
-                    });
+                    return Ok(Refusal::from(e).for_request(&head));
                 }
             };
             let estimate = match ChatRequest::from_json(&bytes) {
@@ -151,7 +143,5 @@ where
 }
 
 fn too_large<R, B>(req: &Request<R>, max: usize) -> Response<ResponseBody<B>> {
-    Refusal::payload_too_large()
-        .detail(format!("the request body is larger than {max} bytes"))
-        .for_request(req)
+    Refusal::from(ReadError::TooLarge { limit: max }).for_request(req)
 }

@@ -44,16 +44,18 @@ impl RateLimitLayer {
     pub fn builder() -> RateLimitBuilder<DefaultKey> {
         RateLimitBuilder {
             key: ApiKey::new().or(PeerIp::new()),
-            policies: Policies::new(),
-            default: Vec::new(),
-            backend: None,
-            missing_key: MissingKey::default(),
-            throttle: None,
-            headers: HeaderStyle::default(),
-            cost: None,
-            refusal: None,
-            default_tokens: 1_024,
-            usage_body_limit: 1 << 20,
+            settings: Settings {
+                policies: Policies::new(),
+                default: Vec::new(),
+                backend: None,
+                missing_key: MissingKey::default(),
+                throttle: None,
+                headers: HeaderStyle::default(),
+                cost: None,
+                refusal: None,
+                default_tokens: 1_024,
+                usage_body_limit: 1 << 20,
+            },
         }
     }
 }
@@ -81,6 +83,12 @@ impl<S, K> Layer<S> for RateLimitLayer<K> {
 #[must_use]
 pub struct RateLimitBuilder<K> {
     key: K,
+    settings: Settings,
+}
+
+/// What a [`RateLimitBuilder`] holds besides the key, kept apart so that
+/// [`RateLimitBuilder::key`] moves it as one to a builder of another key.
+struct Settings {
     policies: Policies,
     default: Vec<Policy>,
     backend: Option<Backend>,
@@ -96,8 +104,8 @@ pub struct RateLimitBuilder<K> {
 impl<K> fmt::Debug for RateLimitBuilder<K> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RateLimitBuilder")
-            .field("policies", &self.policies)
-            .field("default", &self.default)
+            .field("policies", &self.settings.policies)
+            .field("default", &self.settings.default)
             .finish_non_exhaustive()
     }
 }
@@ -107,48 +115,39 @@ impl<K> RateLimitBuilder<K> {
     pub fn key<K2: KeyExtractor>(self, key: K2) -> RateLimitBuilder<K2> {
         RateLimitBuilder {
             key,
-            policies: self.policies,
-            default: self.default,
-            backend: self.backend,
-            missing_key: self.missing_key,
-            throttle: self.throttle,
-            headers: self.headers,
-            cost: self.cost,
-            refusal: self.refusal,
-            default_tokens: self.default_tokens,
-            usage_body_limit: self.usage_body_limit,
+            settings: self.settings,
         }
     }
 
     /// Adds a policy for every request (that no route rule of
     /// [`RateLimitBuilder::policies`] claims).
     pub fn policy(mut self, policy: Policy) -> Self {
-        self.default.push(policy);
+        self.settings.default.push(policy);
         self
     }
 
     /// Picks policies by route and tier.
     pub fn policies(mut self, policies: Policies) -> Self {
-        self.policies = policies;
+        self.settings.policies = policies;
         self
     }
 
     /// Keeps the counts in `store` (default: a new [`MemoryStore`]).
     pub fn memory(mut self, store: MemoryStore) -> Self {
-        self.backend = Some(Backend::Memory(store));
+        self.settings.backend = Some(Backend::Memory(store));
         self
     }
 
     /// Keeps the counts in Redis, shared by every replica.
     #[cfg(feature = "redis")]
     pub fn redis(mut self, store: crate::store::RedisStore) -> Self {
-        self.backend = Some(Backend::Redis(store));
+        self.settings.backend = Some(Backend::Redis(store));
         self
     }
 
     /// What to do with requests that have no key.
     pub fn missing_key(mut self, missing_key: MissingKey) -> Self {
-        self.missing_key = missing_key;
+        self.settings.missing_key = missing_key;
         self
     }
 
@@ -156,13 +155,13 @@ impl<K> RateLimitBuilder<K> {
     /// `max_delay`, instead of being refused at once; one that would wait
     /// longer (or is still over after waiting) is refused.
     pub fn throttle(mut self, max_delay: Duration) -> Self {
-        self.throttle = Some(max_delay);
+        self.settings.throttle = Some(max_delay);
         self
     }
 
     /// Which response fields to send.
     pub fn headers(mut self, headers: HeaderStyle) -> Self {
-        self.headers = headers;
+        self.settings.headers = headers;
         self
     }
 
@@ -171,7 +170,7 @@ impl<K> RateLimitBuilder<K> {
     where
         F: Fn(RequestHead<'_>) -> u64 + Send + Sync + 'static,
     {
-        self.cost = Some(Arc::new(cost));
+        self.settings.cost = Some(Arc::new(cost));
         self
     }
 
@@ -197,7 +196,7 @@ impl<K> RateLimitBuilder<K> {
     where
         F: Fn(&Refused<'_>) -> Refusal + Send + Sync + 'static,
     {
-        self.refusal = Some(Arc::new(refusal));
+        self.settings.refusal = Some(Arc::new(refusal));
         self
     }
 
@@ -208,7 +207,7 @@ impl<K> RateLimitBuilder<K> {
     /// [`TokenEstimate`]: crate::TokenEstimate
     /// [`TokenCostLayer`]: crate::TokenCostLayer
     pub fn default_tokens(mut self, tokens: u64) -> Self {
-        self.default_tokens = tokens;
+        self.settings.default_tokens = tokens;
         self
     }
 
@@ -217,9 +216,10 @@ impl<K> RateLimitBuilder<K> {
     where
         K: KeyExtractor,
     {
-        let mut policies = self.policies;
-        if !self.default.is_empty() {
-            policies = policies.otherwise(self.default);
+        let settings = self.settings;
+        let mut policies = settings.policies;
+        if !settings.default.is_empty() {
+            policies = policies.otherwise(settings.default);
         }
         let resolver = policies.compile()?;
         if resolver.policies().next().is_none() {
@@ -229,16 +229,16 @@ impl<K> RateLimitBuilder<K> {
             shared: Arc::new(Shared {
                 key: self.key,
                 resolver,
-                backend: self
+                backend: settings
                     .backend
                     .unwrap_or_else(|| Backend::Memory(MemoryStore::new())),
-                missing_key: self.missing_key,
-                throttle: self.throttle,
-                headers: self.headers,
-                cost: self.cost,
-                refusal: self.refusal,
-                default_tokens: self.default_tokens,
-                usage_body_limit: self.usage_body_limit,
+                missing_key: settings.missing_key,
+                throttle: settings.throttle,
+                headers: settings.headers,
+                cost: settings.cost,
+                refusal: settings.refusal,
+                default_tokens: settings.default_tokens,
+                usage_body_limit: settings.usage_body_limit,
             }),
         })
     }

@@ -2,7 +2,9 @@
 //! reconciled with the answer's reported usage when its body ends.
 
 use std::convert::Infallible;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+#[cfg(feature = "redis")]
+use std::time::Instant;
 
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};

@@ -37,7 +37,7 @@ use bytes::Bytes;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
-use tower_ai_core::body::{BoxError, ReadError, ResponseBody, read_limited};
+use tower_ai_core::body::{BoxError, ResponseBody, read_limited};
 use tower_ai_core::llm::{AnswerTap, estimated_tokens, last_user_message};
 use tower_ai_core::reject::Refusal;
 use tower_layer::Layer;
@@ -180,13 +180,8 @@ where
     let bytes = match read_limited(body, config.max_body).await {
         Ok(bytes) => bytes,
         Err(e) => {
-            let refusal = match e {
-                ReadError::TooLarge { limit } => Refusal::payload_too_large()
-                    .detail(format!("the request body is larger than {limit} bytes")),
-                e => Refusal::bad_request().detail(e.to_string()),
-            };
             let head = Request::from_parts(parts, ());
-            return Ok(refusal
+            return Ok(Refusal::from(e)
                 .for_request::<ResBody, _>(&head)
                 .map(|body| ChatHistoryBody {
                     inner: body,

@@ -40,20 +40,13 @@ impl Sessions {
 
     /// Sets the `set` fields and removes the `remove` fields of `user`'s
     /// profile. One store round trip.
-    pub async fn update_profile<K, V>(
+    pub async fn update_profile<K: Into<String>, V: Into<String>>(
         &self,
         user: &str,
         set: impl IntoIterator<Item = (K, V)>,
         remove: impl IntoIterator<Item = K>,
-    ) -> Result<(), Error>
-    where
-        K: Into<String>,
-        V: Into<String>,
-    {
-        let changes = Changes::new(
-            set.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
-            remove.into_iter().map(Into::into).collect(),
-        );
+    ) -> Result<(), Error> {
+        let changes = Changes::collect(set, remove);
         Ok(self.config.store.update_profile(user, &changes).await?)
     }
 }

@@ -148,6 +148,9 @@ where
     }
 }
 
+/// What polling a stream for its next frame gives.
+type PolledFrame = Poll<Option<Result<Frame<Bytes>, BoxError>>>;
+
 /// Reads the rest of a direct stream after its client went away, until the
 /// usage passed: a fn pointer made where `B`'s bounds are known, so the
 /// body's `Drop` can start it.
@@ -280,10 +283,7 @@ where
     B: Body<Data = Bytes>,
     B::Error: Into<BoxError>,
 {
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> PolledFrame {
         let mut this = self.project();
         if *this.finished {
             return Poll::Ready(None);
@@ -347,7 +347,7 @@ fn poll_heartbeat(
     heartbeat: Pin<&mut Heartbeat>,
     counters: &Counters,
     cx: &mut Context<'_>,
-) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+) -> PolledFrame {
     let frame = ready!(heartbeat.poll_due(cx));
     counters.heartbeats.fetch_add(1, Ordering::Relaxed);
     metrics::counter!("tower_ai_sse_heartbeats_total").increment(1);
@@ -433,10 +433,7 @@ impl AttachedBody {
         }
     }
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> PolledFrame {
         use futures_core::Stream as _;
 
         let mut this = self.project();

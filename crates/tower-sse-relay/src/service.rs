@@ -131,7 +131,7 @@ where
     }
 }
 
-impl<S, St> SseRelay<S, St> {
+impl<S, St: StreamStore> SseRelay<S, St> {
     /// Direct mode: the inner call, its event stream relayed in the body.
     fn call_direct<ReqBody, ResBody>(
         &mut self,
@@ -156,10 +156,8 @@ impl<S, St> SseRelay<S, St> {
     ) -> ResponseFuture<S::Future, ResBody, S::Error>
     where
         S: Upstream<ReqBody, ResBody>,
-        St: StreamStore,
         ReqBody: Send + 'static,
-        ResBody: Body<Data = Bytes> + Send + 'static,
-        ResBody::Error: Into<BoxError>,
+        ResBody: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
     {
         let mut inner = take_ready(&mut self.inner);
         let shared = self.shared.clone();
@@ -193,10 +191,8 @@ impl<S, St> SseRelay<S, St> {
     ) -> ResponseFuture<S::Future, ResBody, S::Error>
     where
         S: Upstream<ReqBody, ResBody>,
-        St: StreamStore,
         ReqBody: Send + 'static,
-        ResBody: Body<Data = Bytes> + Send + 'static,
-        ResBody::Error: Into<BoxError>,
+        ResBody: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
     {
         let Some((generation, runtime)) = prepare(&self.shared, &req, started) else {
             return ResponseFuture::ready(refuse(
@@ -323,8 +319,7 @@ where
     S: Upstream<ReqBody, ResBody>,
     St: StreamStore,
     ReqBody: Send + 'static,
-    ResBody: Body<Data = Bytes> + Send + 'static,
-    ResBody::Error: Into<BoxError>,
+    ResBody: Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
 {
     let Some((generation, runtime)) = prepare(shared, &req, started) else {
         return Err(req);

@@ -30,7 +30,7 @@ use fred::types::Value;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use tokio::sync::{Semaphore, mpsc, watch};
-use tower_ai_core::redis::{Degrade, DegradeConfig, KeySpace, Script, Tag, Unavailable};
+use tower_ai_core::redis::{Degrade, KeySpace, Script, StoreOptions, Tag, Unavailable};
 
 use crate::entry::{Entry, Head, millis, now_ms};
 use crate::error::ConfigError;
@@ -119,10 +119,9 @@ pub(crate) enum Item {
 }
 
 /// How an L2 store is configured (what a [`RedisStore`] holds besides its
-/// client and health).
+/// client, key prefix and health).
 #[derive(Debug, Clone)]
 pub(crate) struct L2Config {
-    pub(crate) prefix: String,
     pub(crate) lock_ttl: Duration,
     pub(crate) stream_keep: Duration,
     pub(crate) block: Duration,
@@ -132,7 +131,6 @@ pub(crate) struct L2Config {
 impl Default for L2Config {
     fn default() -> Self {
         Self {
-            prefix: "tower-ai".to_owned(),
             lock_ttl: Duration::from_secs(30),
             stream_keep: Duration::from_secs(10),
             block: Duration::from_secs(1),
@@ -176,6 +174,7 @@ impl Default for L2Config {
 #[derive(Clone)]
 pub struct RedisStore {
     pub(crate) client: Client,
+    pub(crate) prefix: String,
     pub(crate) degrade: Degrade,
     pub(crate) config: L2Config,
 }
@@ -183,6 +182,7 @@ pub struct RedisStore {
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
+            .field("prefix", &self.prefix)
             .field("config", &self.config)
             .field("degrade", &self.degrade)
             .finish_non_exhaustive()
@@ -201,7 +201,7 @@ impl RedisStore {
     pub fn builder(client: Client) -> RedisStoreBuilder {
         RedisStoreBuilder {
             client,
-            degrade: None,
+            redis: StoreOptions::default(),
             config: L2Config::default(),
         }
     }
@@ -220,9 +220,9 @@ impl RedisStore {
         if self.config.blocking_connections == 0 {
             return Err(ConfigError::ZeroBlockingConnections);
         }
-        if self.config.prefix.contains(['{', '}']) {
+        if self.prefix.contains(['{', '}']) {
             return Err(ConfigError::BracesInPrefix {
-                prefix: self.config.prefix.clone(),
+                prefix: self.prefix.clone(),
             });
         }
         Ok(())
@@ -242,15 +242,16 @@ impl RedisStore {
 #[must_use]
 pub struct RedisStoreBuilder {
     client: Client,
-    degrade: Option<Degrade>,
+    redis: StoreOptions,
     config: L2Config,
 }
 
 impl std::fmt::Debug for RedisStoreBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStoreBuilder")
+            .field("prefix", &self.redis.prefix())
             .field("config", &self.config)
-            .field("degrade", &self.degrade)
+            .field("degrade", &self.redis.degrade())
             .finish_non_exhaustive()
     }
 }
@@ -259,7 +260,7 @@ impl RedisStoreBuilder {
     /// The key prefix (default `tower-ai`): keys are
     /// `{prefix}:cache:{digest}:…`. It must not contain braces.
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.config.prefix = prefix.into();
+        self.redis.set_prefix(prefix);
         self
     }
 
@@ -268,7 +269,7 @@ impl RedisStoreBuilder {
     /// DegradeConfig::default())`, a 50 ms timeout). Pass a clone of one
     /// `Degrade` to every store on the same Redis to share its health.
     pub fn degrade(mut self, degrade: Degrade) -> Self {
-        self.degrade = Some(degrade);
+        self.redis.set_degrade(degrade);
         self
     }
 
@@ -306,9 +307,8 @@ impl RedisStoreBuilder {
     pub fn build(self) -> RedisStore {
         RedisStore {
             client: self.client,
-            degrade: self
-                .degrade
-                .unwrap_or_else(|| Degrade::new("cache", DegradeConfig::default())),
+            prefix: self.redis.prefix().to_owned(),
+            degrade: self.redis.degrade_or("cache"),
             config: self.config,
         }
     }
@@ -366,11 +366,12 @@ impl L2 {
     pub(crate) fn start(store: RedisStore, l1: L1) -> Arc<Self> {
         let RedisStore {
             client,
+            prefix,
             degrade,
             config,
         } = store;
-        let keys = KeySpace::new(&config.prefix, "cache");
-        let channel = format!("{}:cache:invalidate", config.prefix);
+        let keys = KeySpace::new(&prefix, "cache");
+        let channel = format!("{prefix}:cache:invalidate");
         // Blocking reads wait up to `block` by design: the store's health,
         // with a timeout that leaves room for it.
         let follow_timeout = config.block + degrade.timeout().max(Duration::from_millis(250));

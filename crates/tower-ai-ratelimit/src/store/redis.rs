@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use fred::clients::Client;
 use fred::types::Value;
 use tower_ai_core::key::ClientKey;
-use tower_ai_core::redis::{Degrade, DegradeConfig, KeySpace, Script, Tag, Unavailable};
+use tower_ai_core::redis::{Degrade, KeySpace, Script, StoreOptions, Tag, Unavailable};
 
 use crate::algorithm::Decision;
 use crate::store::{Charge, MemoryStore, Verdict};
@@ -128,8 +128,7 @@ struct Held {
 #[must_use]
 pub struct RedisStoreBuilder {
     client: Client,
-    prefix: String,
-    degrade: Option<Degrade>,
+    redis: StoreOptions,
     fallback: Option<MemoryStore>,
     fail: FailMode,
     lease: Option<(u64, Duration)>,
@@ -145,7 +144,7 @@ impl RedisStoreBuilder {
 
     /// The prefix of every key (default `"tower-ai"`).
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
+        self.redis.set_prefix(prefix);
         self
     }
 
@@ -154,7 +153,7 @@ impl RedisStoreBuilder {
     /// `Degrade::new("ratelimit", DegradeConfig::default())`, 50 ms
     /// timeout).
     pub fn degrade(mut self, degrade: Degrade) -> Self {
-        self.degrade = Some(degrade);
+        self.redis.set_degrade(degrade);
         self
     }
 
@@ -176,12 +175,10 @@ impl RedisStoreBuilder {
         RedisStore {
             inner: Arc::new(Inner {
                 client: self.client,
-                keys: KeySpace::new(&self.prefix, "ratelimit"),
+                keys: self.redis.keys("ratelimit"),
                 check: Script::new(CHECK),
                 adjust: Script::new(ADJUST),
-                degrade: self
-                    .degrade
-                    .unwrap_or_else(|| Degrade::new("ratelimit", DegradeConfig::default())),
+                degrade: self.redis.degrade_or("ratelimit"),
                 fallback: self.fallback.unwrap_or_default(),
                 fail: self.fail,
                 nonce: AtomicU64::new(initial_nonce()),
@@ -208,8 +205,7 @@ impl RedisStore {
     pub fn builder(client: Client) -> RedisStoreBuilder {
         RedisStoreBuilder {
             client,
-            prefix: "tower-ai".into(),
-            degrade: None,
+            redis: StoreOptions::default(),
             fallback: None,
             fail: FailMode::Open,
             lease: None,

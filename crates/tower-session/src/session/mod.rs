@@ -168,20 +168,13 @@ impl Session {
     /// Sets the `set` fields and removes the `remove` fields of the user's
     /// profile, now (one store round trip). [`Error::NoUser`] when the
     /// session has no user.
-    pub async fn update_profile<K, V>(
+    pub async fn update_profile<K: Into<String>, V: Into<String>>(
         &self,
         set: impl IntoIterator<Item = (K, V)>,
         remove: impl IntoIterator<Item = K>,
-    ) -> Result<(), Error>
-    where
-        K: Into<String>,
-        V: Into<String>,
-    {
+    ) -> Result<(), Error> {
         let user = self.user_id().await?.ok_or(Error::NoUser)?;
-        let changes = Changes::new(
-            set.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
-            remove.into_iter().map(Into::into).collect(),
-        );
+        let changes = Changes::collect(set, remove);
         if let Err(e) = self.config().store.update_profile(&user, &changes).await {
             return Err(self.inner.failed("update_profile", e));
         }

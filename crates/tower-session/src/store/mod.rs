@@ -95,6 +95,18 @@ impl Changes {
         Self { set, remove }
     }
 
+    /// Changes that set the `set` pairs and remove the `remove` names, as a
+    /// profile update takes them.
+    pub(crate) fn collect<K: Into<String>, V: Into<String>>(
+        set: impl IntoIterator<Item = (K, V)>,
+        remove: impl IntoIterator<Item = K>,
+    ) -> Self {
+        Self::new(
+            set.into_iter().map(|(k, v)| (k.into(), v.into())).collect(),
+            remove.into_iter().map(Into::into).collect(),
+        )
+    }
+
     /// The fields to set (or overwrite).
     pub fn set(&self) -> &[(String, String)] {
         &self.set
@@ -377,151 +389,42 @@ impl<T: SessionStore> SessionStore for Arc<T> {
 
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
-/// [`SessionStore`] behind a pointer: the layer, the session and the handle
-/// are not generic over the store, so handlers name plain `Session`. A store
-/// call costs one boxed future, and only when the session is used.
-pub(crate) trait DynStore: Send + Sync + 'static {
-    fn load<'a>(&'a self, id: &'a Id) -> BoxFuture<'a, Result<Option<Fields>, StoreError>>;
-    fn create<'a>(
-        &'a self,
-        id: &'a Id,
-        fields: &'a Fields,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, StoreError>>;
-    fn update<'a>(
-        &'a self,
-        id: &'a Id,
-        changes: &'a Changes,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, StoreError>>;
-    fn delete<'a>(&'a self, id: &'a Id) -> BoxFuture<'a, Result<(), StoreError>>;
-    fn append_history<'a>(
-        &'a self,
-        id: &'a Id,
-        append: HistoryAppend<'a>,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<Option<usize>, StoreError>>;
-    fn read_history<'a>(
-        &'a self,
-        id: &'a Id,
-        last: usize,
-    ) -> BoxFuture<'a, Result<StoredHistory, StoreError>>;
-    fn clear_history<'a>(&'a self, id: &'a Id) -> BoxFuture<'a, Result<(), StoreError>>;
-    fn copy_history<'a>(
-        &'a self,
-        from: &'a Id,
-        to: &'a Id,
-        max_turns: usize,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<(), StoreError>>;
-    fn index_session<'a>(
-        &'a self,
-        user: &'a str,
-        id: &'a Id,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<(), StoreError>>;
-    fn unindex_session<'a>(
-        &'a self,
-        user: &'a str,
-        id: &'a Id,
-    ) -> BoxFuture<'a, Result<(), StoreError>>;
-    fn delete_user_sessions<'a>(
-        &'a self,
-        user: &'a str,
-    ) -> BoxFuture<'a, Result<usize, StoreError>>;
-    fn load_profile<'a>(
-        &'a self,
-        user: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Fields>, StoreError>>;
-    fn update_profile<'a>(
-        &'a self,
-        user: &'a str,
-        changes: &'a Changes,
-    ) -> BoxFuture<'a, Result<(), StoreError>>;
+/// Declares [`DynStore`] and implements it for every store (boxing the
+/// store's future), from one list of the [`SessionStore`] methods. Each
+/// method takes `&'a self`; the list writes its arguments with that `'a`,
+/// and `$out` is what its future yields in `Ok`.
+macro_rules! dyn_store {
+    ($(fn $name:ident($($arg:ident: $ty:ty),*) -> $out:ty;)*) => {
+        /// [`SessionStore`] behind a pointer: the layer, the session and the
+        /// handle are not generic over the store, so handlers name plain
+        /// `Session`. A store call costs one boxed future, and only when the
+        /// session is used.
+        pub(crate) trait DynStore: Send + Sync + 'static {
+            $(fn $name<'a>(&'a self, $($arg: $ty),*) -> BoxFuture<'a, Result<$out, StoreError>>;)*
+        }
+
+        impl<T: SessionStore> DynStore for T {
+            $(
+                fn $name<'a>(&'a self, $($arg: $ty),*) -> BoxFuture<'a, Result<$out, StoreError>> {
+                    Box::pin(SessionStore::$name(self, $($arg),*))
+                }
+            )*
+        }
+    };
 }
 
-impl<T: SessionStore> DynStore for T {
-    fn load<'a>(&'a self, id: &'a Id) -> BoxFuture<'a, Result<Option<Fields>, StoreError>> {
-        Box::pin(SessionStore::load(self, id))
-    }
-    fn create<'a>(
-        &'a self,
-        id: &'a Id,
-        fields: &'a Fields,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        Box::pin(SessionStore::create(self, id, fields, ttl))
-    }
-    fn update<'a>(
-        &'a self,
-        id: &'a Id,
-        changes: &'a Changes,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<bool, StoreError>> {
-        Box::pin(SessionStore::update(self, id, changes, ttl))
-    }
-    fn delete<'a>(&'a self, id: &'a Id) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(SessionStore::delete(self, id))
-    }
-    fn append_history<'a>(
-        &'a self,
-        id: &'a Id,
-        append: HistoryAppend<'a>,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<Option<usize>, StoreError>> {
-        Box::pin(SessionStore::append_history(self, id, append, ttl))
-    }
-    fn read_history<'a>(
-        &'a self,
-        id: &'a Id,
-        last: usize,
-    ) -> BoxFuture<'a, Result<StoredHistory, StoreError>> {
-        Box::pin(SessionStore::read_history(self, id, last))
-    }
-    fn clear_history<'a>(&'a self, id: &'a Id) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(SessionStore::clear_history(self, id))
-    }
-    fn copy_history<'a>(
-        &'a self,
-        from: &'a Id,
-        to: &'a Id,
-        max_turns: usize,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(SessionStore::copy_history(self, from, to, max_turns, ttl))
-    }
-    fn index_session<'a>(
-        &'a self,
-        user: &'a str,
-        id: &'a Id,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(SessionStore::index_session(self, user, id, ttl))
-    }
-    fn unindex_session<'a>(
-        &'a self,
-        user: &'a str,
-        id: &'a Id,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(SessionStore::unindex_session(self, user, id))
-    }
-    fn delete_user_sessions<'a>(
-        &'a self,
-        user: &'a str,
-    ) -> BoxFuture<'a, Result<usize, StoreError>> {
-        Box::pin(SessionStore::delete_user_sessions(self, user))
-    }
-    fn load_profile<'a>(
-        &'a self,
-        user: &'a str,
-    ) -> BoxFuture<'a, Result<Option<Fields>, StoreError>> {
-        Box::pin(SessionStore::load_profile(self, user))
-    }
-    fn update_profile<'a>(
-        &'a self,
-        user: &'a str,
-        changes: &'a Changes,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
-        Box::pin(SessionStore::update_profile(self, user, changes))
-    }
+dyn_store! {
+    fn load(id: &'a Id) -> Option<Fields>;
+    fn create(id: &'a Id, fields: &'a Fields, ttl: Duration) -> bool;
+    fn update(id: &'a Id, changes: &'a Changes, ttl: Duration) -> bool;
+    fn delete(id: &'a Id) -> ();
+    fn append_history(id: &'a Id, append: HistoryAppend<'a>, ttl: Duration) -> Option<usize>;
+    fn read_history(id: &'a Id, last: usize) -> StoredHistory;
+    fn clear_history(id: &'a Id) -> ();
+    fn copy_history(from: &'a Id, to: &'a Id, max_turns: usize, ttl: Duration) -> ();
+    fn index_session(user: &'a str, id: &'a Id, ttl: Duration) -> ();
+    fn unindex_session(user: &'a str, id: &'a Id) -> ();
+    fn delete_user_sessions(user: &'a str) -> usize;
+    fn load_profile(user: &'a str) -> Option<Fields>;
+    fn update_profile(user: &'a str, changes: &'a Changes) -> ();
 }

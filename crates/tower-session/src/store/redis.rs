@@ -60,7 +60,7 @@ use std::time::Duration;
 
 use fred::interfaces::{ClientLike, HashesInterface, KeysInterface, LuaInterface};
 use fred::types::Value;
-use tower_ai_core::redis::{Degrade, DegradeConfig, KeySpace, Script, Tag};
+use tower_ai_core::redis::{Degrade, KeySpace, Script, StoreOptions, Tag};
 
 use super::batch::Batcher;
 use super::{Changes, Fields, HistoryAppend, SessionStore, StoredHistory};
@@ -68,7 +68,7 @@ use crate::error::StoreError;
 use crate::id::Id;
 
 /// The key prefix used unless [`RedisStoreBuilder::prefix`] says otherwise.
-pub const DEFAULT_PREFIX: &str = "tower-ai";
+pub const DEFAULT_PREFIX: &str = tower_ai_core::redis::DEFAULT_PREFIX;
 
 /// The most sessions a user's index keeps (the ones that expire first are
 /// dropped past it).
@@ -145,8 +145,7 @@ impl<C> fmt::Debug for RedisStore<C> {
 #[must_use]
 pub struct RedisStoreBuilder<C> {
     client: C,
-    prefix: String,
-    degrade: Option<Degrade>,
+    redis: StoreOptions,
     batching: bool,
     max_sessions_per_user: usize,
 }
@@ -154,8 +153,8 @@ pub struct RedisStoreBuilder<C> {
 impl<C> fmt::Debug for RedisStoreBuilder<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisStoreBuilder")
-            .field("prefix", &self.prefix)
-            .field("degrade", &self.degrade)
+            .field("prefix", &self.redis.prefix())
+            .field("degrade", &self.redis.degrade())
             .field("batching", &self.batching)
             .field("max_sessions_per_user", &self.max_sessions_per_user)
             .finish_non_exhaustive()
@@ -166,7 +165,7 @@ impl<C> RedisStoreBuilder<C> {
     /// Puts the keys under `prefix` (`{prefix}:session:…`; default
     /// [`DEFAULT_PREFIX`]).
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
+        self.redis.set_prefix(prefix);
         self
     }
 
@@ -174,7 +173,7 @@ impl<C> RedisStoreBuilder<C> {
     /// with other layers on the same connection (default: a new one,
     /// component `"session"`, default timeouts).
     pub fn degrade(mut self, degrade: Degrade) -> Self {
-        self.degrade = Some(degrade);
+        self.redis.set_degrade(degrade);
         self
     }
 
@@ -201,10 +200,8 @@ impl<C> RedisStoreBuilder<C> {
     pub fn build(self) -> RedisStore<C> {
         RedisStore {
             client: self.client,
-            keys: KeySpace::new(&self.prefix, "session"),
-            degrade: self
-                .degrade
-                .unwrap_or_else(|| Degrade::new("session", DegradeConfig::default())),
+            keys: self.redis.keys("session"),
+            degrade: self.redis.degrade_or("session"),
             scripts: &SCRIPTS,
             max_sessions_per_user: self.max_sessions_per_user,
             batching: self.batching,
@@ -373,8 +370,7 @@ impl<C> RedisStore<C> {
     pub fn builder(client: C) -> RedisStoreBuilder<C> {
         RedisStoreBuilder {
             client,
-            prefix: DEFAULT_PREFIX.to_owned(),
-            degrade: None,
+            redis: StoreOptions::default(),
             batching: true,
             max_sessions_per_user: DEFAULT_MAX_SESSIONS_PER_USER,
         }

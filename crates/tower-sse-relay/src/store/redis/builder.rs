@@ -7,7 +7,7 @@ use std::time::Duration;
 use fred::clients::Client;
 use parking_lot::Mutex;
 use tokio::sync::Semaphore;
-use tower_ai_core::redis::{Degrade, DegradeConfig, KeySpace, Script};
+use tower_ai_core::redis::{Degrade, Script, StoreOptions};
 
 use super::RedisStore;
 use super::inner::Inner;
@@ -26,10 +26,9 @@ impl RedisStore {
     pub fn builder(client: Client) -> RedisStoreBuilder {
         RedisStoreBuilder {
             client,
-            prefix: "tower-ai".to_owned(),
+            redis: StoreOptions::default(),
             max_events: 10_000,
             ttl: Duration::from_secs(600),
-            degrade: None,
             local: None,
             page: 256,
             block: Duration::from_secs(1),
@@ -45,10 +44,9 @@ impl RedisStore {
 #[must_use]
 pub struct RedisStoreBuilder {
     client: Client,
-    prefix: String,
+    redis: StoreOptions,
     max_events: u64,
     ttl: Duration,
-    degrade: Option<Degrade>,
     local: Option<MemoryStore>,
     page: u64,
     block: Duration,
@@ -60,7 +58,7 @@ pub struct RedisStoreBuilder {
 impl RedisStoreBuilder {
     /// The prefix of every key (default `"tower-ai"`).
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
+        self.redis.set_prefix(prefix);
         self
     }
 
@@ -87,7 +85,7 @@ impl RedisStoreBuilder {
     /// their own time: [`block`](Self::block) plus the call timeout plus a
     /// second.
     pub fn degrade(mut self, degrade: Degrade) -> Self {
-        self.degrade = Some(degrade);
+        self.redis.set_degrade(degrade);
         self
     }
 
@@ -139,11 +137,9 @@ impl RedisStoreBuilder {
         let nonzero = |d: Duration| if d.is_zero() { MILLI } else { d };
         let inner = Inner {
             client: self.client,
-            keys: KeySpace::new(&self.prefix, "sse"),
+            keys: self.redis.keys("sse"),
             append: Script::new(APPEND),
-            degrade: self
-                .degrade
-                .unwrap_or_else(|| Degrade::new("sse-relay", DegradeConfig::default())),
+            degrade: self.redis.degrade_or("sse-relay"),
             local: self.local.unwrap_or_default(),
             max_len: self.max_events.max(1),
             ttl_ms: u64::try_from(self.ttl.max(MILLI).as_millis()).unwrap_or(u64::MAX),
