@@ -2,10 +2,17 @@
 //! outcomes.
 //!
 //! The hot path is `admit` in the closed state: one atomic load of the state
-//! word (state and epoch packed together) and a reference count increment.
-//! Everything else (windows, half-open leases, transitions) sits behind a
-//! mutex that is never held across an await, and transitions emit their
-//! events after the mutex is released.
+//! word (state and epoch packed together) and a reference count increment
+//! (the permit's `Arc`, which the body holds until the call is judged).
+//! Recording a judged call costs the window's lock (uncontended: two atomic
+//! operations), with the totals counted under it; the consecutive window
+//! needs no lock. Everything else (half-open leases, transitions) sits
+//! behind the same mutex, never held across an await, and transitions emit
+//! their events after it is released.
+//!
+//! Imports: only the leaf modules (`config`, `state`, `window`,
+//! `classify`); the registry and the handle build on this file, never the
+//! other way round.
 
 use std::fmt;
 use std::num::NonZeroU64;
@@ -18,7 +25,7 @@ use tokio::time::Instant;
 
 use crate::classify::Outcome;
 use crate::config::{Settings, WindowKind, random_seed};
-use crate::handle::{CircuitSnapshot, Control, SharedSnapshot, State, Totals, Transition};
+use crate::state::{CircuitSnapshot, Control, SharedSnapshot, State, Totals, Transition};
 use crate::window::{Counts, Tally};
 
 const STATE_BITS: u64 = 3;
@@ -105,14 +112,14 @@ pub(crate) struct Breaker {
     pub(crate) settings: Arc<Settings>,
     /// The key, for keyed breakers.
     pub(crate) key: Option<Arc<str>>,
+    /// Whether calls are timed (`settings.times_calls()`, read once).
+    timed: bool,
     base: Instant,
     word: AtomicU64,
     /// Nanoseconds on the breaker's clock; meaningful in the open state.
     open_until: AtomicU64,
-    /// Bad calls in a row, for the consecutive window.
-    consecutive: AtomicU32,
-    core: Mutex<Core>,
-    totals: AtomicTotals,
+    /// What calls write.
+    written: Written,
     metrics: Metrics,
     /// The registry's idle tick at the last use.
     pub(crate) seen: AtomicU32,
@@ -122,10 +129,25 @@ pub(crate) struct Breaker {
     pub(crate) remote: Option<Box<dyn Remote>>,
 }
 
+/// The parts of a breaker that calls write (the window's lock, the
+/// counters), on cache lines of their own: a write there doesn't evict the
+/// state word and the settings that every admission reads, on other cores.
+/// (The `Arc`'s reference count, which every call also writes, sits alone
+/// on the allocation's first line: the breaker is aligned to 64 bytes.)
+#[repr(align(64))]
+struct Written {
+    /// Bad calls in a row, for the consecutive window.
+    consecutive: AtomicU32,
+    totals: AtomicTotals,
+    core: Mutex<Core>,
+}
+
 struct Core {
     state: State,
     epoch: u64,
     counts: Counts,
+    /// The totals of the calls recorded in `counts`.
+    totals: LockedTotals,
     /// Consecutive openings without a close in between (for the growing wait).
     opens: u32,
     rng: u64,
@@ -156,6 +178,9 @@ struct Token {
     expires: u64,
 }
 
+/// Totals counted with atomic operations: refused and ignored calls, and
+/// the outcomes of calls that don't go into a window under the lock
+/// (consecutive window, trials, calls admitted before a transition).
 #[derive(Default)]
 struct AtomicTotals {
     successes: AtomicU64,
@@ -163,6 +188,39 @@ struct AtomicTotals {
     ignored: AtomicU64,
     slow: AtomicU64,
     refused: AtomicU64,
+}
+
+impl AtomicTotals {
+    fn add(&self, failure: bool, slow: bool) {
+        if failure {
+            self.failures.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.successes.fetch_add(1, Ordering::Relaxed);
+        }
+        if slow {
+            self.slow.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Totals counted under the lock, with the count and time windows.
+#[derive(Debug, Clone, Copy, Default)]
+struct LockedTotals {
+    successes: u64,
+    failures: u64,
+    slow: u64,
+}
+
+impl LockedTotals {
+    #[inline]
+    fn add(&mut self, failure: bool, slow: bool) {
+        if failure {
+            self.failures += 1;
+        } else {
+            self.successes += 1;
+        }
+        self.slow += u64::from(slow);
+    }
 }
 
 struct Metrics {
@@ -248,28 +306,32 @@ impl Breaker {
             },
         );
         Self {
+            timed: settings.times_calls(),
             base: Instant::now(),
             word: AtomicU64::new(pack(State::Closed, 0)),
             open_until: AtomicU64::new(0),
-            consecutive: AtomicU32::new(0),
-            core: Mutex::new(Core {
-                state: State::Closed,
-                epoch: 0,
-                counts: Counts::new(settings.window),
-                opens: 0,
-                rng,
-                last_wait: None,
-                leases: Vec::new(),
-                trial_successes: 0,
-                // Local lease ids live above the shared ones (below 2^53).
-                next_lease: 1 << 60,
-                remote_gen: 0,
-                remote_seen: false,
-                pending: None,
-                tokens: Vec::new(),
-                remote_trials: Vec::new(),
-            }),
-            totals: AtomicTotals::default(),
+            written: Written {
+                consecutive: AtomicU32::new(0),
+                totals: AtomicTotals::default(),
+                core: Mutex::new(Core {
+                    state: State::Closed,
+                    epoch: 0,
+                    counts: Counts::new(settings.window),
+                    totals: LockedTotals::default(),
+                    opens: 0,
+                    rng,
+                    last_wait: None,
+                    leases: Vec::new(),
+                    trial_successes: 0,
+                    // Local lease ids live above the shared ones (below 2^53).
+                    next_lease: 1 << 60,
+                    remote_gen: 0,
+                    remote_seen: false,
+                    pending: None,
+                    tokens: Vec::new(),
+                    remote_trials: Vec::new(),
+                }),
+            },
             metrics,
             seen: AtomicU32::new(0),
             order: AtomicU64::new(0),
@@ -304,13 +366,37 @@ impl Breaker {
         self.remote.as_deref().filter(|r| r.is_up())
     }
 
-    /// Whether a call may go through now.
+    /// Whether a call may go through now. A permit holds a clone of the
+    /// `Arc`.
     #[inline]
     pub(crate) fn admit(self: &Arc<Self>) -> Admission {
         let word = self.word.load(Ordering::Acquire);
         match state_of(word) {
             State::Closed | State::ForcedClosed => {
-                Admission::Call(self.permit(epoch_of(word), None))
+                Admission::Call(Self::permit(Arc::clone(self), epoch_of(word), None))
+            }
+            _ => self.admit_other(word),
+        }
+    }
+
+    /// The closed-state half of [`admit`](Self::admit), for a caller that
+    /// owns an `Arc` it doesn't need afterwards (a keyed breaker just looked
+    /// up): the permit takes it, with no second reference count increment.
+    /// In any other state the `Arc` comes back, for [`admit`](Self::admit).
+    #[inline]
+    pub(crate) fn admit_owned(self: Arc<Self>) -> Result<Permit, Arc<Self>> {
+        let word = self.word.load(Ordering::Acquire);
+        match state_of(word) {
+            State::Closed | State::ForcedClosed => Ok(Self::permit(self, epoch_of(word), None)),
+            _ => Err(self),
+        }
+    }
+
+    /// Admission outside the closed states.
+    fn admit_other(self: &Arc<Self>, word: u64) -> Admission {
+        match state_of(word) {
+            State::Closed | State::ForcedClosed => {
+                Admission::Call(Self::permit(Arc::clone(self), epoch_of(word), None))
             }
             State::Disabled => Admission::Pass,
             State::ForcedOpen => self.refuse(State::ForcedOpen, self.settings.open_wait),
@@ -328,29 +414,30 @@ impl Breaker {
     }
 
     fn refuse(&self, state: State, retry_after: Duration) -> Admission {
-        self.totals.refused.fetch_add(1, Ordering::Relaxed);
+        self.written.totals.refused.fetch_add(1, Ordering::Relaxed);
         self.metrics.refused.increment(1);
         Admission::Refuse(Refused { state, retry_after })
     }
 
     #[inline]
-    fn permit(self: &Arc<Self>, epoch: u64, lease: Option<NonZeroU64>) -> Permit {
+    fn permit(breaker: Arc<Self>, epoch: u64, lease: Option<NonZeroU64>) -> Permit {
+        let start = if breaker.timed {
+            breaker.now().saturating_add(1)
+        } else {
+            0
+        };
         Permit {
-            breaker: Arc::clone(self),
+            breaker,
             epoch,
             lease,
-            start: if self.settings.times_calls() {
-                self.now().saturating_add(1)
-            } else {
-                0
-            },
+            start,
             first_byte: 0,
         }
     }
 
     /// Admission when the circuit is open with its wait over, or half-open.
     fn admit_slow(self: &Arc<Self>, now: u64) -> Admission {
-        let mut core = self.core.lock();
+        let mut core = self.written.core.lock();
         let mut event = None;
         if core.state == State::Open {
             let until = self.open_until.load(Ordering::Acquire);
@@ -368,7 +455,9 @@ impl Breaker {
             event = Some(self.set_state(&mut core, State::HalfOpen, now, None, "open wait over"));
         }
         let admission = match core.state {
-            State::Closed | State::ForcedClosed => Admission::Call(self.permit(core.epoch, None)),
+            State::Closed | State::ForcedClosed => {
+                Admission::Call(Self::permit(Arc::clone(self), core.epoch, None))
+            }
             State::Disabled => Admission::Pass,
             State::ForcedOpen => {
                 drop(core);
@@ -389,7 +478,11 @@ impl Breaker {
                     match core.tokens.pop() {
                         Some(token) => {
                             core.remote_trials.push((token.id, token.generation));
-                            Admission::Call(self.permit(core.epoch, NonZeroU64::new(token.id)))
+                            Admission::Call(Self::permit(
+                                Arc::clone(self),
+                                core.epoch,
+                                NonZeroU64::new(token.id),
+                            ))
                         }
                         None => {
                             drop(core);
@@ -410,7 +503,11 @@ impl Breaker {
                             id,
                             expires: now.saturating_add(nanos(self.settings.trial_lease)),
                         });
-                        Admission::Call(self.permit(core.epoch, NonZeroU64::new(id)))
+                        Admission::Call(Self::permit(
+                            Arc::clone(self),
+                            core.epoch,
+                            NonZeroU64::new(id),
+                        ))
                     } else {
                         drop(core);
                         self.emit(event);
@@ -425,6 +522,7 @@ impl Breaker {
     }
 
     /// Records the outcome of a call admitted at `epoch`.
+    #[inline]
     fn record(
         self: &Arc<Self>,
         epoch: u64,
@@ -433,32 +531,58 @@ impl Breaker {
         start: u64,
         first_byte: u64,
     ) {
-        let slow = outcome != Outcome::Ignored && self.is_slow(start, first_byte);
-        match outcome {
-            Outcome::Success => {
-                self.totals.successes.fetch_add(1, Ordering::Relaxed);
-                self.metrics.success.increment(1);
+        if outcome == Outcome::Ignored && lease.is_none() {
+            // Abandoned by the client: counted, and nothing else to do.
+            self.written.totals.ignored.fetch_add(1, Ordering::Relaxed);
+            self.metrics.ignored.increment(1);
+            return;
+        }
+        self.record_outcome(epoch, lease, outcome, start, first_byte);
+    }
+
+    /// [`record`](Self::record), out of line: a judged call or a trial.
+    fn record_outcome(
+        self: &Arc<Self>,
+        epoch: u64,
+        lease: Option<NonZeroU64>,
+        outcome: Outcome,
+        start: u64,
+        first_byte: u64,
+    ) {
+        if outcome == Outcome::Ignored {
+            self.written.totals.ignored.fetch_add(1, Ordering::Relaxed);
+            self.metrics.ignored.increment(1);
+            if let Some(lease) = lease {
+                self.finish_trial(epoch, lease, outcome, false);
             }
-            Outcome::Failure => {
-                self.totals.failures.fetch_add(1, Ordering::Relaxed);
-                self.metrics.failure.increment(1);
-            }
-            Outcome::Ignored => {
-                self.totals.ignored.fetch_add(1, Ordering::Relaxed);
-                self.metrics.ignored.increment(1);
-            }
+            return;
+        }
+        let slow = self.is_slow(start, first_byte);
+        let failure = outcome == Outcome::Failure;
+        if failure {
+            self.metrics.failure.increment(1);
+        } else {
+            self.metrics.success.increment(1);
         }
         if slow {
-            self.totals.slow.fetch_add(1, Ordering::Relaxed);
             self.metrics.slow.increment(1);
         }
         if let Some(lease) = lease {
+            self.written.totals.add(failure, slow);
             self.finish_trial(epoch, lease, outcome, slow);
-            return;
+        } else if let WindowKind::Consecutive(threshold) = self.settings.window {
+            self.written.totals.add(failure, slow);
+            self.record_consecutive(epoch, threshold, failure, slow);
+        } else if !self.record_in_window(epoch, failure, slow) {
+            // Admitted before the last transition: counted, not judged.
+            self.written.totals.add(failure, slow);
         }
-        if outcome == Outcome::Ignored {
-            return;
-        }
+    }
+
+    /// Records a call admitted at `epoch` in the consecutive window: one
+    /// atomic operation for a bad call, a load for a good one.
+    #[inline]
+    fn record_consecutive(self: &Arc<Self>, epoch: u64, threshold: u32, failure: bool, slow: bool) {
         let word = self.word.load(Ordering::Acquire);
         let state = state_of(word);
         // A call admitted before the last transition says nothing about the
@@ -466,49 +590,57 @@ impl Breaker {
         if epoch_of(word) != epoch || !matches!(state, State::Closed | State::ForcedClosed) {
             return;
         }
-        let failure = outcome == Outcome::Failure;
-        if let WindowKind::Consecutive(threshold) = self.settings.window {
-            if failure || slow {
-                let bad = self.consecutive.fetch_add(1, Ordering::AcqRel) + 1;
-                if bad >= threshold && state == State::Closed {
-                    let tally = Tally {
-                        calls: bad,
-                        failures: if failure { bad } else { 0 },
-                        slow: if failure { 0 } else { bad },
-                    };
-                    self.trip(
-                        epoch,
-                        tally,
-                        if failure {
-                            "consecutive failures"
-                        } else {
-                            "consecutive slow calls"
-                        },
-                    );
-                }
-            } else if self.consecutive.load(Ordering::Relaxed) != 0 {
-                self.consecutive.store(0, Ordering::Relaxed);
+        if failure || slow {
+            let bad = self.written.consecutive.fetch_add(1, Ordering::AcqRel) + 1;
+            if bad >= threshold && state == State::Closed {
+                let tally = Tally {
+                    calls: bad,
+                    failures: if failure { bad } else { 0 },
+                    slow: if failure { 0 } else { bad },
+                };
+                self.trip(
+                    epoch,
+                    tally,
+                    if failure {
+                        "consecutive failures"
+                    } else {
+                        "consecutive slow calls"
+                    },
+                );
             }
-            return;
+        } else if self.written.consecutive.load(Ordering::Relaxed) != 0 {
+            self.written.consecutive.store(0, Ordering::Relaxed);
         }
+    }
+
+    /// Records a call admitted at `epoch` in the count or time window, and
+    /// in the totals, under the one lock the window needs anyway (so the
+    /// totals cost no atomic operation of their own). Returns `false`, with
+    /// nothing recorded, for a call admitted before the last transition.
+    #[inline]
+    fn record_in_window(self: &Arc<Self>, epoch: u64, failure: bool, slow: bool) -> bool {
         let now = match self.settings.window {
             WindowKind::Time { .. } => self.now(),
             _ => 0,
         };
-        let mut core = self.core.lock();
+        let mut core = self.written.core.lock();
+        // A permit without a lease is only given in the closed and forced
+        // closed states: the same epoch means the same state.
         if core.epoch != epoch {
-            return;
+            return false;
         }
+        core.totals.add(failure, slow);
         let tally = core.counts.record(now, failure, slow);
         if core.state != State::Closed {
-            return;
+            return true;
         }
         let Some(cause) = self.tripped(tally) else {
-            return;
+            return true;
         };
         let event = self.open(&mut core, tally, cause);
         drop(core);
         self.emit(Some(event));
+        true
     }
 
     /// Whether a call timed from `start` (the breaker's clock plus one; 0:
@@ -529,9 +661,15 @@ impl Breaker {
     }
 
     /// Whether the window's rates reach a threshold.
+    #[inline]
     fn tripped(&self, tally: Tally) -> Option<&'static str> {
         let s = &self.settings;
-        if tally.calls == 0 || tally.calls < s.minimum_calls {
+        // Both thresholds are above zero: a window without a bad call never
+        // reaches them (the usual case, decided without arithmetic).
+        if (tally.failures == 0 && tally.slow == 0)
+            || tally.calls == 0
+            || tally.calls < s.minimum_calls
+        {
             return None;
         }
         let calls = f64::from(tally.calls);
@@ -546,7 +684,7 @@ impl Breaker {
 
     /// Opens the circuit from the closed state at `epoch` (consecutive window).
     fn trip(self: &Arc<Self>, epoch: u64, tally: Tally, cause: &'static str) {
-        let mut core = self.core.lock();
+        let mut core = self.written.core.lock();
         if core.epoch != epoch || core.state != State::Closed {
             return;
         }
@@ -576,7 +714,7 @@ impl Breaker {
     fn finish_trial(self: &Arc<Self>, epoch: u64, lease: NonZeroU64, outcome: Outcome, slow: bool) {
         let bad = outcome == Outcome::Failure || (outcome == Outcome::Success && slow);
         let lease = lease.get();
-        let mut core = self.core.lock();
+        let mut core = self.written.core.lock();
         let mut event = None;
         let remote = core.remote_trials.iter().position(|(id, _)| *id == lease);
         if let Some(i) = remote {
@@ -654,7 +792,7 @@ impl Breaker {
         }
         if to != State::ForcedClosed || from != State::Closed {
             core.counts.clear();
-            self.consecutive.store(0, Ordering::Release);
+            self.written.consecutive.store(0, Ordering::Release);
         }
         core.leases.clear();
         core.tokens.clear();
@@ -723,7 +861,7 @@ impl Breaker {
             callback(&transition);
         }
         if let Some(pending) = event.push {
-            let core = self.core.lock();
+            let core = self.written.core.lock();
             let push = self.push_args(&core, pending);
             drop(core);
             self.push(push);
@@ -762,7 +900,7 @@ impl Breaker {
             Control::Disable => State::Disabled,
             Control::Reset => State::Closed,
         };
-        let mut core = self.core.lock();
+        let mut core = self.written.core.lock();
         if control == Control::Reset {
             core.opens = 0;
         }
@@ -778,7 +916,7 @@ impl Breaker {
     /// Takes on the shared circuit's state, as Redis reported it.
     #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     pub(crate) fn adopt(self: &Arc<Self>, remote: RemoteState) {
-        let mut core = self.core.lock();
+        let mut core = self.written.core.lock();
         if core.remote_seen && remote.generation < core.remote_gen {
             return; // a reply older than one already seen
         }
@@ -843,12 +981,12 @@ impl Breaker {
     /// What the breaker shows to `/healthz`.
     pub(crate) fn snapshot(&self) -> CircuitSnapshot {
         let now = self.now();
-        let mut core = self.core.lock();
+        let mut core = self.written.core.lock();
         let state = core.state;
         let (tally, consecutive) = match self.settings.window {
             WindowKind::Consecutive(_) => (
                 Tally::default(),
-                Some(self.consecutive.load(Ordering::Acquire)),
+                Some(self.written.consecutive.load(Ordering::Acquire)),
             ),
             _ => (core.counts.tally(now), None),
         };
@@ -882,11 +1020,13 @@ impl Breaker {
             trials_in_flight: (core.leases.len() + core.remote_trials.len()) as u32,
             trial_successes: core.trial_successes,
             totals: Totals {
-                successes: self.totals.successes.load(Ordering::Relaxed),
-                failures: self.totals.failures.load(Ordering::Relaxed),
-                ignored: self.totals.ignored.load(Ordering::Relaxed),
-                slow: self.totals.slow.load(Ordering::Relaxed),
-                refused: self.totals.refused.load(Ordering::Relaxed),
+                successes: self.written.totals.successes.load(Ordering::Relaxed)
+                    + core.totals.successes,
+                failures: self.written.totals.failures.load(Ordering::Relaxed)
+                    + core.totals.failures,
+                ignored: self.written.totals.ignored.load(Ordering::Relaxed),
+                slow: self.written.totals.slow.load(Ordering::Relaxed) + core.totals.slow,
+                refused: self.written.totals.refused.load(Ordering::Relaxed),
             },
             shared,
         };
@@ -955,6 +1095,7 @@ impl Permit {
 }
 
 impl Drop for Permit {
+    #[inline]
     fn drop(&mut self) {
         self.finish(Outcome::Ignored);
     }

@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::handle::Transition;
+use crate::state::Transition;
 
 /// Which recent calls the failure and slow-call rates are computed over.
 ///

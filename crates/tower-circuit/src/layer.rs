@@ -9,10 +9,11 @@ use tower_layer::Layer;
 use crate::classify::{Classify, DefaultClassifier};
 use crate::config::{ConfigError, Jitter, Settings, Window};
 use crate::fallback::{NoFallback, OnRefusal, OnRefusalOrFailure};
-use crate::handle::{CircuitHandle, Transition};
+use crate::handle::CircuitHandle;
 use crate::key::{KeyExtractor, Single};
 use crate::registry::{Registry, RemoteFactory};
 use crate::service::CircuitBreaker;
+use crate::state::Transition;
 
 /// A [`Layer`] that wraps services in a [`CircuitBreaker`].
 ///

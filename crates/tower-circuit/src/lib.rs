@@ -11,6 +11,7 @@ pub mod key;
 mod layer;
 mod registry;
 mod service;
+mod state;
 #[cfg(feature = "redis")]
 mod store;
 mod window;
@@ -20,9 +21,10 @@ pub use classify::{DefaultClassifier, Outcome};
 pub use config::{ConfigError, Jitter, Window};
 pub use fallback::{FallbackContext, FallbackReason, NoFallback};
 pub use future::ResponseFuture;
-pub use handle::{CircuitHandle, CircuitSnapshot, Control, State, Transition};
+pub use handle::CircuitHandle;
 pub use key::{ByExtension, ByHeader, ByHost, KeyExtractor, Single, key_fn};
 pub use layer::{Builder, CircuitBreakerLayer};
 pub use service::CircuitBreaker;
+pub use state::{CircuitSnapshot, Control, State, Transition};
 #[cfg(feature = "redis")]
 pub use store::redis::RedisState;

@@ -204,7 +204,7 @@ mod tests {
         assert_eq!(r.len(), 3);
         // Full: closed breakers make room; an open one is kept.
         if let Some(b) = r.find("b") {
-            b.control(crate::Control::ForceOpen);
+            b.control(crate::state::Control::ForceOpen);
         }
         r.get("d");
         r.get("e");
@@ -217,7 +217,7 @@ mod tests {
         r.get("a");
         r.get("b");
         if let Some(b) = r.find("b") {
-            b.control(crate::Control::ForceOpen);
+            b.control(crate::state::Control::ForceOpen);
         }
         tokio::time::advance(Duration::from_secs(61)).await;
         r.get("c"); // first sweep: everything was used in this period

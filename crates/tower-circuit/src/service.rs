@@ -106,10 +106,23 @@ where
         let breaker = match self.registry.single() {
             Some(breaker) => breaker,
             None => match self.keyer.extract(&req) {
-                Some(key) => {
-                    keyed = self.registry.get(&key);
-                    &keyed
-                }
+                // The lookup's reference goes into the permit when closed.
+                Some(key) => match self.registry.get(&key).admit_owned() {
+                    Ok(permit) => {
+                        let kept = self.fallback.keep(&req);
+                        let classifier = self.classifier.clone();
+                        return ResponseFuture::judged(
+                            self.inner.call(req),
+                            classifier,
+                            permit,
+                            kept,
+                        );
+                    }
+                    Err(breaker) => {
+                        keyed = breaker;
+                        &keyed
+                    }
+                },
                 // No key: no breaker.
                 None => return ResponseFuture::unjudged(self.inner.call(req)),
             },

@@ -87,6 +87,7 @@ impl Counts {
 
     /// Records a call that ended at `now` (nanoseconds on the breaker's
     /// clock) and returns the window's tally.
+    #[inline]
     pub(crate) fn record(&mut self, now: u64, failure: bool, slow: bool) -> Tally {
         match self {
             Self::Consecutive => Tally::default(),
@@ -104,7 +105,11 @@ impl Counts {
                 }
                 *slot = FILLED | if failure { FAILURE } else { 0 } | if slow { SLOW } else { 0 };
                 tally.add(failure, slow);
-                *next = (*next + 1) % ring.len();
+                // A compare rather than `%`: no division on the hot path.
+                *next += 1;
+                if *next == ring.len() {
+                    *next = 0;
+                }
                 *tally
             }
             Self::Time { .. } => {

@@ -42,11 +42,11 @@ use fred::interfaces::LuaInterface;
 use parking_lot::Mutex;
 use tower_ai_core::redis::{Degrade, DegradeConfig, KeySpace, Script, Tag};
 
-use crate::State;
 use crate::breaker::{ANY_GENERATION, Breaker, Remote, RemoteState};
 use crate::classify::Outcome;
 use crate::config::{ConfigError, Settings, random_seed};
 use crate::registry::{Registry, RemoteFactory};
+use crate::state::State;
 
 type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
