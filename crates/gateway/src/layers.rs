@@ -127,7 +127,11 @@ pub(crate) fn circuit_breakers(
         .half_open_trials(3)
         .fallback(cache_fallback(cache));
     if let Some(redis) = redis {
-        builder = builder.shared(tower_circuit::RedisState::new(redis.client.clone()));
+        builder = builder.redis(
+            tower_circuit::RedisStore::builder(redis.client.clone())
+                .degrade(redis.degrade.clone())
+                .build(),
+        );
     }
     let layer = builder.build()?;
     let handle = layer.handle();

@@ -173,7 +173,7 @@ pub(crate) fn random_seed(salt: &str) -> u64 {
     h.finish()
 }
 
-/// A setting that can't be used, from [`Builder::build`](crate::Builder::build).
+/// A setting that can't be used, from [`CircuitBreakerBuilder::build`](crate::CircuitBreakerBuilder::build).
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub enum ConfigError {

@@ -3,9 +3,9 @@
 //! Without a fallback ([`NoFallback`]) a refused call gets `503 Service
 //! Unavailable` with `Retry-After` (the time left in the open state) and an
 //! `application/problem+json` body, or a trailers-only gRPC `UNAVAILABLE` for
-//! gRPC requests. With [`Builder::fallback`](crate::Builder::fallback), a
+//! gRPC requests. With [`CircuitBreakerBuilder::fallback`](crate::CircuitBreakerBuilder::fallback), a
 //! service of yours answers instead (a cached answer, a smaller model's
-//! upstream); with [`Builder::fallback_on_failure`](crate::Builder::fallback_on_failure)
+//! upstream); with [`CircuitBreakerBuilder::fallback_on_failure`](crate::CircuitBreakerBuilder::fallback_on_failure)
 //! it also answers when a call fails at its head (an error, a `5xx`), which
 //! needs a copy of each request.
 //!
@@ -65,7 +65,7 @@ pub enum FallbackReason {
     /// every trial slot taken).
     Refused,
     /// The call was made and failed at its head (an error or a failure
-    /// status); only with [`Builder::fallback_on_failure`](crate::Builder::fallback_on_failure).
+    /// status); only with [`CircuitBreakerBuilder::fallback_on_failure`](crate::CircuitBreakerBuilder::fallback_on_failure).
     CallFailed,
 }
 

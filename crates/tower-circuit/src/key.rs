@@ -1,7 +1,7 @@
 //! Which breaker a request goes through.
 //!
 //! A layer built without a key has one breaker for every request. With
-//! [`Builder::keyed_by`](crate::Builder::keyed_by), a [`KeyExtractor`] names
+//! [`CircuitBreakerBuilder::keyed_by`](crate::CircuitBreakerBuilder::keyed_by), a [`KeyExtractor`] names
 //! the breaker of each request (an upstream host, a model, a route); breakers
 //! are created on demand, bounded in number, and forgotten when idle. A
 //! request for which the extractor finds no key passes through without a
@@ -51,7 +51,7 @@ pub trait KeyExtractor {
 }
 
 /// One breaker for every request: the extractor of a layer built without
-/// [`keyed_by`](crate::Builder::keyed_by). It is never asked for a key.
+/// [`keyed_by`](crate::CircuitBreakerBuilder::keyed_by). It is never asked for a key.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Single;

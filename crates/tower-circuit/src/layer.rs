@@ -1,4 +1,4 @@
-//! [`CircuitBreakerLayer`] and its [`Builder`].
+//! [`CircuitBreakerLayer`] and its [`CircuitBreakerBuilder`].
 
 use std::fmt;
 use std::sync::Arc;
@@ -46,8 +46,8 @@ impl CircuitBreakerLayer {
     }
 
     /// A builder, starting from the default settings.
-    pub fn builder() -> Builder {
-        Builder::new()
+    pub fn builder() -> CircuitBreakerBuilder {
+        CircuitBreakerBuilder::new()
     }
 }
 
@@ -115,7 +115,7 @@ impl<S, K: Clone, C: Clone, F: Clone> Layer<S> for CircuitBreakerLayer<K, C, F> 
 /// assert!(CircuitBreakerLayer::builder().window(Window::count(5)).minimum_calls(10).build().is_err());
 /// ```
 #[must_use]
-pub struct Builder<K = Single, C = DefaultClassifier, F = NoFallback> {
+pub struct CircuitBreakerBuilder<K = Single, C = DefaultClassifier, F = NoFallback> {
     settings: Settings,
     keyed: bool,
     keyer: K,
@@ -124,9 +124,9 @@ pub struct Builder<K = Single, C = DefaultClassifier, F = NoFallback> {
     remote: Option<Arc<dyn RemoteFactory>>,
 }
 
-impl<K: fmt::Debug, C: fmt::Debug, F: fmt::Debug> fmt::Debug for Builder<K, C, F> {
+impl<K: fmt::Debug, C: fmt::Debug, F: fmt::Debug> fmt::Debug for CircuitBreakerBuilder<K, C, F> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Builder")
+        f.debug_struct("CircuitBreakerBuilder")
             .field("settings", &self.settings)
             .field("keyed", &self.keyed)
             .field("keyer", &self.keyer)
@@ -137,13 +137,13 @@ impl<K: fmt::Debug, C: fmt::Debug, F: fmt::Debug> fmt::Debug for Builder<K, C, F
     }
 }
 
-impl Default for Builder {
+impl Default for CircuitBreakerBuilder {
     fn default() -> Self {
         Self::new()
     }
 }
 
-impl Builder {
+impl CircuitBreakerBuilder {
     /// The default settings.
     pub fn new() -> Self {
         Self {
@@ -157,7 +157,7 @@ impl Builder {
     }
 }
 
-impl<K, C, F> Builder<K, C, F> {
+impl<K, C, F> CircuitBreakerBuilder<K, C, F> {
     /// The layer's name, in logs, metrics, snapshots and Redis keys (default
     /// `"default"`). Choose it; don't take it from a request. With shared
     /// state, the layers of the same name on every replica share their
@@ -281,8 +281,8 @@ impl<K, C, F> Builder<K, C, F> {
     }
 
     /// One breaker per key, found by `keyer` (see [`crate::key`]).
-    pub fn keyed_by<K2: KeyExtractor>(self, keyer: K2) -> Builder<K2, C, F> {
-        Builder {
+    pub fn keyed_by<K2: KeyExtractor>(self, keyer: K2) -> CircuitBreakerBuilder<K2, C, F> {
+        CircuitBreakerBuilder {
             settings: self.settings,
             keyed: true,
             keyer,
@@ -293,8 +293,8 @@ impl<K, C, F> Builder<K, C, F> {
     }
 
     /// Classifies outcomes with `classifier` (see [`crate::classify`]).
-    pub fn classify<C2: Classify + Clone>(self, classifier: C2) -> Builder<K, C2, F> {
-        Builder {
+    pub fn classify<C2: Classify + Clone>(self, classifier: C2) -> CircuitBreakerBuilder<K, C2, F> {
+        CircuitBreakerBuilder {
             settings: self.settings,
             keyed: self.keyed,
             keyer: self.keyer,
@@ -305,8 +305,8 @@ impl<K, C, F> Builder<K, C, F> {
     }
 
     /// Refused calls go to `service` (see [`crate::fallback`]).
-    pub fn fallback<F2: Clone>(self, service: F2) -> Builder<K, C, OnRefusal<F2>> {
-        Builder {
+    pub fn fallback<F2: Clone>(self, service: F2) -> CircuitBreakerBuilder<K, C, OnRefusal<F2>> {
+        CircuitBreakerBuilder {
             settings: self.settings,
             keyed: self.keyed,
             keyer: self.keyer,
@@ -322,8 +322,8 @@ impl<K, C, F> Builder<K, C, F> {
     pub fn fallback_on_failure<F2: Clone>(
         self,
         service: F2,
-    ) -> Builder<K, C, OnRefusalOrFailure<F2>> {
-        Builder {
+    ) -> CircuitBreakerBuilder<K, C, OnRefusalOrFailure<F2>> {
+        CircuitBreakerBuilder {
             settings: self.settings,
             keyed: self.keyed,
             keyer: self.keyer,
@@ -333,10 +333,10 @@ impl<K, C, F> Builder<K, C, F> {
         }
     }
 
-    /// Shares the breakers' state through Redis (see [`crate::RedisState`]).
+    /// Shares the breakers' state through Redis (see [`crate::RedisStore`]).
     #[cfg(feature = "redis")]
-    pub fn shared(mut self, state: crate::RedisState) -> Self {
-        self.remote = Some(state.into_factory());
+    pub fn redis(mut self, store: crate::RedisStore) -> Self {
+        self.remote = Some(store.into_factory());
         self
     }
 

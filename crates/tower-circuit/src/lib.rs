@@ -23,8 +23,8 @@ pub use fallback::{FallbackContext, FallbackReason, NoFallback};
 pub use future::ResponseFuture;
 pub use handle::CircuitHandle;
 pub use key::{ByExtension, ByHeader, ByHost, KeyExtractor, Single, key_fn};
-pub use layer::{Builder, CircuitBreakerLayer};
+pub use layer::{CircuitBreakerBuilder, CircuitBreakerLayer};
 pub use service::CircuitBreaker;
 pub use state::{CircuitSnapshot, Control, State, Transition};
 #[cfg(feature = "redis")]
-pub use store::redis::RedisState;
+pub use store::redis::{RedisStore, RedisStoreBuilder};

@@ -94,7 +94,7 @@ pub enum Control {
 }
 
 /// A state change, as given to the
-/// [`on_transition`](crate::Builder::on_transition) callback.
+/// [`on_transition`](crate::CircuitBreakerBuilder::on_transition) callback.
 #[derive(Debug, Clone, Copy, PartialEq)]
 #[non_exhaustive]
 pub struct Transition<'a> {

@@ -12,7 +12,7 @@ use common::{Plan, Seen, Upstream, call};
 use test_support::{RedisCluster, RedisServer, eventually};
 use tower::Layer;
 use tower_ai_core::redis::{ConnectOptions, Degrade, DegradeConfig, connect};
-use tower_circuit::{CircuitBreakerLayer, CircuitHandle, RedisState, State, Window};
+use tower_circuit::{CircuitBreakerLayer, CircuitHandle, RedisStore, State, Window};
 
 const SYNC: Duration = Duration::from_millis(50);
 
@@ -43,11 +43,12 @@ async fn replica_with(urls: &[String], prefix: &str, timeout: Duration) -> Circu
         .window(Window::consecutive(2))
         .open_wait(Duration::from_millis(800))
         .half_open_trials(1)
-        .shared(
-            RedisState::new(client)
+        .redis(
+            RedisStore::builder(client)
                 .prefix(prefix)
                 .sync_interval(SYNC)
-                .degrade(degrade),
+                .degrade(degrade)
+                .build(),
         )
         .build()
         .unwrap()
@@ -221,11 +222,12 @@ async fn a_new_keyed_breaker_shares_its_trip_before_its_first_sync() {
                 .keyed_by(ByHeader::new(http::HeaderName::from_static("x-model")))
                 .window(Window::consecutive(2))
                 .open_wait(Duration::from_secs(60))
-                .shared(
-                    RedisState::new(client)
+                .redis(
+                    RedisStore::builder(client)
                         .prefix("t4")
                         .sync_interval(sync)
-                        .degrade(degrade(PATIENT)),
+                        .degrade(degrade(PATIENT))
+                        .build(),
                 )
                 .build()
                 .unwrap()

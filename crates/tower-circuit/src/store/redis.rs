@@ -40,7 +40,7 @@ use std::time::Duration;
 use fred::error::Error as RedisError;
 use fred::interfaces::LuaInterface;
 use parking_lot::Mutex;
-use tower_ai_core::redis::{Degrade, DegradeConfig, KeySpace, Script, Tag};
+use tower_ai_core::redis::{Degrade, KeySpace, Script, StoreOptions, Tag};
 
 use crate::breaker::{ANY_GENERATION, Breaker, Remote, RemoteState};
 use crate::classify::Outcome;
@@ -206,7 +206,8 @@ where
     }
 }
 
-/// Shared breaker state in Redis, for [`Builder::shared`](crate::Builder::shared).
+/// Shared breaker state in Redis, for
+/// [`CircuitBreakerBuilder::redis`](crate::CircuitBreakerBuilder::redis).
 ///
 /// Generic over the `fred` client (a `Client`, a `Pool`, standalone or
 /// Cluster); every call goes through a [`Degrade`], so when Redis is slow or
@@ -217,63 +218,118 @@ where
 /// ```no_run
 /// use std::time::Duration;
 /// use tower_ai_core::redis::{ConnectOptions, connect};
-/// use tower_circuit::{CircuitBreakerLayer, RedisState};
+/// use tower_circuit::{CircuitBreakerLayer, RedisStore};
 ///
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 /// let client = connect(&["redis://127.0.0.1:6379"], &ConnectOptions::default()).await?;
 /// let layer = CircuitBreakerLayer::builder()
 ///     .name("upstream")
-///     .shared(RedisState::new(client).sync_interval(Duration::from_millis(500)))
+///     .redis(RedisStore::builder(client).sync_interval(Duration::from_millis(500)).build())
 ///     .build()?;
 /// # let _ = layer;
 /// # Ok(()) }
 /// ```
-pub struct RedisState {
+pub struct RedisStore {
     runner: Arc<dyn Runner>,
+    keys: KeySpace,
     prefix: String,
     sync_interval: Duration,
     key_ttl: Duration,
-    degrade: Option<Degrade>,
+    degrade: Degrade,
 }
 
-impl fmt::Debug for RedisState {
+impl fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisState")
+        f.debug_struct("RedisStore")
             .field("prefix", &self.prefix)
             .field("sync_interval", &self.sync_interval)
             .field("key_ttl", &self.key_ttl)
-            .field("degrade", &self.degrade)
+            .field("health", &self.degrade.health())
             .finish_non_exhaustive()
     }
 }
 
-impl RedisState {
-    /// Shared state through `client`, with keys under `tower-ai`, a sync
-    /// every second, and the default [`DegradeConfig`] (50 ms timeout).
+impl RedisStore {
+    /// Shared state through `client` with the defaults: keys under
+    /// `tower-ai`, a sync every second, its own Redis health state (50 ms
+    /// timeout).
     pub fn new<C>(client: C) -> Self
     where
         C: LuaInterface + Send + Sync + 'static,
     {
-        Self {
+        Self::builder(client).build()
+    }
+
+    /// A builder for shared state through `client` (a fred `Client` or
+    /// `Pool`).
+    pub fn builder<C>(client: C) -> RedisStoreBuilder
+    where
+        C: LuaInterface + Send + Sync + 'static,
+    {
+        RedisStoreBuilder {
             runner: Arc::new(ClientRunner(client)),
-            prefix: "tower-ai".to_owned(),
+            redis: StoreOptions::default(),
             sync_interval: Duration::from_secs(1),
             key_ttl: Duration::from_secs(24 * 3600),
-            degrade: None,
         }
     }
 
+    /// The Redis health state this store's calls go through.
+    pub fn health(&self) -> &Degrade {
+        &self.degrade
+    }
+
+    pub(crate) fn into_factory(self) -> Arc<dyn RemoteFactory> {
+        Arc::new(Factory {
+            shared: Arc::new(Shared {
+                runner: self.runner,
+                keys: self.keys,
+                scripts: Scripts::new(),
+                degrade: self.degrade,
+                sync_interval: self.sync_interval,
+                ttl_ms: self.key_ttl.as_millis().to_string(),
+                lease_ids: AtomicU64::new(random_seed(&self.prefix)),
+            }),
+        })
+    }
+}
+
+/// Builds a [`RedisStore`].
+#[must_use]
+pub struct RedisStoreBuilder {
+    runner: Arc<dyn Runner>,
+    redis: StoreOptions,
+    sync_interval: Duration,
+    key_ttl: Duration,
+}
+
+impl fmt::Debug for RedisStoreBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisStoreBuilder")
+            .field("redis", &self.redis)
+            .field("sync_interval", &self.sync_interval)
+            .field("key_ttl", &self.key_ttl)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisStoreBuilder {
     /// The application's key prefix (default `"tower-ai"`).
-    #[must_use]
     pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
+        self.redis.set_prefix(prefix);
+        self
+    }
+
+    /// The Redis health state to use, e.g. one shared with other layers on
+    /// the same connection (default: a new one named `"circuit"`).
+    pub fn degrade(mut self, degrade: Degrade) -> Self {
+        self.redis.set_degrade(degrade);
         self
     }
 
     /// How often each replica reads the shared state (default 1 s): the
     /// longest a replica keeps calling an upstream that another replica
     /// found failing. One script call per breaker per interval.
-    #[must_use]
     pub fn sync_interval(mut self, interval: Duration) -> Self {
         self.sync_interval = interval.max(Duration::from_millis(1));
         self
@@ -281,35 +337,21 @@ impl RedisState {
 
     /// How long a breaker's keys live in Redis after their last change
     /// (default 24 h).
-    #[must_use]
     pub fn key_ttl(mut self, ttl: Duration) -> Self {
         self.key_ttl = ttl.max(Duration::from_secs(1));
         self
     }
 
-    /// The Redis health state to use, e.g. one shared with other layers on
-    /// the same connection (default: a new one named `"circuit"`).
-    #[must_use]
-    pub fn degrade(mut self, degrade: Degrade) -> Self {
-        self.degrade = Some(degrade);
-        self
-    }
-
-    pub(crate) fn into_factory(self) -> Arc<dyn RemoteFactory> {
-        let degrade = self
-            .degrade
-            .unwrap_or_else(|| Degrade::new("circuit", DegradeConfig::default()));
-        Arc::new(Factory {
-            shared: Arc::new(Shared {
-                runner: self.runner,
-                keys: KeySpace::new(&self.prefix, "circuit"),
-                scripts: Scripts::new(),
-                degrade,
-                sync_interval: self.sync_interval,
-                ttl_ms: self.key_ttl.as_millis().to_string(),
-                lease_ids: AtomicU64::new(random_seed(&self.prefix)),
-            }),
-        })
+    /// The store.
+    pub fn build(self) -> RedisStore {
+        RedisStore {
+            runner: self.runner,
+            keys: self.redis.keys("circuit"),
+            prefix: self.redis.prefix().to_owned(),
+            sync_interval: self.sync_interval,
+            key_ttl: self.key_ttl,
+            degrade: self.redis.degrade_or("circuit"),
+        }
     }
 }
 
@@ -369,7 +411,7 @@ struct Factory {
 
 impl fmt::Debug for Factory {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisState").finish_non_exhaustive()
+        f.debug_struct("RedisStore").finish_non_exhaustive()
     }
 }
 
