@@ -28,6 +28,9 @@ use http_body_util::{BodyExt, Full};
 use tower::{Layer, Service, ServiceExt, service_fn};
 use tower_ai::circuit::{CircuitBreakerLayer, Window};
 
+#[path = "support/ratio.rs"]
+mod ratio;
+
 fn upstream()
 -> impl Service<Request<()>, Response = Response<Full<Bytes>>, Error = Infallible> + Clone {
     service_fn(|_req: Request<()>| {
@@ -98,6 +101,15 @@ fn closed_state(c: &mut Criterion) {
         }
     }
     group.finish();
+    for name in ["call", "call_and_body"] {
+        ratio::added(
+            "circuit_closed",
+            &format!("{name}/bare"),
+            &format!("{name}/breaker"),
+            None,
+            "≤ 20 ns",
+        );
+    }
 }
 
 criterion_group!(benches, closed_state);

@@ -25,6 +25,9 @@ use tower_ai::core::key::{ClientKey, PeerIp};
 use tower_ai::core::redis::{ConnectOptions, Degrade, DegradeConfig, connect};
 use tower_ai::ratelimit::{Limiter, MemoryStore, Policy, Rate, RateLimitLayer, RedisStore};
 
+#[path = "support/ratio.rs"]
+mod ratio;
+
 const KEYS: usize = 1_024;
 
 fn ips() -> Vec<IpAddr> {
@@ -71,6 +74,9 @@ fn keyed_check(c: &mut Criterion) {
         b.iter(|| black_box(ours.check_now(&keys[0], 1).is_some_and(|v| v.allowed())))
     });
     group.finish();
+    for group in ["keyed check (1,024 keys)", "keyed check (1 key)"] {
+        ratio::time_ratio(group, "tower-ai memory", "governor keyed", "≤ 1.0×");
+    }
 }
 
 async fn hello(_req: Request<Body>) -> Result<Response<Body>, Infallible> {
@@ -138,6 +144,13 @@ fn layer_by_ip(c: &mut Criterion) {
         })
     });
     group.finish();
+    ratio::added(
+        "one request by peer IP",
+        "bare service",
+        "tower-ai layer",
+        Some("tower_governor layer"),
+        "≤ tower_governor's added cost",
+    );
 }
 
 const CALLERS: u64 = 32;
@@ -258,6 +271,19 @@ fn redis_32_callers(c: &mut Criterion) {
         })
     });
     group.finish();
+    let group = "Redis checks, 32 concurrent callers";
+    ratio::time_ratio(
+        group,
+        "tower-ai Redis store",
+        "raw EVALSHA loop",
+        "≤ 1.11× the time, i.e. ≥ 0.9× the throughput",
+    );
+    ratio::time_ratio(
+        group,
+        "tower-ai Redis store + leases of 100",
+        "raw EVALSHA loop",
+        "≤ 0.2× the time, i.e. ≥ 5× the throughput",
+    );
 }
 
 criterion_group!(benches, keyed_check, layer_by_ip, redis_32_callers);
