@@ -253,6 +253,17 @@ async fn invalidation_reaches_the_other_replica(urls: Vec<String>) {
     // By tenant: only that tenant's entries go.
     let _ = ask(&http, &a.url(PATH), "tenant-b", chat("mine", false)).await;
     let key_b = key_of("tenant-b", &chat("mine", false));
+    // The store to L2 happens off the client's path: B (which never saw it)
+    // finds it there once it has landed.
+    let mut landed = false;
+    for _ in 0..500 {
+        if b.handle.lookup_key(&key_b).await.is_some() {
+            landed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(landed, "A's answer never reached L2");
     let key_a = fill("still here").await;
     let done = a
         .handle

@@ -30,7 +30,9 @@ use fred::types::Value;
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use tokio::sync::{Semaphore, mpsc, watch};
-use tower_ai_core::redis::{Degrade, KeySpace, Script, StoreOptions, Tag, Unavailable};
+use tower_ai_core::redis::{
+    Degrade, DegradeConfig, KeySpace, Script, StoreOptions, Tag, Unavailable,
+};
 
 use crate::entry::{Entry, Head, millis, now_ms};
 use crate::error::ConfigError;
@@ -330,9 +332,10 @@ pub(crate) struct L2 {
     keys: KeySpace,
     channel: String,
     degrade: Degrade,
-    /// The timeout of a blocking read: the block time and room for the
-    /// round trip.
-    follow_timeout: Duration,
+    /// Blocking reads wait up to `block` by design: a state of their own,
+    /// with a timeout that leaves room for it, so that a slow blocking read
+    /// never takes the store's other calls onto the fallback.
+    follow: Degrade,
     scripts: Scripts,
     instance: String,
     seq: AtomicU64,
@@ -372,9 +375,11 @@ impl L2 {
         } = store;
         let keys = KeySpace::new(&prefix, "cache");
         let channel = format!("{prefix}:cache:invalidate");
-        // Blocking reads wait up to `block` by design: the store's health,
-        // with a timeout that leaves room for it.
-        let follow_timeout = config.block + degrade.timeout().max(Duration::from_millis(250));
+        let follow = Degrade::new(
+            "cache-follow",
+            DegradeConfig::default()
+                .timeout(config.block + degrade.timeout().max(Duration::from_millis(250))),
+        );
         let (stop, stopped) = watch::channel(());
         let instance = instance_id();
         let l2 = Arc::new(Self {
@@ -383,7 +388,7 @@ impl L2 {
             keys,
             channel,
             degrade,
-            follow_timeout,
+            follow,
             scripts: Scripts {
                 lock: Script::new(LOCK),
                 store: Script::new(STORE),
@@ -691,11 +696,8 @@ impl L2 {
         let reply: Value = match conn {
             Some(conn) => {
                 let block = millis(self.config.block);
-                self.degrade
-                    .call_within(
-                        self.follow_timeout,
-                        conn.xread::<Value, _, _>(Some(256), Some(block), stream, last_id),
-                    )
+                self.follow
+                    .call(conn.xread::<Value, _, _>(Some(256), Some(block), stream, last_id))
                     .await
             }
             None => {
