@@ -16,7 +16,15 @@ use tower_ai_core::redis::{ConnectOptions, Degrade, DegradeConfig, connect};
 
 const PATH: &str = "/v1/chat/completions";
 
+/// A replica's layer for the tests that count upstream calls and hits: a
+/// slow Redis answer on a loaded machine must not put it on its fallback
+/// (which leads alone, and flushes L1 when Redis comes back), so its Redis
+/// timeout is generous.
 async fn layer(urls: &[String]) -> CacheLayer {
+    layer_with_timeout(urls, Duration::from_secs(2)).await
+}
+
+async fn layer_with_timeout(urls: &[String], timeout: Duration) -> CacheLayer {
     let client = connect(urls, &ConnectOptions::default())
         .await
         .expect("connected to Redis");
@@ -27,8 +35,7 @@ async fn layer(urls: &[String]) -> CacheLayer {
                 .degrade(Degrade::new(
                     "cache",
                     DegradeConfig::default()
-                        // A loaded CI machine: a slow answer shouldn't flip the state.
-                        .timeout(Duration::from_millis(250))
+                        .timeout(timeout)
                         .backoff(Duration::from_millis(100), Duration::from_millis(400)),
                 ))
                 .build(),
@@ -293,7 +300,12 @@ async fn invalidation_reaches_the_other_replica_cluster() {
 async fn redis_down_then_back() {
     let mut redis = RedisServer::start();
     let mock = mock_llm(Duration::ZERO).await;
-    let a = Replica::start(layer(&[redis.url()]).await, &mock.base_url()).await;
+    // The outage test times its requests against the Redis timeout.
+    let a = Replica::start(
+        layer_with_timeout(&[redis.url()], Duration::from_millis(250)).await,
+        &mock.base_url(),
+    )
+    .await;
     let http = client();
     let url = a.url(PATH);
     let stored = ask(&http, &url, "tenant-a", chat("before the outage", false)).await;
