@@ -689,6 +689,7 @@ async fn resume_on(
 ) -> reqwest::Response {
     client
         .get(format!("{}/v1/streams/{stream}", gateway.url()))
+        .bearer_auth("resumer")
         .header("last-event-id", after)
         .send()
         .await

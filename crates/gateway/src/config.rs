@@ -1,17 +1,21 @@
 use std::fmt;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 use crate::DEFAULT_UPSTREAM_TIMEOUT;
+use crate::file::{KeyConfig, LimitConfig, ModelConfig};
+use crate::upstream::DEFAULT_CONNECT_TIMEOUT;
 
-/// How a gateway is set up.
+/// How a gateway is set up: from the command line, a config file
+/// (`--config`), or both (flags override the file).
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Config {
     /// Where to listen (default `127.0.0.1:8080`).
     pub listen: SocketAddr,
-    /// The upstream's base URL (any OpenAI-compatible server); `None` starts
-    /// the mock LLM in process.
+    /// With no model table: the base URL every model goes to (any
+    /// OpenAI-compatible server); `None` starts the mock LLM in process.
     pub upstream: Option<String>,
     /// Redis URLs for shared state: none (in memory), one (standalone), or
     /// several (the seed nodes of a Cluster).
@@ -20,6 +24,9 @@ pub struct Config {
     pub mock_token_delay: Duration,
     /// How long to wait for the upstream's response head (default 60 s).
     pub upstream_timeout: Duration,
+    /// How long to wait for an upstream connection, TLS included (default
+    /// 10 s).
+    pub connect_timeout: Duration,
     /// How long a model's circuit stays open before trial calls (default
     /// 30 s).
     pub circuit_open_wait: Duration,
@@ -30,6 +37,18 @@ pub struct Config {
     /// How long a relayed stream may stay silent before a heartbeat comment
     /// (default 15 s).
     pub sse_heartbeat: Duration,
+    /// The model table; empty: every model name goes to `upstream` (or the
+    /// mock).
+    pub models: Vec<ModelConfig>,
+    /// The client keys served; empty: any key (the demo).
+    pub keys: Vec<KeyConfig>,
+    /// Limits replacing the built-in ones, by route and tier.
+    pub limits: Vec<LimitConfig>,
+    /// The bearer token `/admin/*` asks for; `None`: admin is open (the
+    /// demo).
+    pub admin_token: Option<Secret>,
+    /// How long answers are cached, per route.
+    pub cache: CacheTtls,
 }
 
 impl Default for Config {
@@ -40,20 +59,106 @@ impl Default for Config {
             redis: Vec::new(),
             mock_token_delay: Duration::from_millis(20),
             upstream_timeout: DEFAULT_UPSTREAM_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             circuit_open_wait: Duration::from_secs(30),
             secure_cookies: false,
             sse_heartbeat: Duration::from_secs(15),
+            models: Vec::new(),
+            keys: Vec::new(),
+            limits: Vec::new(),
+            admin_token: None,
+            cache: CacheTtls::default(),
         }
     }
 }
 
-/// A command line the gateway can't run with.
+/// How long answers are cached on each route; zero turns the cache off for
+/// it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CacheTtls {
+    /// `/v1/chat/completions` (default 1 h).
+    pub chat: Duration,
+    /// `/v1/completions` (default 1 h).
+    pub completions: Duration,
+    /// `/v1/embeddings` (default 1 h).
+    pub embeddings: Duration,
+    /// `/v1/responses` (default 1 h).
+    pub responses: Duration,
+    /// `/v1/messages` (default 1 h).
+    pub messages: Duration,
+}
+
+impl Default for CacheTtls {
+    fn default() -> Self {
+        let hour = Duration::from_secs(3_600);
+        Self {
+            chat: hour,
+            completions: hour,
+            embeddings: hour,
+            responses: hour,
+            messages: hour,
+        }
+    }
+}
+
+/// A secret from the environment: a provider key or the admin token.
+/// Its debug output never shows it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret.
+    pub fn new(secret: impl Into<String>) -> Self {
+        Self(secret.into())
+    }
+
+    /// The secret itself.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(…)")
+    }
+}
+
+/// A command line or config file the gateway can't run with.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ConfigError(String);
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A bad flag, or `--help`.
+    Flags(String),
+    /// A bad config file: where, and why.
+    File {
+        /// The file.
+        path: String,
+        /// The line (from 1), where one can be named.
+        line: Option<usize>,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The layers refused their settings.
+    Layers(String),
+}
 
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        match self {
+            Self::Flags(message) | Self::Layers(message) => f.write_str(message),
+            Self::File {
+                path,
+                line: Some(line),
+                reason,
+            } => write!(f, "{path}:{line}: {reason}"),
+            Self::File {
+                path,
+                line: None,
+                reason,
+            } => write!(f, "{path}: {reason}"),
+        }
     }
 }
 
@@ -61,26 +166,29 @@ impl std::error::Error for ConfigError {}
 
 impl ConfigError {
     pub(crate) fn new(message: impl Into<String>) -> Self {
-        Self(message.into())
+        Self::Layers(message.into())
     }
 }
 
 impl From<tower_ai_ratelimit::ConfigError> for ConfigError {
     fn from(e: tower_ai_ratelimit::ConfigError) -> Self {
-        Self(e.to_string())
+        Self::Layers(e.to_string())
     }
 }
 
 /// The command line's help text.
 pub const USAGE: &str = "\
-usage: gateway [--listen ADDR] [--upstream URL] [--redis URL]... [--token-delay-ms N]
+usage: gateway [--config FILE] [--listen ADDR] [--upstream URL] [--redis URL]... [--token-delay-ms N]
 
+  --config FILE         a TOML config file (examples/gateway.toml shows every key);
+                        the other flags override it
   --listen ADDR         where to listen (default 127.0.0.1:8080)
   --upstream URL        an OpenAI-compatible server (default: a mock LLM started in process)
   --redis URL           Redis for shared state; repeat the flag, or give several
                         comma-separated URLs, for a Redis Cluster (default: in memory)
   --token-delay-ms N    the in-process mock's delay between tokens (default 20)
   --upstream-timeout-ms N  how long to wait for the upstream's response head (default 60000)
+  --connect-timeout-ms N how long to wait for an upstream connection, TLS included (default 10000)
   --circuit-open-wait-ms N how long a model's circuit stays open before trial calls (default 30000)
   --secure-cookies      mark the session cookie Secure (behind a TLS-terminating proxy)
   --sse-heartbeat-ms N  a heartbeat comment after this long without an event (default 15000)";
@@ -92,15 +200,31 @@ impl Config {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
+        let args: Vec<String> = args.into_iter().map(Into::into).collect();
         let mut config = Self::default();
-        let mut args = args.into_iter().map(Into::into);
+        // The file first, wherever `--config` stands: the flags override it.
+        for (i, arg) in args.iter().enumerate() {
+            let path = match arg.strip_prefix("--config") {
+                Some("") => args.get(i + 1).ok_or_else(|| {
+                    ConfigError::Flags(format!("--config needs a value\n\n{USAGE}"))
+                })?,
+                Some(inline) => match inline.strip_prefix('=') {
+                    Some(path) => path,
+                    None => continue,
+                },
+                None => continue,
+            };
+            config.read_file(Path::new(path))?;
+        }
+        let mut redis_from_flags = false;
+        let mut args = args.into_iter();
         while let Some(flag) = args.next() {
             let (name, inline) = match flag.split_once('=') {
                 Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
                 None => (flag, None),
             };
             if name == "--help" || name == "-h" {
-                return Err(ConfigError(USAGE.to_owned()));
+                return Err(ConfigError::Flags(USAGE.to_owned()));
             }
             if name == "--secure-cookies" {
                 config.secure_cookies = true;
@@ -110,26 +234,34 @@ impl Config {
                 inline
                     .clone()
                     .or_else(|| args.next())
-                    .ok_or_else(|| ConfigError(format!("{name} needs a value\n\n{USAGE}")))
+                    .ok_or_else(|| ConfigError::Flags(format!("{name} needs a value\n\n{USAGE}")))
             };
             match name.as_str() {
+                "--config" => {
+                    value()?;
+                }
                 "--listen" => {
                     let v = value()?;
                     config.listen = v
                         .parse()
-                        .map_err(|e| ConfigError(format!("--listen {v}: {e}")))?;
+                        .map_err(|e| ConfigError::Flags(format!("--listen {v}: {e}")))?;
                 }
                 "--upstream" => {
                     let v = value()?;
                     if !(v.starts_with("http://") || v.starts_with("https://")) {
-                        return Err(ConfigError(format!(
-                            "--upstream {v}: expected an http:// URL"
+                        return Err(ConfigError::Flags(format!(
+                            "--upstream {v}: expected an http:// or https:// URL"
                         )));
                     }
                     config.upstream = Some(v);
                 }
                 "--redis" => {
                     let v = value()?;
+                    if !redis_from_flags {
+                        // The flags' list replaces the file's.
+                        config.redis.clear();
+                        redis_from_flags = true;
+                    }
                     config.redis.extend(
                         v.split(',')
                             .map(str::trim)
@@ -146,11 +278,16 @@ impl Config {
                 "--sse-heartbeat-ms" => {
                     config.sse_heartbeat = Duration::from_millis(millis(&name, &value()?)?);
                 }
+                "--connect-timeout-ms" => {
+                    config.connect_timeout = Duration::from_millis(millis(&name, &value()?)?);
+                }
                 "--circuit-open-wait-ms" => {
                     config.circuit_open_wait = Duration::from_millis(millis(&name, &value()?)?);
                 }
                 other => {
-                    return Err(ConfigError(format!("unknown flag {other}\n\n{USAGE}")));
+                    return Err(ConfigError::Flags(format!(
+                        "unknown flag {other}\n\n{USAGE}"
+                    )));
                 }
             }
         }
@@ -158,9 +295,23 @@ impl Config {
     }
 }
 
+impl Config {
+    /// Reads a config file over this config (what the file leaves out
+    /// stays as it is). Environment variables named in the file are read
+    /// now: a provider key or admin token that isn't set refuses the file.
+    pub fn read_file(&mut self, path: &Path) -> Result<(), ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+            path: path.display().to_string(),
+            line: None,
+            reason: format!("can't read it: {e}"),
+        })?;
+        crate::file::apply(self, path, &text, &|name| std::env::var(name).ok())
+    }
+}
+
 fn millis(name: &str, v: &str) -> Result<u64, ConfigError> {
     v.parse()
-        .map_err(|e| ConfigError(format!("{name} {v}: {e}")))
+        .map_err(|e| ConfigError::Flags(format!("{name} {v}: {e}")))
 }
 
 #[cfg(test)]

@@ -12,6 +12,8 @@ use tower_circuit::key::ByExtension;
 use tower_circuit::{CircuitBreaker, CircuitBreakerLayer, Window};
 use tower_layer::Layer;
 
+use crate::config::CacheTtls;
+use crate::file::LimitConfig;
 use crate::upstream::Upstream;
 use crate::{MAX_CHAT_BODY, RedisState};
 
@@ -76,24 +78,31 @@ pub(crate) type GuardedUpstream = CircuitBreaker<
     tower_circuit::fallback::OnRefusal<CacheFallback>,
 >;
 
-/// The response cache, as the design sets it: chat completions for an hour
-/// and content for five minutes, scoped per client key (never shared across
-/// tenants), in Redis as well as in memory when the gateway has Redis.
+/// The response cache, as the design sets it: model answers for an hour
+/// (per route, from the config; 0 turns a route's cache off) and content
+/// for five minutes, scoped per client key (never shared across tenants),
+/// in Redis as well as in memory when the gateway has Redis.
 pub(crate) fn cache(
     redis: Option<&RedisState>,
+    ttls: &CacheTtls,
 ) -> Result<tower_ai_cache::CacheLayer, tower_ai_cache::ConfigError> {
-    let mut builder = tower_ai_cache::CacheLayer::builder()
-        .scope(ApiKey::new().or(PeerIp::new()))
-        .route(
-            tower_ai_cache::Route::post("/v1/chat/completions")
-                .name("chat")
-                .ttl(Duration::from_secs(3_600)),
-        )
-        .route(
-            tower_ai_cache::Route::get("/v1/content/*")
-                .name("content")
-                .ttl(Duration::from_secs(300)),
-        );
+    let mut builder = tower_ai_cache::CacheLayer::builder().scope(ApiKey::new().or(PeerIp::new()));
+    for (path, name, ttl) in [
+        ("/v1/chat/completions", "chat", ttls.chat),
+        ("/v1/completions", "completions", ttls.completions),
+        ("/v1/embeddings", "embeddings", ttls.embeddings),
+        ("/v1/responses", "responses", ttls.responses),
+        ("/v1/messages", "messages", ttls.messages),
+    ] {
+        if !ttl.is_zero() {
+            builder = builder.route(tower_ai_cache::Route::post(path).name(name).ttl(ttl));
+        }
+    }
+    builder = builder.route(
+        tower_ai_cache::Route::get("/v1/content/*")
+            .name("content")
+            .ttl(Duration::from_secs(300)),
+    );
     if let Some(redis) = redis {
         builder = builder.redis(
             tower_ai_cache::RedisStore::builder(redis.client.clone())
@@ -142,22 +151,66 @@ pub(crate) fn circuit_breakers(
 /// peer address.
 pub(crate) type ClientKey = tower_ai_core::key::Or<ApiKey, PeerIp>;
 
-/// The rate limits of the design, per client key: chat 5 requests
-/// (refilled at 0.1/s) and 20,000 LLM tokens a minute; content 100 (10/s);
-/// admin 50 (5/s). In Redis when the gateway has one, so they hold across
-/// replicas.
+/// The rate limits, per client key: the config's `[[limits]]` first (a
+/// tier's before the untiered, in the file's order), then the design's:
+/// every generating route (chat, completions, responses, messages) shares
+/// 5 requests (refilled at 0.1/s) and 20,000 LLM tokens a minute;
+/// embeddings 100 (10/s) and 200,000 tokens a minute; models and content
+/// 100 (10/s); admin 50 (5/s). In Redis when the gateway has one, so they
+/// hold across replicas.
 pub(crate) fn rate_limit(
     redis: Option<&RedisState>,
+    limits: &[LimitConfig],
 ) -> Result<RateLimitLayer<ClientKey>, ConfigError> {
-    let policies = Policies::new()
+    let mut policies = Policies::new();
+    let tiered = limits.iter().filter(|l| l.tier.is_some());
+    let untiered = limits.iter().filter(|l| l.tier.is_none());
+    for limit in tiered.chain(untiered) {
+        let name = format!("{}|{}", limit.route, limit.tier.as_deref().unwrap_or("*"));
+        let mut set = Vec::new();
+        if let Some(b) = limit.requests {
+            set.push(
+                Policy::token_bucket(b.capacity, Rate::per_second(b.per_second))
+                    .named(&format!("{name}|requests")),
+            );
+        }
+        if let Some(b) = limit.tokens {
+            set.push(
+                Policy::token_bucket(b.capacity, Rate::per_second(b.per_second))
+                    .named(&format!("{name}|tokens"))
+                    .tokens(),
+            );
+        }
+        policies = match &limit.tier {
+            Some(tier) => policies.route_for_tier(&limit.route, tier, set),
+            None => policies.route(&limit.route, set),
+        };
+    }
+    let generating = || {
+        [
+            Policy::token_bucket(5, Rate::per_second(0.1)).named("chat"),
+            Policy::token_bucket(20_000, Rate::per_minute(20_000.0))
+                .named("chat-tokens")
+                .tokens(),
+        ]
+    };
+    let policies = policies
+        .route("/v1/chat/completions", generating())
+        .route("/v1/completions", generating())
+        .route("/v1/responses", generating())
+        .route("/v1/messages", generating())
         .route(
-            "/v1/chat/completions",
+            "/v1/embeddings",
             [
-                Policy::token_bucket(5, Rate::per_second(0.1)).named("chat"),
-                Policy::token_bucket(20_000, Rate::per_minute(20_000.0))
-                    .named("chat-tokens")
+                Policy::token_bucket(100, Rate::per_second(10.0)).named("embeddings"),
+                Policy::token_bucket(200_000, Rate::per_minute(200_000.0))
+                    .named("embeddings-tokens")
                     .tokens(),
             ],
+        )
+        .route(
+            "/v1/models",
+            [Policy::token_bucket(100, Rate::per_second(10.0)).named("models")],
         )
         .route(
             "/v1/content/",

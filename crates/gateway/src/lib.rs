@@ -1,20 +1,34 @@
-//! An AI gateway: the tower-ai layers stacked in front of an OpenAI-compatible
-//! upstream.
+//! An AI gateway: the tower-ai layers stacked in front of model providers
+//! (any OpenAI-compatible server, and Anthropic).
 //!
 //! `examples/gateway.rs` is the program a user runs; this crate holds its
 //! parts so that the workspace's end-to-end tests can start gateways in
 //! process, on real sockets.
 //!
 //! Routes:
-//! - `POST /v1/chat/completions`: proxied to the upstream, streamed or not.
+//! - `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`,
+//!   `/v1/responses`, `/v1/messages`: proxied to the model's server,
+//!   streamed or not.
+//! - `GET /v1/models`: the configured models.
+//! - `GET /v1/streams/{id}`: re-attaches to a streamed answer (its owner
+//!   only).
 //! - `GET /v1/content/{id}`: a cheap read route served by the gateway.
-//! - `/admin/...`: the admin route group.
+//! - `/admin/...`: the admin route group (behind the admin token, when one
+//!   is configured).
 //! - `GET /healthz`: the state of the Redis connection and of each circuit.
 //! - `GET /metrics`: Prometheus text exposition.
 
+mod auth;
+mod budget;
 mod config;
+mod file;
 mod layers;
+mod metered;
 mod metrics;
+mod models;
+mod owners;
+mod proxy;
+mod respond;
 mod routes;
 mod upstream;
 
@@ -30,8 +44,10 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tower_ai_core::redis::{self, ConnectOptions, Degrade, DegradeConfig};
 
-pub use crate::config::{Config, ConfigError, USAGE};
-pub use crate::upstream::Upstream;
+pub use crate::config::{CacheTtls, Config, ConfigError, Secret, USAGE};
+pub use crate::file::{Bucket, Budget, KeyConfig, LimitConfig, ModelConfig, Period};
+pub use crate::models::{Price, Provider};
+pub use crate::upstream::{Upstream, UpstreamError};
 
 /// Request bodies on the chat route: at most 1 MiB.
 pub const MAX_CHAT_BODY: usize = 1 << 20;
@@ -49,6 +65,10 @@ pub struct Gateway {
 /// What the request handlers share.
 #[derive(Debug, Clone)]
 pub(crate) struct AppState {
+    pub(crate) models: Arc<models::Models>,
+    pub(crate) auth: auth::Auth,
+    pub(crate) budgets: budget::Budgets,
+    pub(crate) owners: owners::Owners,
     pub(crate) upstream: layers::RelayedUpstream,
     pub(crate) streams: tower_sse_relay::streams::StreamsService<tower_sse_relay::AnyStore>,
     pub(crate) circuits: tower_circuit::CircuitHandle,
@@ -83,6 +103,7 @@ impl Gateway {
         let addr = listener.local_addr()?;
         let (upstream_url, mock) = match &config.upstream {
             Some(url) => (url.trim_end_matches('/').to_owned(), None),
+            None if !config.models.is_empty() => (String::new(), None),
             None => {
                 let mock = mock_llm::MockLlm::spawn(
                     SocketAddr::from(([127, 0, 0, 1], 0)),
@@ -99,9 +120,15 @@ impl Gateway {
             [] => None,
             urls => Some(connect_redis(urls).await?),
         };
-        let upstream = Upstream::new(&upstream_url, config.upstream_timeout)
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        let cache = layers::cache(redis.as_ref())
+        let models = Arc::new(model_table(&config, &upstream_url)?);
+        let upstream = Upstream::new();
+        let shared = redis
+            .as_ref()
+            .map(|r| (r.client.clone(), r.degrade.clone()));
+        let auth = auth::Auth::new(&config.keys, config.admin_token.as_ref());
+        let budgets = budget::Budgets::new(shared.clone());
+        let owners = owners::Owners::new(shared);
+        let cache = layers::cache(redis.as_ref(), &config.cache)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let (upstream, circuits) = layers::circuit_breakers(
             upstream,
@@ -113,6 +140,10 @@ impl Gateway {
         let (upstream, streams) = layers::relay(upstream, config.sse_heartbeat, redis.as_ref())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let state = AppState {
+            models,
+            auth,
+            budgets,
+            owners,
             upstream,
             streams,
             circuits,
@@ -122,7 +153,7 @@ impl Gateway {
             metrics,
             started: Arc::new(tokio::time::Instant::now()),
         };
-        let app = routes::router(state)
+        let app = routes::router(state, &config.limits)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
@@ -135,7 +166,7 @@ impl Gateway {
             })
             .await
         });
-        tracing::info!(%addr, upstream = %upstream_url, "gateway listening");
+        tracing::info!(%addr, "gateway listening");
         Ok(Self {
             addr,
             upstream_url,
@@ -155,7 +186,8 @@ impl Gateway {
         format!("http://{}", self.addr)
     }
 
-    /// The upstream's base URL.
+    /// With no model table: the base URL every model goes to (empty when
+    /// the config lists models).
     pub fn upstream_url(&self) -> &str {
         &self.upstream_url
     }
@@ -214,6 +246,65 @@ async fn connect_redis(urls: &[String]) -> io::Result<RedisState> {
         degrade,
         urls: urls.len(),
     })
+}
+
+/// The model table: the configured models, or, with none, every name to
+/// `upstream_url` (the `--upstream` server or the mock), with the key in
+/// `UPSTREAM_API_KEY` when set.
+fn model_table(config: &Config, upstream_url: &str) -> io::Result<models::Models> {
+    let timeouts = upstream::Timeouts {
+        connect: config.connect_timeout,
+        head: config.upstream_timeout,
+        idle: upstream::DEFAULT_IDLE_TIMEOUT,
+    };
+    let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidInput, e);
+    if config.models.is_empty() {
+        let endpoint = upstream::Endpoint::new(upstream_url, None, timeouts)
+            .map_err(|e| invalid(format!("--upstream: {e}")))?;
+        let key = std::env::var("UPSTREAM_API_KEY").ok();
+        let mut route = models::ModelRoute::new(
+            "*",
+            models::Provider::OpenAi,
+            endpoint,
+            key.as_deref().filter(|k| !k.is_empty()),
+        );
+        route.wildcard = true;
+        return Ok(models::Models::new(vec![route]));
+    }
+    // Models on the same server (and trusting the same roots) share one
+    // connection pool.
+    let mut endpoints: std::collections::HashMap<_, upstream::Endpoint> = Default::default();
+    let mut routes = Vec::with_capacity(config.models.len());
+    for model in &config.models {
+        let pool = (model.base_url.clone(), model.tls_ca_file.clone());
+        let endpoint = match endpoints.get(&pool) {
+            Some(endpoint) => endpoint.clone(),
+            None => {
+                let endpoint = upstream::Endpoint::new(
+                    &model.base_url,
+                    model.tls_ca_file.as_deref(),
+                    timeouts,
+                )
+                .map_err(|e| invalid(format!("model {}: {e}", model.name)))?;
+                endpoints.insert(pool, endpoint.clone());
+                endpoint
+            }
+        };
+        let mut route = models::ModelRoute::new(
+            &model.name,
+            model.provider,
+            endpoint,
+            model.api_key.as_ref().map(Secret::expose),
+        );
+        route.upstream_model = model
+            .upstream_model
+            .as_deref()
+            .filter(|m| *m != model.name)
+            .map(Arc::from);
+        route.price = model.price;
+        routes.push(route);
+    }
+    Ok(models::Models::new(routes))
 }
 
 /// How long the gateway waits for the upstream's response head.

@@ -1,32 +1,38 @@
 use axum::Router;
-use axum::body::Body;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use fred::prelude::ClientLike;
 use serde_json::{Value, json};
-use tower::ServiceExt;
-use tower_ai_core::body::{ReadError, read_limited};
-use tower_ai_core::llm::ChatRequest;
 use tower_ai_core::reject::Refusal;
 use tower_ai_ratelimit::TokenCostLayer;
 use tower_http::trace::TraceLayer;
 use tower_session::Session;
 
-use crate::upstream::UpstreamError;
+use crate::proxy;
+use crate::respond::problem;
 use crate::{AppState, MAX_CHAT_BODY};
 
-pub(crate) fn router(state: AppState) -> Result<Router, crate::config::ConfigError> {
+pub(crate) fn router(
+    state: AppState,
+    limits: &[crate::file::LimitConfig],
+) -> Result<Router, crate::config::ConfigError> {
     let api = Router::new()
-        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/chat/completions", post(proxy::model_call))
+        .route("/v1/completions", post(proxy::model_call))
+        .route("/v1/embeddings", post(proxy::model_call))
+        .route("/v1/responses", post(proxy::model_call))
+        .route("/v1/messages", post(proxy::model_call))
+        .route("/v1/models", get(proxy::list))
         .route("/v1/content/{id}", get(content))
-        .route_service("/v1/streams/{id}", state.streams.clone());
+        .route("/v1/streams/{id}", get(proxy::stream).head(proxy::stream));
     let admin = Router::new()
         .route("/admin/config", get(admin_config))
+        .route("/admin/keys", get(admin_keys))
         .route("/admin/circuits", get(circuits).post(control_circuit))
         .route("/admin/cache/invalidate", post(invalidate_cache));
-    let limits = crate::layers::rate_limit(state.redis.as_ref())?;
+    let limits = crate::layers::rate_limit(state.redis.as_ref(), limits)?;
     let sessions = crate::layers::sessions(state.redis.as_ref(), state.secure_cookies)
         .map_err(|e| crate::config::ConfigError::new(e.to_string()))?;
     let session_routes = Router::new()
@@ -38,6 +44,10 @@ pub(crate) fn router(state: AppState) -> Result<Router, crate::config::ConfigErr
         .merge(admin)
         .layer(
             tower::ServiceBuilder::new()
+                .layer(axum::middleware::from_fn_with_state(
+                    state.auth.clone(),
+                    crate::auth::check,
+                ))
                 .layer(TokenCostLayer::with(crate::layers::token_cost()))
                 .layer(limits)
                 // Above the cache: a cached answer joins the history too.
@@ -52,64 +62,6 @@ pub(crate) fn router(state: AppState) -> Result<Router, crate::config::ConfigErr
         .layer(axum::middleware::from_fn(crate::metrics::record))
         .layer(TraceLayer::new_for_http())
         .with_state(state))
-}
-
-/// A refusal as an axum response. The problem document also carries an
-/// OpenAI-style `error` member, so OpenAI SDKs show its message.
-pub(crate) fn problem(refusal: Refusal, error_type: &str, message: &str) -> Response {
-    refusal
-        .detail(message.to_owned())
-        .member("error", json!({ "message": message, "type": error_type }))
-        .into_http::<Body>()
-        .map(Body::new)
-}
-
-async fn chat_completions(State(state): State<AppState>, req: Request) -> Response {
-    // The token-cost layer in front has read the body within
-    // `MAX_CHAT_BODY` (and refused a larger one with 413): this read can't
-    // be cut short.
-    let (parts, body) = req.into_parts();
-    let bytes = match read_limited(body, MAX_CHAT_BODY).await {
-        Ok(bytes) => bytes,
-        Err(ReadError::Failed(e)) => {
-            return problem(
-                Refusal::bad_request(),
-                "invalid_request_error",
-                &format!("the request body could not be read: {e}"),
-            );
-        }
-        Err(e) => {
-            return problem(
-                Refusal::bad_request(),
-                "invalid_request_error",
-                &e.to_string(),
-            );
-        }
-    };
-    let model = match ChatRequest::from_json(&bytes) {
-        Ok(chat) if chat.messages > 0 && chat.model.is_some() => chat.model.unwrap_or_default(),
-        Ok(_) => {
-            return problem(
-                Refusal::bad_request(),
-                "invalid_request_error",
-                "a chat completion request needs a `model` and at least one message in `messages`",
-            );
-        }
-        Err(e) => {
-            return problem(
-                Refusal::bad_request(),
-                "invalid_request_error",
-                &e.to_string(),
-            );
-        }
-    };
-    let mut req = Request::from_parts(parts, Body::from(bytes));
-    req.extensions_mut()
-        .insert(crate::layers::Model(model.as_str().into()));
-    match state.upstream.clone().oneshot(req).await {
-        Ok(res) => res.map(Body::new),
-        Err(e) => upstream_failed(&e),
-    }
 }
 
 #[derive(serde::Deserialize)]
@@ -174,15 +126,6 @@ async fn session_info(session: Session) -> Response {
     axum::Json(json!({ "user": user, "turns": turns })).into_response()
 }
 
-pub(crate) fn upstream_failed(e: &UpstreamError) -> Response {
-    tracing::warn!(error = %e, "upstream request failed");
-    let refusal = match e {
-        UpstreamError::Timeout => Refusal::gateway_timeout(),
-        _ => Refusal::bad_gateway(),
-    };
-    problem(refusal, "upstream_error", &e.to_string())
-}
-
 async fn content(Path(id): Path<String>) -> Response {
     let valid = !id.is_empty()
         && id.len() <= 128
@@ -205,12 +148,58 @@ async fn content(Path(id): Path<String>) -> Response {
 }
 
 async fn admin_config(State(state): State<AppState>) -> Response {
+    let models: Vec<Value> = state
+        .models
+        .named()
+        .iter()
+        .chain(state.models.wildcard())
+        .map(|m| {
+            json!({
+                "name": m.name.as_ref(),
+                "provider": m.provider.as_str(),
+                "base_url": format!("{:?}", m.endpoint),
+                "upstream_model": m.upstream_model.as_deref(),
+                "credential": m.credential.is_some(),
+                "price": m.price.map(|p| json!({
+                    "input_per_mtok": p.input_per_mtok,
+                    "output_per_mtok": p.output_per_mtok,
+                })),
+            })
+        })
+        .collect();
     axum::Json(json!({
-        "upstream": format!("{:?}", state.upstream),
+        "models": models,
+        "keys": state.auth.callers().len(),
         "redis": state.redis.as_ref().map_or(Value::Null, |r| json!({ "nodes": r.urls })),
         "max_chat_body_bytes": MAX_CHAT_BODY,
     }))
     .into_response()
+}
+
+/// `GET /admin/keys`: each configured key's name, tier, budget and spend
+/// in the current period (never the key).
+async fn admin_keys(State(state): State<AppState>) -> Response {
+    let mut keys = Vec::with_capacity(state.auth.callers().len());
+    for caller in state.auth.callers() {
+        let budget = match caller.budget {
+            None => Value::Null,
+            Some(budget) => {
+                let spend = state.budgets.spent(&caller.name, budget).await;
+                json!({
+                    "usd": budget.usd,
+                    "per": budget.per.as_str(),
+                    "spent_usd": spend.nanos as f64 / 1e9,
+                    "resets_in_s": spend.resets_in.as_secs(),
+                })
+            }
+        };
+        keys.push(json!({
+            "name": caller.name.as_ref(),
+            "tier": caller.tier.as_ref().map(|t| t.as_str()),
+            "budget": budget,
+        }));
+    }
+    axum::Json(json!({ "keys": keys })).into_response()
 }
 
 async fn healthz(State(state): State<AppState>) -> Response {

@@ -1,44 +1,177 @@
+//! The clients for the upstream model servers, and the service that sends a
+//! request to the server of the model it was routed to.
+
 use std::fmt;
 use std::future::Future;
+use std::path::Path;
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use http::header::{self, HeaderName};
-use http::uri::{PathAndQuery, Scheme};
+use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Request, Response, Uri};
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use rustls::RootCertStore;
+use rustls_pki_types::CertificateDer;
+use rustls_pki_types::pem::PemObject;
 use tower::Service;
 
-/// The client for the upstream LLM server, as a tower [`Service`].
-///
-/// It sends each request to the same path on the upstream, with the client's
-/// credentials removed (they identify the caller to the gateway, not to the
-/// upstream) and the gateway's own (`UPSTREAM_API_KEY`, when set) added. The
-/// response body is passed through frame by frame, never buffered. Waiting
-/// for the response head is bounded by a timeout; the body is not, since a
-/// long answer streams for as long as it takes.
-#[derive(Clone)]
-pub struct Upstream {
-    client: Client<HttpConnector, Body>,
-    scheme: Scheme,
-    authority: http::uri::Authority,
-    base_path: String,
-    api_key: Option<HeaderValue>,
-    timeout: Duration,
+use crate::metered::{MeterSpec, Metered};
+use crate::models::{ModelRoute, Provider, Target};
+
+/// How long the gateway waits for an upstream connection, TLS handshake
+/// included.
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long an idle pooled connection to an upstream is kept.
+pub(crate) const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The `anthropic-version` sent when the client sends none.
+pub(crate) const ANTHROPIC_VERSION: &str = "2023-06-01";
+
+/// The timeouts of an upstream client.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Timeouts {
+    pub(crate) connect: Duration,
+    pub(crate) head: Duration,
+    pub(crate) idle: Duration,
 }
 
-impl fmt::Debug for Upstream {
+/// One upstream server: a pooled client for its base URL, over https
+/// (rustls; HTTP/2 when ALPN offers it, else HTTP/1.1) or plain http.
+#[derive(Clone)]
+pub(crate) struct Endpoint {
+    client: Client<HttpsConnector<HttpConnector>, Body>,
+    scheme: Scheme,
+    authority: Authority,
+    base_path: Arc<str>,
+    head_timeout: Duration,
+}
+
+impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Upstream")
-            .field("authority", &self.authority)
-            .field("base_path", &self.base_path)
-            .field("timeout", &self.timeout)
-            .finish_non_exhaustive()
+        write!(f, "{}://{}{}", self.scheme, self.authority, self.base_path)
     }
+}
+
+/// Why an upstream can't be set up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EndpointError(pub(crate) String);
+
+impl fmt::Display for EndpointError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl Endpoint {
+    /// A client for the server at `base_url` (`http[s]://host[:port][/prefix]`),
+    /// trusting the platform's roots, the webpki roots and the certificates
+    /// of `extra_ca` (a PEM file), if given.
+    pub(crate) fn new(
+        base_url: &str,
+        extra_ca: Option<&Path>,
+        timeouts: Timeouts,
+    ) -> Result<Self, EndpointError> {
+        let bad = |why: &str| EndpointError(format!("base_url {base_url}: {why}"));
+        let uri: Uri = base_url.parse().map_err(|e| bad(&format!("{e}")))?;
+        let scheme = match uri.scheme_str() {
+            Some("http") => Scheme::HTTP,
+            Some("https") => Scheme::HTTPS,
+            _ => return Err(bad("expected an http:// or https:// URL")),
+        };
+        let authority = uri.authority().cloned().ok_or_else(|| bad("no host"))?;
+        if uri.query().is_some() {
+            return Err(bad("a base URL has no query"));
+        }
+        let tls = tls_config(extra_ca)?;
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_nodelay(true);
+        http.set_connect_timeout(Some(timeouts.connect));
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_all_versions()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(timeouts.idle)
+            .build(connector);
+        Ok(Self {
+            client,
+            scheme,
+            authority,
+            base_path: uri.path().trim_end_matches('/').into(),
+            head_timeout: timeouts.head,
+        })
+    }
+
+    /// The upstream URI for a client's path: the base path, then the
+    /// client's path, without doubling a `/v1` the base URL already ends
+    /// with.
+    fn uri(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+        let rest = if self.base_path.ends_with("/v1")
+            && (path_and_query.starts_with("/v1/") || path_and_query.starts_with("/v1?"))
+        {
+            &path_and_query[3..]
+        } else {
+            path_and_query
+        };
+        let path_and_query: PathAndQuery = format!("{}{}", self.base_path, rest).parse()?;
+        Ok(Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query(path_and_query)
+            .build()?)
+    }
+}
+
+/// The roots every upstream client trusts: the platform's and webpki's,
+/// loaded once.
+fn base_roots() -> &'static RootCertStore {
+    static ROOTS: OnceLock<RootCertStore> = OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let mut roots = RootCertStore::empty();
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+        let native = rustls_native_certs::load_native_certs();
+        let (added, _ignored) = roots.add_parsable_certificates(native.certs);
+        tracing::debug!(native = added, "loaded the platform's root certificates");
+        roots
+    })
+}
+
+fn tls_config(extra_ca: Option<&Path>) -> Result<rustls::ClientConfig, EndpointError> {
+    let mut roots = base_roots().clone();
+    if let Some(path) = extra_ca {
+        let shown = path.display();
+        let certs = CertificateDer::pem_file_iter(path)
+            .map_err(|e| EndpointError(format!("tls_ca_file {shown}: {e}")))?
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| EndpointError(format!("tls_ca_file {shown}: {e}")))?;
+        if certs.is_empty() {
+            return Err(EndpointError(format!(
+                "tls_ca_file {shown}: no PEM certificate in it"
+            )));
+        }
+        for cert in certs {
+            roots
+                .add(cert)
+                .map_err(|e| EndpointError(format!("tls_ca_file {shown}: {e}")))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| EndpointError(format!("TLS setup: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
 }
 
 /// Why the upstream gave no response.
@@ -47,92 +180,116 @@ impl fmt::Debug for Upstream {
 pub enum UpstreamError {
     /// No response head within the timeout.
     Timeout,
+    /// The TLS handshake with the upstream failed (an unknown CA, a name
+    /// the certificate doesn't hold, a refused handshake).
+    Tls(hyper_util::client::legacy::Error),
     /// The connection failed or broke before a response head.
     Transport(hyper_util::client::legacy::Error),
     /// The request could not be addressed to the upstream.
     Request(http::Error),
+    /// The request was not routed to a model (a gateway bug: the handlers
+    /// route every request they send).
+    Unrouted,
 }
 
 impl fmt::Display for UpstreamError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Timeout => f.write_str("the upstream did not answer in time"),
+            Self::Tls(e) => {
+                f.write_str("the TLS handshake with the upstream failed")?;
+                write_sources(f, e)
+            }
             Self::Transport(e) => {
                 write!(f, "the upstream could not be reached: {e}")?;
-                let mut source = std::error::Error::source(e);
-                while let Some(s) = source {
-                    write!(f, ": {s}")?;
-                    source = s.source();
-                }
-                Ok(())
+                write_sources(f, e)
             }
             Self::Request(e) => write!(f, "the upstream request is invalid: {e}"),
+            Self::Unrouted => f.write_str("the request was not routed to a model"),
         }
     }
 }
 
+fn write_sources(f: &mut fmt::Formatter<'_>, e: &dyn std::error::Error) -> fmt::Result {
+    let mut source = e.source();
+    while let Some(s) = source {
+        write!(f, ": {s}")?;
+        source = s.source();
+    }
+    Ok(())
+}
+
 impl std::error::Error for UpstreamError {}
 
-impl Upstream {
-    /// A client for the server at `base_url` (`http://host:port[/prefix]`).
-    pub fn new(base_url: &str, timeout: Duration) -> Result<Self, String> {
-        let uri: Uri = base_url
-            .parse()
-            .map_err(|e| format!("upstream URL {base_url}: {e}"))?;
-        let scheme = uri.scheme().cloned().unwrap_or(Scheme::HTTP);
-        if scheme != Scheme::HTTP {
-            return Err(format!(
-                "upstream URL {base_url}: only http:// upstreams are supported; \
-                 put a TLS-terminating proxy in front of an https:// one"
-            ));
+impl UpstreamError {
+    fn from_client(e: hyper_util::client::legacy::Error) -> Self {
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            if s.downcast_ref::<rustls::Error>().is_some() {
+                return Self::Tls(e);
+            }
+            source = s.source();
         }
-        let authority = uri
-            .authority()
-            .cloned()
-            .ok_or_else(|| format!("upstream URL {base_url}: no host"))?;
-        let api_key = std::env::var("UPSTREAM_API_KEY")
-            .ok()
-            .and_then(|k| HeaderValue::from_str(&format!("Bearer {k}")).ok())
-            .map(|mut v| {
-                v.set_sensitive(true);
-                v
-            });
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        Ok(Self {
-            client: Client::builder(TokioExecutor::new()).build(connector),
-            scheme,
-            authority,
-            base_path: uri.path().trim_end_matches('/').to_owned(),
-            api_key,
-            timeout,
-        })
+        Self::Transport(e)
     }
+}
 
-    fn upstream_request(&self, req: Request<Body>) -> Result<Request<Body>, http::Error> {
-        let (mut parts, body) = req.into_parts();
-        let path = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
-        let path_and_query: PathAndQuery = format!("{}{}", self.base_path, path).parse()?;
-        parts.uri = Uri::builder()
-            .scheme(self.scheme.clone())
-            .authority(self.authority.clone())
-            .path_and_query(path_and_query)
-            .build()?;
-        strip_hop_by_hop(&mut parts.headers);
-        for name in [
-            header::AUTHORIZATION,
-            header::COOKIE,
-            header::HOST,
-            HeaderName::from_static("x-api-key"),
-        ] {
-            parts.headers.remove(name);
-        }
-        if let Some(key) = &self.api_key {
-            parts.headers.insert(header::AUTHORIZATION, key.clone());
-        }
-        parts.version = http::Version::HTTP_11;
-        Ok(Request::from_parts(parts, body))
+/// The upstream clients as one tower [`Service`]: each request goes to the
+/// server of the model it was routed to (its [`Target`] extension), with
+/// the client's credentials removed (they identify the caller to the
+/// gateway, not to the upstream) and the model's own added, the way its
+/// provider wants them. The response body is passed through frame by frame,
+/// never buffered. Waiting for the response head is bounded by a timeout;
+/// the body is not, since a long answer streams for as long as it takes.
+#[derive(Debug, Clone, Default)]
+pub struct Upstream {
+    _private: (),
+}
+
+impl Upstream {
+    pub(crate) fn new() -> Self {
+        Self::default()
     }
+}
+
+/// The request as it goes to `route`'s server.
+pub(crate) fn upstream_request(
+    route: &ModelRoute,
+    req: Request<Body>,
+) -> Result<Request<Body>, http::Error> {
+    let (mut parts, body) = req.into_parts();
+    let path = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
+    parts.uri = route.endpoint.uri(path)?;
+    strip_hop_by_hop(&mut parts.headers);
+    for name in [
+        header::AUTHORIZATION,
+        header::COOKIE,
+        header::HOST,
+        HeaderName::from_static("x-api-key"),
+    ] {
+        parts.headers.remove(name);
+    }
+    let credential = route.credential.as_ref();
+    match route.provider {
+        Provider::OpenAi => {
+            if let Some(key) = credential {
+                parts.headers.insert(header::AUTHORIZATION, key.clone());
+            }
+        }
+        Provider::Anthropic => {
+            if let Some(key) = credential {
+                parts
+                    .headers
+                    .insert(HeaderName::from_static("x-api-key"), key.clone());
+            }
+            parts
+                .headers
+                .entry(HeaderName::from_static("anthropic-version"))
+                .or_insert(HeaderValue::from_static(ANTHROPIC_VERSION));
+        }
+    }
+    parts.version = http::Version::HTTP_11;
+    Ok(Request::from_parts(parts, body))
 }
 
 impl Service<Request<Body>> for Upstream {
@@ -141,23 +298,30 @@ impl Service<Request<Body>> for Upstream {
     type Future = Pin<Box<dyn Future<Output = Result<Response<Body>, UpstreamError>> + Send>>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        // The pooled client is always ready: it queues for a connection.
+        // The pooled clients are always ready: they queue for a connection.
         Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let client = self.client.clone();
-        let timeout = self.timeout;
-        let req = self.upstream_request(req);
+        let Some(Target(route)) = req.extensions().get::<Target>().cloned() else {
+            return Box::pin(async { Err(UpstreamError::Unrouted) });
+        };
+        let meter = req.extensions().get::<MeterSpec>().cloned();
+        let req = upstream_request(&route, req);
         Box::pin(async move {
             let req = req.map_err(UpstreamError::Request)?;
-            let res = tokio::time::timeout(timeout, client.request(req))
+            let endpoint = &route.endpoint;
+            let res = tokio::time::timeout(endpoint.head_timeout, endpoint.client.request(req))
                 .await
                 .map_err(|_| UpstreamError::Timeout)?
-                .map_err(UpstreamError::Transport)?;
+                .map_err(UpstreamError::from_client)?;
             let (mut parts, body) = res.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            Ok(Response::from_parts(parts, Body::new(body)))
+            let body = match meter {
+                Some(spec) => Metered::wrap(spec, &parts.headers, Body::new(body)),
+                None => Body::new(body),
+            };
+            Ok(Response::from_parts(parts, body))
         })
     }
 }
@@ -193,25 +357,46 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::ModelRoute;
 
-    #[test]
-    fn rewrites_the_address_and_drops_client_credentials() {
-        let up = Upstream::new("http://127.0.0.1:9/prefix/", Duration::from_secs(1));
-        let Ok(up) = up else {
+    const TIMEOUTS: Timeouts = Timeouts {
+        connect: Duration::from_secs(1),
+        head: Duration::from_secs(1),
+        idle: Duration::from_secs(1),
+    };
+
+    fn route(base_url: &str, provider: Provider, key: Option<&str>) -> ModelRoute {
+        let endpoint = Endpoint::new(base_url, None, TIMEOUTS);
+        let Ok(endpoint) = endpoint else {
             panic!("a valid upstream URL")
         };
+        ModelRoute::new("m", provider, endpoint, key)
+    }
+
+    fn request(route: &ModelRoute, uri: &str) -> Request<Body> {
         let req = Request::builder()
-            .uri("/v1/chat/completions?x=1")
+            .uri(uri)
             .header("authorization", "Bearer client-key")
             .header("x-api-key", "client-key")
             .header("connection", "x-private")
             .header("x-private", "1")
             .header("content-type", "application/json")
             .body(Body::empty())
-            .map(|r| up.upstream_request(r));
+            .map(|r| upstream_request(route, r));
         let Ok(Ok(req)) = req else {
             panic!("a valid request")
         };
+        req
+    }
+
+    #[test]
+    fn rewrites_the_address_and_swaps_the_credentials() {
+        let openai = route(
+            "http://127.0.0.1:9/prefix/",
+            Provider::OpenAi,
+            Some("sk-up"),
+        );
+        let req = request(&openai, "/v1/chat/completions?x=1");
         assert_eq!(
             req.uri(),
             "http://127.0.0.1:9/prefix/v1/chat/completions?x=1"
@@ -219,16 +404,56 @@ mod tests {
         assert!(req.headers().get("x-api-key").is_none());
         assert!(req.headers().get("x-private").is_none());
         assert_eq!(req.headers()["content-type"], "application/json");
-        assert!(
-            req.headers()
-                .get("authorization")
-                .is_none_or(|v| v != "Bearer client-key")
+        assert_eq!(req.headers()["authorization"], "Bearer sk-up");
+
+        let anthropic = route(
+            "https://api.example.com",
+            Provider::Anthropic,
+            Some("ak-up"),
         );
+        let req = request(&anthropic, "/v1/messages");
+        assert_eq!(req.uri(), "https://api.example.com/v1/messages");
+        assert!(req.headers().get("authorization").is_none());
+        assert_eq!(req.headers()["x-api-key"], "ak-up");
+        assert_eq!(req.headers()["anthropic-version"], ANTHROPIC_VERSION);
+
+        let keyless = route("http://127.0.0.1:9", Provider::OpenAi, None);
+        let req = request(&keyless, "/v1/models");
+        assert!(req.headers().get("authorization").is_none());
+        assert!(req.headers().get("x-api-key").is_none());
+    }
+
+    #[test]
+    fn never_doubles_v1() {
+        for base in ["http://h/v1", "http://h/v1/"] {
+            let r = route(base, Provider::OpenAi, None);
+            assert_eq!(
+                request(&r, "/v1/chat/completions").uri(),
+                "http://h/v1/chat/completions"
+            );
+        }
+        let r = route("http://h/openai/v1", Provider::OpenAi, None);
+        assert_eq!(
+            request(&r, "/v1/embeddings").uri(),
+            "http://h/openai/v1/embeddings"
+        );
+        let r = route("http://h/api", Provider::OpenAi, None);
+        assert_eq!(request(&r, "/v1/models").uri(), "http://h/api/v1/models");
     }
 
     #[test]
     fn refuses_what_it_cannot_reach() {
-        assert!(Upstream::new("https://api.example.com", Duration::from_secs(1)).is_err());
-        assert!(Upstream::new("not a url", Duration::from_secs(1)).is_err());
+        assert!(Endpoint::new("ftp://api.example.com", None, TIMEOUTS).is_err());
+        assert!(Endpoint::new("not a url", None, TIMEOUTS).is_err());
+        assert!(Endpoint::new("https://h/v1?x=1", None, TIMEOUTS).is_err());
+        assert!(
+            Endpoint::new(
+                "https://h",
+                Some(Path::new("/nonexistent/ca.pem")),
+                TIMEOUTS
+            )
+            .is_err()
+        );
+        assert!(Endpoint::new("https://api.example.com/v1", None, TIMEOUTS).is_ok());
     }
 }

@@ -1,0 +1,162 @@
+//! Who may call: the configured client keys (with their tiers and budgets)
+//! and the admin token.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use http::{HeaderMap, StatusCode, header};
+use sha2::{Digest, Sha256};
+use tower_ai_core::key::Tier;
+use tower_ai_core::reject::Refusal;
+
+use crate::config::Secret;
+use crate::file::{Budget, KeyConfig};
+use crate::respond::openai_error;
+
+/// The SHA-256 digest of a key.
+pub(crate) fn digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
+
+/// A configured client key, as requests carry it in their extensions once
+/// it was checked.
+#[derive(Debug)]
+pub(crate) struct Caller {
+    /// The key's name in the config: safe as a label, never the key.
+    pub(crate) name: Arc<str>,
+    pub(crate) tier: Option<Tier>,
+    pub(crate) budget: Option<Budget>,
+}
+
+/// The checked caller of a request.
+#[derive(Debug, Clone)]
+pub(crate) struct CallerExt(pub(crate) Arc<Caller>);
+
+/// The key table and the admin token.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Auth {
+    keys: Arc<HashMap<[u8; 32], Arc<Caller>>>,
+    /// In the config's order, for `/admin/keys`.
+    callers: Arc<[Arc<Caller>]>,
+    admin: Option<[u8; 32]>,
+}
+
+impl Auth {
+    pub(crate) fn new(keys: &[KeyConfig], admin: Option<&Secret>) -> Self {
+        let callers: Vec<(_, Arc<Caller>)> = keys
+            .iter()
+            .map(|k| {
+                (
+                    k.sha256,
+                    Arc::new(Caller {
+                        name: k.name.as_str().into(),
+                        tier: k.tier.as_deref().map(Tier::new),
+                        budget: k.budget,
+                    }),
+                )
+            })
+            .collect();
+        Self {
+            callers: callers.iter().map(|(_, c)| c.clone()).collect(),
+            keys: Arc::new(callers.into_iter().collect()),
+            admin: admin.map(|t| digest(t.expose())),
+        }
+    }
+
+    /// The configured keys, in order.
+    pub(crate) fn callers(&self) -> &[Arc<Caller>] {
+        &self.callers
+    }
+
+    fn caller(&self, headers: &HeaderMap) -> Option<&Arc<Caller>> {
+        let key = presented_key(headers)?;
+        self.keys.get(&digest(key))
+    }
+
+    fn is_admin(&self, headers: &HeaderMap) -> bool {
+        match &self.admin {
+            None => true,
+            Some(token) => bearer(headers).is_some_and(|t| digest(t) == *token),
+        }
+    }
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty()).then_some(token)
+}
+
+/// The client's key: `Authorization: Bearer`, else `x-api-key` (what
+/// Anthropic's SDKs send).
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    bearer(headers).or_else(|| {
+        headers
+            .get("x-api-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|k| !k.is_empty())
+    })
+}
+
+/// The middleware: `/admin/*` needs the admin token (when configured);
+/// `/v1/*` needs a configured key (when any is configured), whose tier and
+/// budget then go with the request.
+pub(crate) async fn check(State(auth): State<Auth>, mut req: Request, next: Next) -> Response {
+    let path = req.uri().path();
+    if path.starts_with("/admin/") || path == "/admin" {
+        if !auth.is_admin(req.headers()) {
+            return unauthorized("the admin API needs `Authorization: Bearer <admin token>`");
+        }
+    } else if path.starts_with("/v1/") && !auth.keys.is_empty() {
+        let Some(caller) = auth.caller(req.headers()).cloned() else {
+            return unauthorized(
+                "a valid API key is needed: `Authorization: Bearer <key>` or `x-api-key: <key>`",
+            );
+        };
+        if let Some(tier) = &caller.tier {
+            req.extensions_mut().insert(tier.clone());
+        }
+        req.extensions_mut().insert(CallerExt(caller));
+    }
+    next.run(req).await
+}
+
+fn unauthorized(message: &str) -> Response {
+    openai_error(
+        Refusal::new(StatusCode::UNAUTHORIZED).header(
+            header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer"),
+        ),
+        "invalid_request_error",
+        Some("invalid_api_key"),
+        message,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_key_from_either_header() {
+        let mut h = HeaderMap::new();
+        h.insert("x-api-key", "  k1 ".parse().unwrap_or_else(|_| panic!()));
+        assert_eq!(presented_key(&h), Some("k1"));
+        h.insert(
+            "authorization",
+            "bearer k2".parse().unwrap_or_else(|_| panic!()),
+        );
+        assert_eq!(presented_key(&h), Some("k2"));
+        h.insert(
+            "authorization",
+            "Basic xyz".parse().unwrap_or_else(|_| panic!()),
+        );
+        assert_eq!(bearer(&h), None);
+        assert_eq!(presented_key(&h), Some("k1"));
+    }
+}

@@ -1,0 +1,612 @@
+//! The config file: its TOML schema, and the checks that refuse a bad file
+//! at start with the line and the reason.
+
+use std::collections::HashSet;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use crate::config::{CacheTtls, Config, ConfigError, Secret};
+use crate::models::{Price, Provider};
+
+/// One `[[models]]` entry.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ModelConfig {
+    /// What clients ask for.
+    pub name: String,
+    /// How the server is spoken to.
+    pub provider: Provider,
+    /// The server's base URL (with or without a trailing `/v1`).
+    pub base_url: String,
+    /// The provider key, read from the environment variable the file names.
+    pub api_key: Option<Secret>,
+    /// The name sent upstream, when it differs.
+    pub upstream_model: Option<String>,
+    /// An extra trusted root certificate (PEM), for private deployments.
+    pub tls_ca_file: Option<PathBuf>,
+    /// USD per million tokens, for budgets and the spend metric.
+    pub price: Option<Price>,
+}
+
+/// One `[[keys]]` entry: a client key the gateway serves.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct KeyConfig {
+    /// The key's label in `/admin/keys` and metrics (default `key-N`).
+    pub name: String,
+    /// The SHA-256 digest of the key (the file may hold either).
+    pub sha256: [u8; 32],
+    /// The tier whose limits apply.
+    pub tier: Option<String>,
+    /// A spend limit, counted across every replica.
+    pub budget: Option<Budget>,
+}
+
+/// A spend limit.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Budget {
+    /// US dollars per period.
+    pub usd: f64,
+    /// The period, a fixed UTC window.
+    pub per: Period,
+}
+
+/// The window a budget counts over; each starts on the UTC boundary
+/// (weeks on Monday).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Period {
+    /// A minute.
+    Minute,
+    /// An hour.
+    Hour,
+    /// A day.
+    Day,
+    /// A week, from Monday 00:00 UTC.
+    Week,
+}
+
+impl Period {
+    /// The window's length.
+    pub fn length(&self) -> Duration {
+        Duration::from_secs(match self {
+            Self::Minute => 60,
+            Self::Hour => 3_600,
+            Self::Day => 86_400,
+            Self::Week => 7 * 86_400,
+        })
+    }
+
+    /// Where the windows are aligned, in seconds after the Unix epoch (a
+    /// Thursday: weeks start four days later, on a Monday).
+    pub fn offset(&self) -> u64 {
+        match self {
+            Self::Week => 4 * 86_400,
+            _ => 0,
+        }
+    }
+
+    /// `minute`, `hour`, `day` or `week`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Minute => "minute",
+            Self::Hour => "hour",
+            Self::Day => "day",
+            Self::Week => "week",
+        }
+    }
+}
+
+/// One `[[limits]]` entry: replaces the built-in limits of a route (for
+/// one tier, or for all).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct LimitConfig {
+    /// The path prefix it applies to.
+    pub route: String,
+    /// The tier it applies to; every tier when absent.
+    pub tier: Option<String>,
+    /// Requests: a bucket of `capacity`, refilled at a rate.
+    pub requests: Option<Bucket>,
+    /// LLM tokens, estimated before the call and reconciled after.
+    pub tokens: Option<Bucket>,
+}
+
+/// A token bucket.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct Bucket {
+    /// How many fit.
+    pub capacity: u64,
+    /// Refilled per second.
+    pub per_second: f64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    listen: Option<Spanned<String>>,
+    redis: Option<Vec<String>>,
+    admin: Option<AdminFile>,
+    #[serde(default)]
+    models: Vec<ModelFile>,
+    #[serde(default)]
+    keys: Vec<KeyFile>,
+    #[serde(default)]
+    limits: Vec<LimitFile>,
+    cache: Option<CacheFile>,
+    upstream_timeout_ms: Option<u64>,
+    connect_timeout_ms: Option<u64>,
+    circuit_open_wait_ms: Option<u64>,
+    sse_heartbeat_ms: Option<u64>,
+    secure_cookies: Option<bool>,
+    mock_token_delay_ms: Option<u64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdminFile {
+    token_env: Spanned<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ModelFile {
+    name: Spanned<String>,
+    provider: Provider,
+    base_url: Spanned<String>,
+    api_key_env: Option<Spanned<String>>,
+    upstream_model: Option<String>,
+    tls_ca_file: Option<Spanned<PathBuf>>,
+    price: Option<Spanned<Price>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KeyFile {
+    name: Option<String>,
+    key: Option<Spanned<String>>,
+    key_sha256: Option<Spanned<String>>,
+    tier: Option<String>,
+    budget: Option<Spanned<Budget>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitFile {
+    route: Spanned<String>,
+    tier: Option<String>,
+    requests: Option<Spanned<BucketFile>>,
+    tokens: Option<Spanned<BucketFile>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BucketFile {
+    capacity: u64,
+    per_second: Option<f64>,
+    per_minute: Option<f64>,
+    per_hour: Option<f64>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CacheFile {
+    chat_ttl_s: Option<u64>,
+    completions_ttl_s: Option<u64>,
+    embeddings_ttl_s: Option<u64>,
+    responses_ttl_s: Option<u64>,
+    messages_ttl_s: Option<u64>,
+}
+
+/// Reads a config file over `config`. `env` looks up the environment
+/// variables the file names.
+pub(crate) fn apply(
+    config: &mut Config,
+    path: &Path,
+    text: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    let shown = path.display().to_string();
+    let file: File = toml::from_str(text).map_err(|e| ConfigError::File {
+        path: shown.clone(),
+        line: e.span().map(|s| line_of(text, s.start)),
+        reason: e.message().to_owned(),
+    })?;
+    let fail = |span: Range<usize>, reason: String| ConfigError::File {
+        path: shown.clone(),
+        line: Some(line_of(text, span.start)),
+        reason,
+    };
+    let base = path.parent().unwrap_or(Path::new("."));
+
+    if let Some(listen) = file.listen {
+        config.listen = listen
+            .get_ref()
+            .parse()
+            .map_err(|e| fail(listen.span(), format!("listen {}: {e}", listen.get_ref())))?;
+    }
+    if let Some(redis) = file.redis {
+        config.redis = redis;
+    }
+    if let Some(admin) = file.admin {
+        let name = admin.token_env.get_ref();
+        let token = env(name).filter(|t| !t.is_empty()).ok_or_else(|| {
+            fail(
+                admin.token_env.span(),
+                format!("admin.token_env: the environment variable {name} is not set"),
+            )
+        })?;
+        config.admin_token = Some(Secret::new(token));
+    }
+
+    let mut names = HashSet::new();
+    for model in file.models {
+        let name = model.name.get_ref().trim().to_owned();
+        if name.is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
+            return Err(fail(
+                model.name.span(),
+                "a model name is 1 to 256 characters, without control characters".into(),
+            ));
+        }
+        if !names.insert(name.clone()) {
+            return Err(fail(
+                model.name.span(),
+                format!("the model {name} is listed twice"),
+            ));
+        }
+        let url = model.base_url.get_ref();
+        if !(url.starts_with("http://") || url.starts_with("https://")) {
+            return Err(fail(
+                model.base_url.span(),
+                format!("base_url {url}: expected an http:// or https:// URL"),
+            ));
+        }
+        let api_key = match &model.api_key_env {
+            None => None,
+            Some(var) => {
+                let key = env(var.get_ref()).filter(|k| !k.is_empty()).ok_or_else(|| {
+                    fail(
+                        var.span(),
+                        format!(
+                            "model {name}: the environment variable {} (api_key_env) is not set",
+                            var.get_ref()
+                        ),
+                    )
+                })?;
+                Some(Secret::new(key))
+            }
+        };
+        let tls_ca_file = match model.tls_ca_file {
+            None => None,
+            Some(file) => {
+                let resolved = base.join(file.get_ref());
+                if !resolved.is_file() {
+                    return Err(fail(
+                        file.span(),
+                        format!("tls_ca_file {}: no such file", resolved.display()),
+                    ));
+                }
+                Some(resolved)
+            }
+        };
+        let price = match model.price {
+            None => None,
+            Some(price) => {
+                let p = *price.get_ref();
+                if !(p.input_per_mtok >= 0.0 && p.output_per_mtok >= 0.0)
+                    || !p.input_per_mtok.is_finite()
+                    || !p.output_per_mtok.is_finite()
+                {
+                    return Err(fail(
+                        price.span(),
+                        "a price is zero or more dollars per million tokens".into(),
+                    ));
+                }
+                Some(p)
+            }
+        };
+        config.models.push(ModelConfig {
+            name,
+            provider: model.provider,
+            base_url: url.clone(),
+            api_key,
+            upstream_model: model.upstream_model,
+            tls_ca_file,
+            price,
+        });
+    }
+
+    let mut digests = HashSet::new();
+    for (i, key) in file.keys.into_iter().enumerate() {
+        let sha256 = match (&key.key, &key.key_sha256) {
+            (Some(k), None) => {
+                if k.get_ref().is_empty() {
+                    return Err(fail(k.span(), "an empty key".into()));
+                }
+                crate::auth::digest(k.get_ref())
+            }
+            (None, Some(hex)) => parse_hex32(hex.get_ref()).ok_or_else(|| {
+                fail(
+                    hex.span(),
+                    "key_sha256 is the key's SHA-256 digest: 64 hex digits".into(),
+                )
+            })?,
+            (Some(k), Some(_)) => {
+                return Err(fail(k.span(), "give key or key_sha256, not both".into()));
+            }
+            (None, None) => {
+                return Err(ConfigError::File {
+                    path: shown.clone(),
+                    line: None,
+                    reason: format!("keys[{i}]: give key or key_sha256"),
+                });
+            }
+        };
+        let span = key
+            .key
+            .as_ref()
+            .map(Spanned::span)
+            .or_else(|| key.key_sha256.as_ref().map(Spanned::span))
+            .unwrap_or_default();
+        if !digests.insert(sha256) {
+            return Err(fail(span, "this key is listed twice".into()));
+        }
+        let budget = match key.budget {
+            None => None,
+            Some(budget) => {
+                let b = *budget.get_ref();
+                if !(b.usd.is_finite() && b.usd >= 0.0) {
+                    return Err(fail(
+                        budget.span(),
+                        "a budget is zero or more dollars".into(),
+                    ));
+                }
+                Some(b)
+            }
+        };
+        config.keys.push(KeyConfig {
+            name: key.name.unwrap_or_else(|| format!("key-{}", i + 1)),
+            sha256,
+            tier: key.tier,
+            budget,
+        });
+    }
+
+    for limit in file.limits {
+        let route = limit.route.get_ref();
+        if !route.starts_with('/') {
+            return Err(fail(
+                limit.route.span(),
+                format!("route {route}: a path prefix starts with /"),
+            ));
+        }
+        if limit.requests.is_none() && limit.tokens.is_none() {
+            return Err(fail(
+                limit.route.span(),
+                format!("route {route}: give requests, tokens or both"),
+            ));
+        }
+        let bucket = |b: Option<Spanned<BucketFile>>| -> Result<Option<Bucket>, ConfigError> {
+            let Some(b) = b else { return Ok(None) };
+            let span = b.span();
+            let f = b.into_inner();
+            let rate = match (f.per_second, f.per_minute, f.per_hour) {
+                (Some(r), None, None) => r,
+                (None, Some(r), None) => r / 60.0,
+                (None, None, Some(r)) => r / 3_600.0,
+                _ => {
+                    return Err(fail(
+                        span,
+                        "give exactly one of per_second, per_minute and per_hour".into(),
+                    ));
+                }
+            };
+            if f.capacity == 0 || !(rate.is_finite() && rate > 0.0) {
+                return Err(fail(
+                    span,
+                    "a limit needs a capacity of at least 1 and a rate above 0".into(),
+                ));
+            }
+            Ok(Some(Bucket {
+                capacity: f.capacity,
+                per_second: rate,
+            }))
+        };
+        config.limits.push(LimitConfig {
+            route: route.clone(),
+            tier: limit.tier,
+            requests: bucket(limit.requests)?,
+            tokens: bucket(limit.tokens)?,
+        });
+    }
+
+    if let Some(cache) = file.cache {
+        let secs = |v: Option<u64>, default: Duration| v.map_or(default, Duration::from_secs);
+        let d = CacheTtls::default();
+        config.cache = CacheTtls {
+            chat: secs(cache.chat_ttl_s, d.chat),
+            completions: secs(cache.completions_ttl_s, d.completions),
+            embeddings: secs(cache.embeddings_ttl_s, d.embeddings),
+            responses: secs(cache.responses_ttl_s, d.responses),
+            messages: secs(cache.messages_ttl_s, d.messages),
+        };
+    }
+    let millis = Duration::from_millis;
+    if let Some(v) = file.upstream_timeout_ms {
+        config.upstream_timeout = millis(v);
+    }
+    if let Some(v) = file.connect_timeout_ms {
+        config.connect_timeout = millis(v);
+    }
+    if let Some(v) = file.circuit_open_wait_ms {
+        config.circuit_open_wait = millis(v);
+    }
+    if let Some(v) = file.sse_heartbeat_ms {
+        config.sse_heartbeat = millis(v);
+    }
+    if let Some(v) = file.mock_token_delay_ms {
+        config.mock_token_delay = millis(v);
+    }
+    if let Some(v) = file.secure_cookies {
+        config.secure_cookies = v;
+    }
+    Ok(())
+}
+
+fn line_of(text: &str, offset: usize) -> usize {
+    text.as_bytes()[..offset.min(text.len())]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
+}
+
+fn parse_hex32(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.trim().as_bytes();
+    if hex.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, pair) in hex.chunks_exact(2).enumerate() {
+        let text = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(text, 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "OPENAI_API_KEY" => Some("sk-up".into()),
+            "GATEWAY_ADMIN_TOKEN" => Some("admin-secret".into()),
+            _ => None,
+        }
+    }
+
+    fn read(text: &str) -> Result<Config, ConfigError> {
+        let mut config = Config::default();
+        apply(&mut config, Path::new("gateway.toml"), text, &env).map(|()| config)
+    }
+
+    const FULL: &str = r#"
+listen = "127.0.0.1:9090"
+redis = ["redis://127.0.0.1:6379"]
+
+[admin]
+token_env = "GATEWAY_ADMIN_TOKEN"
+
+[[models]]
+name = "gpt-4o-mini"
+provider = "openai"
+base_url = "https://api.openai.com/v1"
+api_key_env = "OPENAI_API_KEY"
+upstream_model = "gpt-4o-mini-2024-07-18"
+price = { input_per_mtok = 0.15, output_per_mtok = 0.60 }
+
+[[keys]]
+key = "sk-team-a"
+tier = "pro"
+budget = { usd = 5.0, per = "day" }
+
+[[keys]]
+key_sha256 = "0000000000000000000000000000000000000000000000000000000000000001"
+
+[[limits]]
+route = "/v1/chat/completions"
+tier = "pro"
+requests = { capacity = 100, per_second = 10.0 }
+tokens = { capacity = 200000, per_minute = 200000.0 }
+
+[cache]
+chat_ttl_s = 0
+"#;
+
+    #[test]
+    fn reads_every_key() {
+        let c = read(FULL);
+        let Ok(c) = c else {
+            panic!("a valid file: {c:?}")
+        };
+        assert_eq!(c.listen.port(), 9090);
+        assert_eq!(c.redis.len(), 1);
+        assert!(c.admin_token.is_some());
+        assert_eq!(c.models.len(), 1);
+        let m = &c.models[0];
+        assert_eq!(m.provider, Provider::OpenAi);
+        assert_eq!(m.api_key.as_ref().map(Secret::expose), Some("sk-up"));
+        assert_eq!(m.upstream_model.as_deref(), Some("gpt-4o-mini-2024-07-18"));
+        assert_eq!(c.keys.len(), 2);
+        assert_eq!(c.keys[0].sha256, crate::auth::digest("sk-team-a"));
+        assert_eq!(c.keys[0].tier.as_deref(), Some("pro"));
+        assert_eq!(c.keys[1].name, "key-2");
+        assert_eq!(c.keys[1].sha256[31], 1);
+        assert_eq!(c.limits[0].requests.map(|b| b.capacity), Some(100));
+        let per_second = c.limits[0].tokens.map(|b| b.per_second).unwrap_or_default();
+        assert!((per_second - 200_000.0 / 60.0).abs() < 1e-9);
+        assert_eq!(c.cache.chat, Duration::ZERO);
+        assert_eq!(c.cache.embeddings, CacheTtls::default().embeddings);
+        // Secrets never show in debug output.
+        assert!(!format!("{c:?}").contains("sk-up"));
+        assert!(!format!("{c:?}").contains("admin-secret"));
+    }
+
+    #[track_caller]
+    fn refused(text: &str, line: usize, says: &str) {
+        match read(text) {
+            Err(ConfigError::File {
+                line: Some(l),
+                reason,
+                ..
+            }) => {
+                assert_eq!(l, line, "{reason}");
+                assert!(reason.contains(says), "{reason}");
+            }
+            other => panic!("expected a refusal at line {line}: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn refuses_a_bad_file_with_the_line_and_the_reason() {
+        refused("listen = 5\n", 1, "string");
+        refused("\n\nfrobnicate = true\n", 3, "frobnicate");
+        refused(
+            "[[models]]\nname = \"m\"\nprovider = \"azure\"\nbase_url = \"http://h\"\n",
+            3,
+            "azure",
+        );
+        refused(
+            "[[models]]\nname = \"m\"\nprovider = \"openai\"\nbase_url = \"ftp://h\"\n",
+            4,
+            "http",
+        );
+        refused(
+            "[[models]]\nname = \"m\"\nprovider = \"openai\"\nbase_url = \"http://h\"\napi_key_env = \"NOPE\"\n",
+            5,
+            "NOPE",
+        );
+        refused("[admin]\ntoken_env = \"NOPE\"\n", 2, "NOPE");
+        refused("[[keys]]\nkey_sha256 = \"abc\"\n", 2, "64 hex");
+        refused(
+            "[[limits]]\nroute = \"/v1/\"\nrequests = { capacity = 5, per_second = 1.0, per_minute = 2.0 }\n",
+            3,
+            "exactly one",
+        );
+        refused("[[limits]]\nroute = \"/v1/\"\n", 2, "give requests");
+        refused(
+            "[[keys]]\nkey = \"a\"\nbudget = { usd = 1.0, per = \"fortnight\" }\n",
+            3,
+            "fortnight",
+        );
+    }
+}

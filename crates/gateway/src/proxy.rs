@@ -1,0 +1,239 @@
+//! The model endpoints: each request is routed to its model's server, with
+//! its budget reserved and its answer metered; `/v1/models`; and
+//! re-attaching to a stream, for its owner only.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
+use parking_lot::Mutex;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use tower::ServiceExt;
+use tower_ai_core::body::{ReadError, read_limited};
+use tower_ai_core::key::{ApiKey, KeyExtractor, KeyExtractorExt, PeerIp};
+use tower_ai_core::llm::ChatRequest;
+use tower_ai_core::reject::Refusal;
+
+use crate::auth::CallerExt;
+use crate::budget::Reserve;
+use crate::layers::Model;
+use crate::metered::MeterSpec;
+use crate::models::{ModelRoute, Target};
+use crate::owners::{Owner, unknown_stream};
+use crate::respond::{bad_request, openai_error, upstream_failed};
+use crate::upstream::Upstream;
+use crate::{AppState, MAX_CHAT_BODY};
+
+/// The output assumed for a budget estimate when the request sets no limit.
+const DEFAULT_OUTPUT: u64 = 1_024;
+
+/// `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings`,
+/// `/v1/responses` and `/v1/messages`: proxied to the model's server,
+/// streamed or not. The gateway doesn't translate between APIs: a model
+/// serves the endpoints its server speaks.
+pub(crate) async fn model_call(State(state): State<AppState>, req: Request) -> Response {
+    let started = Instant::now();
+    // The token-cost layer in front has read the body within
+    // `MAX_CHAT_BODY` (and refused a larger one with 413): this read can't
+    // be cut short.
+    let caller = req.extensions().get::<CallerExt>().cloned();
+    let owner = owner(&req, caller.as_ref());
+    let (mut parts, body) = req.into_parts();
+    let bytes = match read_limited(body, MAX_CHAT_BODY).await {
+        Ok(bytes) => bytes,
+        Err(ReadError::Failed(e)) => {
+            return bad_request(&format!("the request body could not be read: {e}"));
+        }
+        Err(e) => return bad_request(&e.to_string()),
+    };
+    let request = match ChatRequest::from_json(&bytes) {
+        Ok(request) => request,
+        Err(e) => return bad_request(&e.to_string()),
+    };
+    let Some(name) = request.model.as_deref() else {
+        return bad_request("the request needs a `model`");
+    };
+    if parts.uri.path() == "/v1/chat/completions" && request.messages == 0 {
+        return bad_request(
+            "a chat completion request needs a `model` and at least one message in `messages`",
+        );
+    }
+    let Some(route) = state.models.get(name).cloned() else {
+        return openai_error(
+            Refusal::new(StatusCode::NOT_FOUND),
+            "invalid_request_error",
+            Some("model_not_found"),
+            &format!("The model `{name}` does not exist or you do not have access to it."),
+        );
+    };
+
+    let key_label: Arc<str> = caller
+        .as_ref()
+        .map_or_else(|| Arc::from("-"), |c| c.0.name.clone());
+    // The budget: reserve the estimate before the call.
+    let mut reservation = None;
+    if let (Some(CallerExt(caller)), Some(price)) = (&caller, route.price)
+        && let Some(budget) = caller.budget
+    {
+        let output = request
+            .max_output_tokens
+            .unwrap_or(DEFAULT_OUTPUT)
+            .saturating_mul(u64::from(request.n));
+        let estimate = price.nanos(request.estimated_prompt_tokens(), output);
+        match state.budgets.reserve(&caller.name, budget, estimate).await {
+            Reserve::Granted(r) => reservation = Some(r),
+            Reserve::Refused { retry_after } => {
+                metrics::counter!("tower_ai_gateway_budget_refusals_total", "key" => caller.name.to_string())
+                    .increment(1);
+                return openai_error(
+                    Refusal::too_many_requests().retry_after(retry_after),
+                    "insufficient_quota",
+                    Some("insufficient_quota"),
+                    &format!(
+                        "This key has spent its budget of ${} per {}; it renews when the period ends.",
+                        budget.usd,
+                        budget.per.as_str()
+                    ),
+                );
+            }
+        }
+    }
+    let reservation = Arc::new(Mutex::new(reservation));
+
+    let body = match &route.upstream_model {
+        Some(upstream_model) => match renamed(&bytes, upstream_model) {
+            Some(body) => Body::from(body),
+            None => return bad_request("the request body is not a JSON object"),
+        },
+        None => Body::from(bytes),
+    };
+    // The breaker's key: the configured name (a client can't add keys),
+    // or, with no model table, the name asked for.
+    let breaker = if route.wildcard {
+        Arc::from(name)
+    } else {
+        route.name.clone()
+    };
+    parts.extensions.insert(Model(breaker));
+    parts.extensions.insert(MeterSpec {
+        model: route.name.clone(),
+        key: key_label.clone(),
+        price: route.price,
+        reservation: reservation.clone(),
+        budgets: state.budgets.clone(),
+        started,
+    });
+    parts.extensions.insert(Target(route.clone()));
+    let req = Request::from_parts(parts, body);
+
+    let res = state.upstream.clone().oneshot(req).await;
+    // Still reserved: no upstream answered (an open circuit, a failed
+    // connection), so nothing was spent.
+    let unspent = reservation.lock().take();
+    if let Some(unspent) = unspent {
+        state.budgets.settle(unspent, 0).await;
+    }
+    let res = match res {
+        Ok(res) => res.map(Body::new),
+        Err(e) => upstream_failed(&e),
+    };
+    metrics::counter!(
+        "tower_ai_gateway_model_requests_total",
+        "model" => route.name.to_string(),
+        "key" => key_label.to_string(),
+        "status" => res.status().as_u16().to_string()
+    )
+    .increment(1);
+    if let Some(stream) = res
+        .headers()
+        .get("x-stream-id")
+        .and_then(|v| v.to_str().ok())
+    {
+        state.owners.record(stream, owner).await;
+    }
+    res
+}
+
+/// The body with its `model` replaced by the name the upstream knows.
+fn renamed(bytes: &[u8], model: &str) -> Option<Vec<u8>> {
+    let mut object: serde_json::Map<String, Value> = serde_json::from_slice(bytes).ok()?;
+    object.insert("model".to_owned(), Value::String(model.to_owned()));
+    serde_json::to_vec(&object).ok()
+}
+
+/// Who owns what a request starts: its configured key, else its client key
+/// or address; a digest either way.
+fn owner<B>(req: &http::Request<B>, caller: Option<&CallerExt>) -> Owner {
+    let mut hasher = Sha256::new();
+    match caller {
+        Some(CallerExt(caller)) => {
+            hasher.update(b"key:");
+            hasher.update(caller.name.as_bytes());
+        }
+        None => {
+            hasher.update(b"client:");
+            if let Some(key) = ApiKey::new().or(PeerIp::new()).extract(req) {
+                hasher.update(key.to_bytes());
+            }
+        }
+    }
+    hasher.finalize().into()
+}
+
+/// `GET /v1/streams/{id}`: re-attaches to a stream, for the caller who
+/// started it; anyone else gets the answer for an unknown id.
+pub(crate) async fn stream(State(state): State<AppState>, req: Request) -> Response {
+    let id = req.uri().path().rsplit('/').next().unwrap_or_default();
+    let caller = req.extensions().get::<CallerExt>().cloned();
+    if !state.owners.allows(id, &owner(&req, caller.as_ref())).await {
+        return unknown_stream();
+    }
+    match state.streams.clone().oneshot(req).await {
+        Ok(res) => res.map(Body::new),
+        Err(never) => match never {},
+    }
+}
+
+/// `GET /v1/models`: the configured models, in OpenAI's list shape; with no
+/// model table, the upstream's own list.
+pub(crate) async fn list(State(state): State<AppState>, req: Request) -> Response {
+    if let Some(route) = state.models.wildcard()
+        && state.models.named().is_empty()
+    {
+        return upstream_list(route.clone(), req).await;
+    }
+    let data: Vec<Value> = state
+        .models
+        .named()
+        .iter()
+        .map(|m| {
+            json!({
+                "id": m.name.as_ref(),
+                "object": "model",
+                "created": 0,
+                "owned_by": m.provider.as_str(),
+            })
+        })
+        .collect();
+    axum::Json(json!({ "object": "list", "data": data })).into_response()
+}
+
+async fn upstream_list(route: Arc<ModelRoute>, req: Request) -> Response {
+    let (mut parts, _) = req.into_parts();
+    parts.extensions.insert(Target(route));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts
+        .headers
+        .insert(header::ACCEPT, HeaderValue::from_static("application/json"));
+    match Upstream::new()
+        .oneshot(Request::from_parts(parts, Body::empty()))
+        .await
+    {
+        Ok(res) => res,
+        Err(e) => upstream_failed(&e),
+    }
+}
