@@ -307,6 +307,20 @@ impl Config {
         })?;
         crate::file::apply(self, path, &text, &|name| std::env::var(name).ok())
     }
+
+    /// Reads config-file text over this config, as [`Config::read_file`]
+    /// does, but looks up the environment variables it names with `env`
+    /// (a secret store, a test's table) instead of the process environment.
+    /// `origin` names the file in errors; relative paths in it (such as
+    /// `tls_ca_file`) are read from the origin's folder.
+    pub fn read_toml(
+        &mut self,
+        text: &str,
+        origin: &Path,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<(), ConfigError> {
+        crate::file::apply(self, origin, text, &env)
+    }
 }
 
 fn millis(name: &str, v: &str) -> Result<u64, ConfigError> {

@@ -106,7 +106,12 @@ pub(crate) async fn model_call(State(state): State<AppState>, req: Request) -> R
 
     let body = match &route.upstream_model {
         Some(upstream_model) => match renamed(&bytes, upstream_model) {
-            Some(body) => Body::from(body),
+            Some(body) => {
+                parts
+                    .headers
+                    .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+                Body::from(body)
+            }
             None => return bad_request("the request body is not a JSON object"),
         },
         None => Body::from(bytes),

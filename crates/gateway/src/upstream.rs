@@ -223,15 +223,28 @@ impl std::error::Error for UpstreamError {}
 
 impl UpstreamError {
     fn from_client(e: hyper_util::client::legacy::Error) -> Self {
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            if s.downcast_ref::<rustls::Error>().is_some() {
-                return Self::Tls(e);
-            }
-            source = s.source();
+        if std::error::Error::source(&e).is_some_and(is_tls) {
+            Self::Tls(e)
+        } else {
+            Self::Transport(e)
         }
-        Self::Transport(e)
     }
+}
+
+/// Whether a rustls error is in the chain. rustls reports through
+/// (possibly nested) io::Errors, which hide their inner error from
+/// `source()`.
+fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
+    if e.downcast_ref::<rustls::Error>().is_some() {
+        return true;
+    }
+    if let Some(inner) = e
+        .downcast_ref::<std::io::Error>()
+        .and_then(std::io::Error::get_ref)
+    {
+        return is_tls(inner);
+    }
+    e.source().is_some_and(is_tls)
 }
 
 /// The upstream clients as one tower [`Service`]: each request goes to the
