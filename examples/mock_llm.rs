@@ -1,11 +1,13 @@
-//! A deterministic OpenAI-compatible upstream, for the gateway example and for trying things out.
+//! A deterministic OpenAI- and Anthropic-compatible upstream, for the gateway example and for
+//! trying things out.
 //!
 //! ```text
 //! cargo run --example mock_llm -- [--listen 127.0.0.1:8081] [--token-delay-ms 20]
 //! ```
 //!
 //! Prints the address it listens on to stdout, logs to stderr (`RUST_LOG`, default `info`),
-//! and stops on Ctrl-C. Routes: see the `mock-llm` crate.
+//! and stops on Ctrl-C. Routes (`/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`,
+//! `/v1/responses`, `/v1/messages`, `/v1/models`, `/admin/*`): see the `mock-llm` crate.
 
 use std::error::Error;
 use std::time::Duration;

@@ -135,7 +135,9 @@ async fn reaches_a_tls_upstream_with_its_ca_and_refuses_an_untrusted_one() {
     let dir = scratch();
     let ca = front.write_ca(&dir).expect("the CA file");
     std::fs::create_dir_all(dir.join("misnamed")).expect("a folder");
-    let misnamed_ca = misnamed.write_ca(dir.join("misnamed")).expect("the CA file");
+    let misnamed_ca = misnamed
+        .write_ca(dir.join("misnamed"))
+        .expect("the CA file");
     let gateway = gateway(&format!(
         r#"
 [[models]]
@@ -180,14 +182,21 @@ tls_ca_file = "{}"
     assert_eq!(all.last().map(|e| e.data.as_str()), Some("[DONE]"));
     assert!(all.len() > 3, "token by token: {}", all.len());
     // The upstream offered HTTP/2, and the gateway took it.
-    assert!(front.negotiated_count(b"h2") >= 1, "{:?}", front.negotiated());
+    assert!(
+        front.negotiated_count(b"h2") >= 1,
+        "{:?}",
+        front.negotiated()
+    );
     let last = mock.last_request().expect("the mock saw the calls");
     assert_eq!(
         last.authorization.as_deref(),
         Some("Bearer sk-provider-openai")
     );
 
-    for (model, cause) in [("untrusted", "UnknownIssuer"), ("misnamed", "not valid for name")] {
+    for (model, cause) in [
+        ("untrusted", "UnknownIssuer"),
+        ("misnamed", "not valid for name"),
+    ] {
         let body = test_support::chat::request("Hello?").model(model).json();
         let res = tokio::time::timeout(
             Duration::from_secs(20),
@@ -318,10 +327,13 @@ tokens = {{ capacity = 1000000, per_hour = 1.0 }}
             let first = post(&gateway, path, &key, &body(path, "alpha bravo", stream)).await;
             assert_eq!(first.status(), 200, "{path} stream={stream}");
             let after_first = header_u64(&first, "x-ratelimit-remaining-tokens");
+            let mut replayed_first = Vec::new();
             let usage = if stream {
                 let all = events(first).await;
+                replayed_first.clone_from(&all);
                 assert!(
-                    all.iter().any(|e| e.event != "message") == (path == "/v1/responses" || path == "/v1/messages"),
+                    all.iter().any(|e| e.event != "message")
+                        == (path == "/v1/responses" || path == "/v1/messages"),
                     "{path}: event names pass through: {:?}",
                     all.iter().map(|e| &e.event).collect::<Vec<_>>()
                 );
@@ -335,13 +347,39 @@ tokens = {{ capacity = 1000000, per_hour = 1.0 }}
             assert_eq!(second.status(), 200);
             let after_second = header_u64(&second, "x-ratelimit-remaining-tokens");
             let estimate = 1_000_000 - after_first;
-            assert!(estimate > usage, "{path}: estimate {estimate}, usage {usage}");
+            assert!(
+                estimate > usage,
+                "{path}: estimate {estimate}, usage {usage}"
+            );
             let charged = after_first - after_second;
             assert!(
                 charged.abs_diff(usage) <= 1,
                 "{path} stream={stream}: the first call was charged {charged}, its usage is {usage}"
             );
             let _ = second.bytes().await;
+            if stream {
+                // The same request again is a cache hit, replayed with the
+                // same events, named as the upstream named them.
+                let again = post(&gateway, path, &key, &body(path, "alpha bravo", stream)).await;
+                assert!(
+                    again
+                        .headers()
+                        .get("cache-status")
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(|v| v.contains("hit")),
+                    "{path}: {:?}",
+                    again.headers().get("cache-status")
+                );
+                let replay = events(again).await;
+                let names =
+                    |all: &[SseEvent]| all.iter().map(|e| e.event.clone()).collect::<Vec<_>>();
+                let first_names = names(&replayed_first);
+                assert_eq!(
+                    names(&replay),
+                    first_names,
+                    "{path}: the replay keeps the event names"
+                );
+            }
         }
     }
 
@@ -363,8 +401,30 @@ tokens = {{ capacity = 1000000, per_hour = 1.0 }}
     let last = mock.last_request().expect("the mock saw the call");
     assert_eq!(last.path, "/v1/chat/completions", "no doubled /v1");
     assert_eq!(last.model.as_deref(), Some("mock-mini"));
-    assert_eq!(last.authorization.as_deref(), Some("Bearer sk-provider-openai"));
+    assert_eq!(
+        last.authorization.as_deref(),
+        Some("Bearer sk-provider-openai")
+    );
     assert!(last.x_api_key.is_none());
+
+    // Per model, with the config's names as labels.
+    let metrics = reqwest::Client::new()
+        .get(format!("{}/metrics", gateway.url()))
+        .send()
+        .await
+        .expect("a response")
+        .text()
+        .await
+        .expect("text");
+    for series in [
+        "tower_ai_gateway_input_tokens_total{model=\"claude-3-5-haiku\",key=\"-\"}",
+        "tower_ai_gateway_output_tokens_total{model=\"gpt-4o-mini\",key=\"-\"}",
+        "tower_ai_gateway_time_to_first_token_seconds",
+        "tower_ai_gateway_request_duration_seconds",
+        "tower_ai_gateway_model_requests_total",
+    ] {
+        assert!(metrics.contains(series), "{series} in\n{metrics}");
+    }
 
     let endpoints = mock.endpoints();
     assert!(endpoints.chat > 0 && endpoints.completions > 0 && endpoints.embeddings > 0);
@@ -401,7 +461,9 @@ async fn models_are_listed_and_an_unknown_one_is_not_found() {
         &gateway,
         "/v1/chat/completions",
         "anyone",
-        &test_support::chat::request("Hi").model("gpt-5-ultra").json(),
+        &test_support::chat::request("Hi")
+            .model("gpt-5-ultra")
+            .json(),
     )
     .await;
     let doc = problem(res, 404).await;
@@ -489,7 +551,11 @@ requests = {{ capacity = 1, per_hour = 1.0 }}
         .expect("a response");
     let doc = problem(res, 401).await;
     assert_eq!(doc["error"]["code"], "invalid_api_key");
-    let doc = problem(post(&gateway, "/v1/chat/completions", "sk-nope", &chat(0)).await, 401).await;
+    let doc = problem(
+        post(&gateway, "/v1/chat/completions", "sk-nope", &chat(0)).await,
+        401,
+    )
+    .await;
     assert_eq!(doc["error"]["code"], "invalid_api_key");
     assert_eq!(mock.stats().requests, 0);
 
@@ -499,7 +565,11 @@ requests = {{ capacity = 1, per_hour = 1.0 }}
         assert_eq!(res.status(), 200);
         assert_eq!(header_u64(&res, "x-ratelimit-limit"), 3);
     }
-    problem(post(&gateway, "/v1/chat/completions", "sk-pro", &chat(4)).await, 429).await;
+    problem(
+        post(&gateway, "/v1/chat/completions", "sk-pro", &chat(4)).await,
+        429,
+    )
+    .await;
     // The key in x-api-key (as Anthropic's SDKs send it) works too.
     let res = client
         .post(format!("{}/v1/chat/completions", gateway.url()))
@@ -510,10 +580,17 @@ requests = {{ capacity = 1, per_hour = 1.0 }}
         .expect("a response");
     assert_eq!(res.status(), 200);
     assert_eq!(header_u64(&res, "x-ratelimit-limit"), 1);
-    problem(post(&gateway, "/v1/chat/completions", "sk-free", &chat(6)).await, 429).await;
+    problem(
+        post(&gateway, "/v1/chat/completions", "sk-free", &chat(6)).await,
+        429,
+    )
+    .await;
     // The client's key never reached the upstream.
     let last = mock.last_request().expect("the mock saw the calls");
-    assert_eq!(last.authorization.as_deref(), Some("Bearer sk-provider-openai"));
+    assert_eq!(
+        last.authorization.as_deref(),
+        Some("Bearer sk-provider-openai")
+    );
 
     // The admin API needs the admin token.
     for token in [None, Some("sk-pro"), Some("wrong")] {
@@ -588,7 +665,12 @@ requests = {{ capacity = 1000, per_second = 100.0 }}
     let burst = futures_util::future::join_all((0..6).map(|n| {
         let gateway = &replicas[n % 3];
         let body = chat(n);
-        async move { post(gateway, "/v1/chat/completions", "sk-capped", &body).await.status().as_u16() }
+        async move {
+            post(gateway, "/v1/chat/completions", "sk-capped", &body)
+                .await
+                .status()
+                .as_u16()
+        }
     }))
     .await;
     assert!(burst.contains(&200), "{burst:?}");
@@ -611,7 +693,13 @@ requests = {{ capacity = 1000, per_second = 100.0 }}
     assert!(refused_at > 100, "settled reservations made room");
     // Every replica refuses now, the same way.
     for (i, gateway) in replicas.iter().enumerate() {
-        let res = post(gateway, "/v1/chat/completions", "sk-capped", &chat(1_000 + i)).await;
+        let res = post(
+            gateway,
+            "/v1/chat/completions",
+            "sk-capped",
+            &chat(1_000 + i),
+        )
+        .await;
         let retry = header_u64(&res, "retry-after");
         assert!((1..=86_400).contains(&retry), "until the day ends: {retry}");
         let doc = problem(res, 429).await;
@@ -627,7 +715,9 @@ requests = {{ capacity = 1000, per_second = 100.0 }}
         .json()
         .await
         .expect("JSON");
-    let spent = keys["keys"][0]["budget"]["spent_usd"].as_f64().unwrap_or(0.0);
+    let spent = keys["keys"][0]["budget"]["spent_usd"]
+        .as_f64()
+        .unwrap_or(0.0);
     assert!((0.5..0.75).contains(&spent), "spent {spent}");
 }
 

@@ -44,10 +44,13 @@ redis.call('HSET', KEYS[1], 's', spent)
 return 1
 ";
 
+/// Each key's window and spend, counted on this replica.
+type Local = Mutex<HashMap<Arc<str>, (u64, u64)>>;
+
 /// The budget counters.
 #[derive(Debug, Clone)]
 pub(crate) struct Budgets {
-    memory: Arc<Mutex<HashMap<Arc<str>, (u64, u64)>>>,
+    memory: Arc<Local>,
     redis: Option<Shared>,
 }
 

@@ -4,7 +4,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use crate::DEFAULT_UPSTREAM_TIMEOUT;
-use crate::file::{KeyConfig, LimitConfig, ModelConfig};
+use crate::file::{KeyConfig, LimitConfig, ModelConfig, OtelConfig};
 use crate::upstream::DEFAULT_CONNECT_TIMEOUT;
 
 /// How a gateway is set up: from the command line, a config file
@@ -49,6 +49,8 @@ pub struct Config {
     pub admin_token: Option<Secret>,
     /// How long answers are cached, per route.
     pub cache: CacheTtls,
+    /// Where OpenTelemetry traces go, when anywhere.
+    pub otel: Option<OtelConfig>,
 }
 
 impl Default for Config {
@@ -68,6 +70,7 @@ impl Default for Config {
             limits: Vec::new(),
             admin_token: None,
             cache: CacheTtls::default(),
+            otel: None,
         }
     }
 }

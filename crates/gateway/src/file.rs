@@ -32,6 +32,23 @@ pub struct ModelConfig {
     pub price: Option<Price>,
 }
 
+/// `[otel]`: where traces go.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct OtelConfig {
+    /// The OTLP/HTTP collector's base URL (e.g. `http://127.0.0.1:4318`);
+    /// spans go to `{endpoint}/v1/traces`.
+    pub endpoint: String,
+    /// The `service.name` resource attribute (default `tower-ai-gateway`).
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+}
+
+fn default_service_name() -> String {
+    "tower-ai-gateway".to_owned()
+}
+
 /// One `[[keys]]` entry: a client key the gateway serves.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -142,6 +159,7 @@ struct File {
     #[serde(default)]
     limits: Vec<LimitFile>,
     cache: Option<CacheFile>,
+    otel: Option<Spanned<OtelConfig>>,
     upstream_timeout_ms: Option<u64>,
     connect_timeout_ms: Option<u64>,
     circuit_open_wait_ms: Option<u64>,
@@ -301,10 +319,8 @@ pub(crate) fn apply(
             None => None,
             Some(price) => {
                 let p = *price.get_ref();
-                if !(p.input_per_mtok >= 0.0 && p.output_per_mtok >= 0.0)
-                    || !p.input_per_mtok.is_finite()
-                    || !p.output_per_mtok.is_finite()
-                {
+                let valid = |v: f64| v.is_finite() && v >= 0.0;
+                if !(valid(p.input_per_mtok) && valid(p.output_per_mtok)) {
                     return Err(fail(
                         price.span(),
                         "a price is zero or more dollars per million tokens".into(),
@@ -438,6 +454,16 @@ pub(crate) fn apply(
             responses: secs(cache.responses_ttl_s, d.responses),
             messages: secs(cache.messages_ttl_s, d.messages),
         };
+    }
+    if let Some(otel) = file.otel {
+        let endpoint = &otel.get_ref().endpoint;
+        if !(endpoint.starts_with("http://") || endpoint.starts_with("https://")) {
+            return Err(fail(
+                otel.span(),
+                format!("otel.endpoint {endpoint}: expected an http:// or https:// URL"),
+            ));
+        }
+        config.otel = Some(otel.into_inner());
     }
     let millis = Duration::from_millis;
     if let Some(v) = file.upstream_timeout_ms {

@@ -30,6 +30,7 @@ mod owners;
 mod proxy;
 mod respond;
 mod routes;
+pub mod telemetry;
 mod upstream;
 
 use std::io;

@@ -24,6 +24,8 @@ const JSON_LIMIT: usize = 4 << 20;
 /// extensions.
 #[derive(Debug, Clone)]
 pub(crate) struct MeterSpec {
+    /// The call's span: it ends with the answer, and records its usage.
+    pub(crate) span: tracing::Span,
     /// The model's name in the config.
     pub(crate) model: Arc<str>,
     /// The key's name in the config (`-` without a key table).
@@ -126,8 +128,21 @@ impl Meter {
         let (model, key) = (spec.model.to_string(), spec.key.to_string());
         metrics::histogram!("tower_ai_gateway_request_duration_seconds", "model" => model.clone())
             .record(spec.started.elapsed().as_secs_f64());
+        if let Some(reason) = &summary.finish_reason {
+            spec.span.record(
+                "gen_ai.response.finish_reasons",
+                format!("{reason:?}").to_lowercase(),
+            );
+        }
+        if summary.error {
+            spec.span.record("error.type", "answer_error");
+        }
         let cost = match summary.usage {
             Some(usage) => {
+                spec.span
+                    .record("gen_ai.usage.input_tokens", usage.prompt_tokens);
+                spec.span
+                    .record("gen_ai.usage.output_tokens", usage.completion_tokens);
                 metrics::counter!("tower_ai_gateway_input_tokens_total", "model" => model.clone(), "key" => key.clone())
                     .increment(usage.prompt_tokens);
                 metrics::counter!("tower_ai_gateway_output_tokens_total", "model" => model.clone(), "key" => key.clone())

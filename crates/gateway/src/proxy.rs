@@ -17,6 +17,7 @@ use tower_ai_core::body::{ReadError, read_limited};
 use tower_ai_core::key::{ApiKey, KeyExtractor, KeyExtractorExt, PeerIp};
 use tower_ai_core::llm::ChatRequest;
 use tower_ai_core::reject::Refusal;
+use tracing::Instrument;
 
 use crate::auth::CallerExt;
 use crate::budget::Reserve;
@@ -124,7 +125,9 @@ pub(crate) async fn model_call(State(state): State<AppState>, req: Request) -> R
         route.name.clone()
     };
     parts.extensions.insert(Model(breaker));
+    let span = gen_ai_span(parts.uri.path(), &route, &request);
     parts.extensions.insert(MeterSpec {
+        span: span.clone(),
         model: route.name.clone(),
         key: key_label.clone(),
         price: route.price,
@@ -135,7 +138,12 @@ pub(crate) async fn model_call(State(state): State<AppState>, req: Request) -> R
     parts.extensions.insert(Target(route.clone()));
     let req = Request::from_parts(parts, body);
 
-    let res = state.upstream.clone().oneshot(req).await;
+    let res = state
+        .upstream
+        .clone()
+        .oneshot(req)
+        .instrument(span.clone())
+        .await;
     // Still reserved: no upstream answered (an open circuit, a failed
     // connection), so nothing was spent.
     let unspent = reservation.lock().take();
@@ -146,6 +154,9 @@ pub(crate) async fn model_call(State(state): State<AppState>, req: Request) -> R
         Ok(res) => res.map(Body::new),
         Err(e) => upstream_failed(&e),
     };
+    if !res.status().is_success() {
+        span.record("error.type", res.status().as_str());
+    }
     metrics::counter!(
         "tower_ai_gateway_model_requests_total",
         "model" => route.name.to_string(),
@@ -161,6 +172,32 @@ pub(crate) async fn model_call(State(state): State<AppState>, req: Request) -> R
         state.owners.record(stream, owner).await;
     }
     res
+}
+
+/// A span for one model call, with the OpenTelemetry GenAI semantic
+/// conventions' attributes; the usage is recorded when the answer ends.
+fn gen_ai_span(path: &str, route: &ModelRoute, request: &ChatRequest) -> tracing::Span {
+    let operation = match path {
+        "/v1/completions" => "text_completion",
+        "/v1/embeddings" => "embeddings",
+        _ => "chat",
+    };
+    tracing::info_span!(
+        "gen_ai",
+        otel.name = %format_args!("{operation} {}", route.name),
+        otel.kind = "client",
+        gen_ai.operation.name = operation,
+        gen_ai.provider.name = route.provider.as_str(),
+        gen_ai.system = route.provider.as_str(),
+        gen_ai.request.model = %route.name,
+        gen_ai.request.max_tokens = request.max_output_tokens,
+        gen_ai.request.stream = request.stream,
+        gen_ai.response.finish_reasons = tracing::field::Empty,
+        gen_ai.usage.input_tokens = tracing::field::Empty,
+        gen_ai.usage.output_tokens = tracing::field::Empty,
+        server.address = %route.endpoint.host(),
+        error.type = tracing::field::Empty,
+    )
 }
 
 /// The body with its `model` replaced by the name the upstream knows.

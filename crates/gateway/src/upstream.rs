@@ -112,6 +112,11 @@ impl Endpoint {
         })
     }
 
+    /// The server's host, for traces.
+    pub(crate) fn host(&self) -> &str {
+        self.authority.host()
+    }
+
     /// The upstream URI for a client's path: the base path, then the
     /// client's path, without doubling a `/v1` the base URL already ends
     /// with.
@@ -124,11 +129,11 @@ impl Endpoint {
             path_and_query
         };
         let path_and_query: PathAndQuery = format!("{}{}", self.base_path, rest).parse()?;
-        Ok(Uri::builder()
+        Uri::builder()
             .scheme(self.scheme.clone())
             .authority(self.authority.clone())
             .path_and_query(path_and_query)
-            .build()?)
+            .build()
     }
 }
 

@@ -1,354 +1,117 @@
-//! Parsing a chat request and answering it deterministically.
+//! Predicting the mock's answers: what a route will say to a request, without sending it.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-/// The words answers are made of. Changing this list changes every answer.
-const WORDS: [&str; 64] = [
-    "the",
-    "quick",
-    "brown",
-    "fox",
-    "jumps",
-    "over",
-    "lazy",
-    "dog",
-    "a",
-    "model",
-    "token",
-    "stream",
-    "answer",
-    "cache",
-    "limit",
-    "rate",
-    "tower",
-    "layer",
-    "service",
-    "request",
-    "response",
-    "upstream",
-    "gateway",
-    "circuit",
-    "breaker",
-    "session",
-    "relay",
-    "event",
-    "data",
-    "chunk",
-    "usage",
-    "prompt",
-    "completion",
-    "mock",
-    "deterministic",
-    "hash",
-    "seed",
-    "random",
-    "word",
-    "list",
-    "future",
-    "poll",
-    "ready",
-    "body",
-    "frame",
-    "header",
-    "status",
-    "error",
-    "retry",
-    "budget",
-    "window",
-    "bucket",
-    "refill",
-    "burst",
-    "latency",
-    "queue",
-    "worker",
-    "socket",
-    "server",
-    "client",
-    "redis",
-    "script",
-    "cluster",
-    "replica",
-];
+use crate::anthropic::MessagesRequest;
+use crate::chat::ChatRequest;
+use crate::completions::CompletionRequest;
+use crate::embeddings;
+use crate::responses::ResponsesRequest;
 
-/// The shortest and longest answers, in tokens, before `max_tokens`.
-const MIN_TOKENS: u64 = 8;
-const MAX_TOKENS: u64 = 40;
-
-/// Top-level request fields that do not change the answer's text: how it is delivered
-/// (`stream`, `stream_options`) and where it is cut (`max_tokens`, `max_completion_tokens`), so
-/// that a streamed answer equals the non-streamed one and a truncated answer is a prefix of the
-/// full one.
-const NOT_HASHED: [&str; 4] = [
-    "stream",
-    "stream_options",
-    "max_tokens",
-    "max_completion_tokens",
-];
-
-/// Estimated prompt tokens added per message (role and framing).
-const TOKENS_PER_MESSAGE: u64 = 4;
-
-/// The mock's answer to a chat request, as [`answer`] computes it.
+/// The mock's answer to a request, as [`answer`] and [`answer_for`] compute it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Answer {
-    /// The assistant message: the concatenated tokens, each a word with its leading space.
+    /// The answer's text: the concatenated tokens, each a word with its leading space.
     pub content: String,
-    /// `"stop"`, or `"length"` when `max_tokens`/`max_completion_tokens` cut the answer.
+    /// How the answer ended, in the words of the route's API: `"stop"` or `"length"` (chat and
+    /// completions `finish_reason`), `"completed"` or `"incomplete"` (the responses `status`),
+    /// `"end_turn"` or `"max_tokens"` (the messages `stop_reason`). The second of each pair
+    /// means the request's token limit cut the answer.
     pub finish_reason: &'static str,
-    /// Whitespace-separated words of all message contents, plus 4 per message.
+    /// The prompt tokens the route reports (`prompt_tokens` or `input_tokens`); see the
+    /// [crate docs](crate#token-counts) for how each route counts them.
     pub prompt_tokens: u64,
-    /// Tokens in `content`.
+    /// Tokens in `content`, which the route reports as `completion_tokens` or `output_tokens`.
     pub completion_tokens: u64,
 }
 
+/// The generating routes, for [`answer_for`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Api {
+    /// `POST /v1/chat/completions`.
+    ChatCompletions,
+    /// `POST /v1/completions`.
+    Completions,
+    /// `POST /v1/responses`.
+    Responses,
+    /// `POST /v1/messages`.
+    Messages,
+}
+
 /// Computes the answer the mock gives to a chat completion request body, or `None` if the mock
-/// would refuse it with `400`.
+/// would refuse it with `400`. The same as [`answer_for`]`(Api::ChatCompletions, request)`.
 ///
 /// Same request, same answer. Every field goes into the answer except `stream`,
 /// `stream_options`, `max_tokens` and `max_completion_tokens`; JSON object key order does not
 /// matter.
 pub fn answer(request: &Value) -> Option<Answer> {
-    let parsed = ChatRequest::parse(request).ok()?;
-    Some(Answer {
-        content: parsed.content(),
-        finish_reason: parsed.finish_reason,
-        prompt_tokens: parsed.prompt_tokens,
-        completion_tokens: parsed.completion_tokens(),
+    answer_for(Api::ChatCompletions, request)
+}
+
+/// Computes the answer the mock gives to a request body sent to `api`'s route, or `None` if the
+/// mock would refuse it with `400`. Streamed or not, the text and the token counts are the
+/// same.
+///
+/// Same request, same answer. Every field goes into the answer except those that only say how
+/// it is delivered or where it is cut: `stream`, `stream_options`, and the route's token limit
+/// (`max_tokens`, `max_completion_tokens`, `max_output_tokens`). So a cut answer is a prefix of
+/// the whole one. JSON object key order does not matter.
+pub fn answer_for(api: Api, request: &Value) -> Option<Answer> {
+    Some(match api {
+        Api::ChatCompletions => {
+            let parsed = ChatRequest::parse(request).ok()?;
+            Answer {
+                content: parsed.answer.text(),
+                finish_reason: parsed.finish_reason(),
+                prompt_tokens: parsed.prompt_tokens,
+                completion_tokens: parsed.answer.output_tokens(),
+            }
+        }
+        Api::Completions => {
+            let parsed = CompletionRequest::parse(request).ok()?;
+            Answer {
+                content: parsed.answer.text(),
+                finish_reason: parsed.finish_reason(),
+                prompt_tokens: parsed.prompt_tokens,
+                completion_tokens: parsed.answer.output_tokens(),
+            }
+        }
+        Api::Responses => {
+            let parsed = ResponsesRequest::parse(request).ok()?;
+            Answer {
+                content: parsed.answer.text(),
+                finish_reason: parsed.status(),
+                prompt_tokens: parsed.input_tokens,
+                completion_tokens: parsed.answer.output_tokens(),
+            }
+        }
+        Api::Messages => {
+            let parsed = MessagesRequest::parse(request).ok()?;
+            Answer {
+                content: parsed.answer.text(),
+                finish_reason: parsed.stop_reason(),
+                prompt_tokens: parsed.input_tokens,
+                completion_tokens: parsed.answer.output_tokens(),
+            }
+        }
     })
 }
 
-/// A valid chat request, reduced to what the mock needs.
-#[derive(Debug)]
-pub(crate) struct ChatRequest {
-    pub(crate) model: String,
-    pub(crate) stream: bool,
-    pub(crate) include_usage: bool,
-    pub(crate) hash: u64,
-    /// The answer's words, already cut at `max_tokens`.
-    pub(crate) words: Vec<&'static str>,
-    pub(crate) finish_reason: &'static str,
-    pub(crate) prompt_tokens: u64,
-}
-
-impl ChatRequest {
-    /// Parses a request body; `Err` carries the message of the 400.
-    pub(crate) fn from_slice(body: &[u8]) -> Result<Self, String> {
-        let value: Value = serde_json::from_slice(body).map_err(|e| {
-            format!(
-                "We could not parse the JSON body of your request. ({e}) \
-                 (HINT: This likely means you aren't using your HTTP library correctly.)"
-            )
-        })?;
-        Self::parse(&value)
-    }
-
-    pub(crate) fn parse(value: &Value) -> Result<Self, String> {
-        let object = value
-            .as_object()
-            .ok_or_else(|| "The request body must be a JSON object.".to_owned())?;
-        let model = match object.get("model") {
-            Some(Value::String(model)) => model.clone(),
-            Some(_) => return Err("Invalid type for 'model': expected a string.".to_owned()),
-            None => return Err("You must provide a model parameter.".to_owned()),
-        };
-        let messages = match object.get("messages") {
-            Some(Value::Array(messages)) => messages,
-            Some(_) => return Err("Invalid type for 'messages': expected an array.".to_owned()),
-            None => return Err("Missing required parameter: 'messages'.".to_owned()),
-        };
-        let mut prompt_tokens = 0u64;
-        for (i, message) in messages.iter().enumerate() {
-            prompt_tokens += TOKENS_PER_MESSAGE + message_words(message, i)?;
-        }
-        let stream = match object.get("stream") {
-            None | Some(Value::Null) => false,
-            Some(Value::Bool(stream)) => *stream,
-            Some(_) => return Err("Invalid type for 'stream': expected a boolean.".to_owned()),
-        };
-        let include_usage = object
-            .get("stream_options")
-            .and_then(|options| options.get("include_usage"))
-            .and_then(Value::as_bool)
-            .unwrap_or(false);
-        // `max_completion_tokens` replaced `max_tokens`; it wins when both are present.
-        let max_tokens = match limit(object, "max_completion_tokens")? {
-            Some(max) => Some(max),
-            None => limit(object, "max_tokens")?,
-        };
-
-        let hash = request_hash(object);
-        let mut rng = SplitMix64(hash);
-        let len = MIN_TOKENS + rng.next() % (MAX_TOKENS - MIN_TOKENS + 1);
-        let mut words: Vec<&'static str> = (0..len)
-            .map(|_| WORDS[(rng.next() % WORDS.len() as u64) as usize])
-            .collect();
-        let mut finish_reason = "stop";
-        if let Some(max) = max_tokens
-            && max < len
-        {
-            words.truncate(usize::try_from(max).unwrap_or(usize::MAX));
-            finish_reason = "length";
-        }
-        Ok(Self {
-            model,
-            stream,
-            include_usage,
-            hash,
-            words,
-            finish_reason,
-            prompt_tokens,
-        })
-    }
-
-    /// The tokens: each word with its leading space.
-    pub(crate) fn tokens(&self) -> impl Iterator<Item = String> + '_ {
-        self.words.iter().map(|word| format!(" {word}"))
-    }
-
-    pub(crate) fn content(&self) -> String {
-        self.tokens().collect()
-    }
-
-    pub(crate) fn completion_tokens(&self) -> u64 {
-        self.words.len() as u64
-    }
-
-    /// `chatcmpl-` and the request hash in hex.
-    pub(crate) fn id(&self) -> String {
-        format!("chatcmpl-{:016x}", self.hash)
-    }
-}
-
-/// Whitespace-separated words of one message's content (a string, or text parts).
-fn message_words(message: &Value, index: usize) -> Result<u64, String> {
-    let Some(message) = message.as_object() else {
-        return Err(format!(
-            "Invalid type for 'messages[{index}]': expected an object."
-        ));
-    };
-    if !message.get("role").is_some_and(Value::is_string) {
-        return Err(format!(
-            "Missing required parameter: 'messages[{index}].role'."
-        ));
-    }
-    let words = |text: &str| text.split_whitespace().count() as u64;
-    Ok(match message.get("content") {
-        Some(Value::String(text)) => words(text),
-        Some(Value::Array(parts)) => parts
-            .iter()
-            .filter(|part| part.get("type").and_then(Value::as_str) == Some("text"))
-            .filter_map(|part| part.get("text").and_then(Value::as_str))
-            .map(words)
-            .sum(),
-        // `null` content (an assistant message with tool calls) or other shapes: no words.
-        _ => 0,
-    })
-}
-
-/// Reads a token limit: absent or `null` is no limit, else a positive integer.
-fn limit(object: &Map<String, Value>, name: &str) -> Result<Option<u64>, String> {
-    match object.get(name) {
-        None | Some(Value::Null) => Ok(None),
-        Some(value) => match value.as_u64() {
-            Some(max) if max >= 1 => Ok(Some(max)),
-            _ => Err(format!(
-                "Invalid '{name}': expected an integer of at least 1, got {value}."
-            )),
-        },
-    }
-}
-
-/// FNV-1a over a canonical encoding of the request (object keys sorted, so the key order and
-/// serde_json's `preserve_order` feature don't matter), skipping [`NOT_HASHED`].
-fn request_hash(object: &Map<String, Value>) -> u64 {
-    let mut hasher = Fnv1a::new();
-    let mut entries: Vec<(&String, &Value)> = object
-        .iter()
-        .filter(|(key, _)| !NOT_HASHED.contains(&key.as_str()))
-        .collect();
-    entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-    hasher.object(entries);
-    hasher.0
-}
-
-struct Fnv1a(u64);
-
-impl Fnv1a {
-    fn new() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for byte in bytes {
-            self.0 ^= u64::from(*byte);
-            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
-        }
-    }
-
-    fn len(&mut self, len: usize) {
-        self.write(&(len as u64).to_le_bytes());
-    }
-
-    fn string(&mut self, s: &str) {
-        self.write(b"s");
-        self.len(s.len());
-        self.write(s.as_bytes());
-    }
-
-    fn object(&mut self, entries: Vec<(&String, &Value)>) {
-        self.write(b"{");
-        self.len(entries.len());
-        for (key, value) in entries {
-            self.string(key);
-            self.value(value);
-        }
-    }
-
-    /// serde_json bounds nesting at 128 levels when parsing, which bounds this recursion.
-    fn value(&mut self, value: &Value) {
-        match value {
-            Value::Null => self.write(b"n"),
-            Value::Bool(true) => self.write(b"t"),
-            Value::Bool(false) => self.write(b"f"),
-            Value::Number(n) => {
-                let text = n.to_string();
-                self.write(b"#");
-                self.len(text.len());
-                self.write(text.as_bytes());
-            }
-            Value::String(s) => self.string(s),
-            Value::Array(items) => {
-                self.write(b"[");
-                self.len(items.len());
-                for item in items {
-                    self.value(item);
-                }
-            }
-            Value::Object(map) => {
-                let mut entries: Vec<(&String, &Value)> = map.iter().collect();
-                entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
-                self.object(entries);
-            }
-        }
-    }
-}
-
-/// splitmix64: a tiny, well-mixed, portable PRNG.
-struct SplitMix64(u64);
-
-impl SplitMix64 {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-        z ^ (z >> 31)
-    }
+/// The vector `POST /v1/embeddings` returns for `input` with `dimensions` (the route's default
+/// is 16): values from a PRNG seeded with a hash of the text, scaled to unit length. It depends
+/// on the text alone, not on the model. A token-id input `[1, 2, 3]` is embedded as the text
+/// `"1 2 3"`.
+///
+/// With `encoding_format: "base64"` the route sends the base64 of these `f32`s, little-endian.
+pub fn embedding(input: &str, dimensions: usize) -> Vec<f32> {
+    embeddings::embedding(input, dimensions)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::generate::{MAX_TOKENS, MIN_TOKENS};
     use serde_json::json;
 
     #[test]

@@ -4,7 +4,9 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-/// Faults the mock injects into completion requests.
+/// Faults the mock injects into model route requests: chat completions, completions,
+/// embeddings, responses and messages (`fail_rate` and `latency_ms` apply to all of them,
+/// `break_after_tokens` and `error_event` to their streams; `GET /v1/models` is never faulted).
 ///
 /// Set with [`MockLlm::set_fault`](crate::MockLlm::set_fault),
 /// [`MockHandle::set_fault`](crate::MockHandle::set_fault) or `POST /admin/fault` (this struct is
@@ -13,21 +15,27 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Fault {
-    /// Share of completion requests (`0.0..=1.0`) answered with `500` and an OpenAI-style error.
+    /// Share of model requests (`0.0..=1.0`) answered with `500` and an error in the route's
+    /// shape (OpenAI's `server_error`, Anthropic's `api_error` on `/v1/messages`).
     ///
     /// The selection is deterministic: the rate is added to an accumulator on every valid
     /// request, which fails when the accumulator reaches 1 (then 1 is subtracted). So `1.0`
     /// fails every request, `0.5` every second one (the 2nd, 4th, ...), `0.25` every fourth.
-    /// Setting a fault resets the accumulator.
+    /// The accumulator is shared by every route. Setting a fault resets it.
     pub fail_rate: f64,
-    /// Every completion request (valid or not) stalls this long before it is answered.
+    /// Every model request (valid or not) stalls this long before it is answered.
     pub latency_ms: u64,
-    /// Streams end abruptly after this many token chunks: the body errors and the connection is
-    /// closed without a finish chunk or `[DONE]`. An answer with fewer tokens completes normally.
+    /// Streams end abruptly after this many token events: the body errors and the connection is
+    /// closed without the finish events (`[DONE]`, `response.completed`, `message_stop`, ...).
+    /// An answer with fewer tokens completes normally.
     pub break_after_tokens: Option<u64>,
-    /// Streams send an in-band error event, `data: {"error":{"message":"...","type":"server_error"}}`,
-    /// in place of the finish chunk (after `break_after_tokens` tokens if that is set, else after
-    /// the whole answer), and then end without `[DONE]`. The status stays `200`.
+    /// Streams send an in-band error event in place of the finish events (after
+    /// `break_after_tokens` tokens if that is set, else after the whole answer), and then end.
+    /// The status stays `200`. The event is the route API's own:
+    /// `data: {"error":{"message":"...","type":"server_error"}}` without `[DONE]` (chat,
+    /// completions); `event: error` with `{"type":"error","code":"server_error","message",
+    /// "param":null,"sequence_number"}` (responses); `event: error` with
+    /// `{"type":"error","error":{"type":"overloaded_error","message"}}` (messages).
     pub error_event: bool,
 }
 

@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use tokio::task::JoinHandle;
 
-use crate::{Fault, MockLlm, Stats};
+use crate::{EndpointStats, Fault, LastRequest, MockLlm, Stats, StatsReport};
 
 /// A mock served by [`MockLlm::spawn`]. Dropping it shuts the server down (see
 /// [`MockLlm::shutdown`]); [`MockHandle::shutdown`] also waits until it has stopped.
@@ -54,7 +54,22 @@ impl MockHandle {
         self.mock.stats()
     }
 
-    /// Zeroes the counters, except the `in_flight` gauge.
+    /// Requests received per route.
+    pub fn endpoints(&self) -> EndpointStats {
+        self.mock.endpoints()
+    }
+
+    /// What the last request to a `/v1` route carried; see [`MockLlm::last_request`].
+    pub fn last_request(&self) -> Option<LastRequest> {
+        self.mock.last_request()
+    }
+
+    /// Everything `GET /admin/stats` serves; see [`MockLlm::report`].
+    pub fn report(&self) -> StatsReport {
+        self.mock.report()
+    }
+
+    /// Zeroes the counters, except the `in_flight` gauge, and forgets the last request.
     pub fn reset_stats(&self) {
         self.mock.reset_stats();
     }

@@ -1,124 +1,71 @@
-//! The route handlers.
-
-use std::sync::Arc;
-use std::time::Duration;
+//! The routes that generate nothing: the model list, the admin routes and the fallbacks.
 
 use axum::Json;
-use axum::body::{Body, Bytes};
+use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use http::{Method, StatusCode, Uri};
+use http::{HeaderMap, Method, StatusCode, Uri};
+use serde::Serialize;
 
-use crate::answer::ChatRequest;
+use crate::MockLlm;
+use crate::admit::last_request;
+use crate::error::{self, Dialect};
 use crate::fault::Fault;
-use crate::stats::{Counters, InFlight};
-use crate::wire::{self, Choice, Completion, Message, Usage};
-use crate::{Inner, MockLlm, shutdown_requested, stream};
+use crate::stats::Endpoint;
 
-/// The largest completion request body read.
-const MAX_BODY: usize = 16 * 1024 * 1024;
+/// The ids `GET /v1/models` lists. Every route answers any model name; these are for clients
+/// that check the list first.
+const MODELS: [&str; 6] = [
+    "mock",
+    "mock-1",
+    "gpt-4o-mini",
+    "gpt-3.5-turbo-instruct",
+    "text-embedding-3-small",
+    "claude-3-5-haiku",
+];
 
-/// `POST /v1/chat/completions`.
-pub(crate) async fn chat_completions(State(mock): State<MockLlm>, body: Body) -> Response {
-    let inner = Arc::clone(&mock.inner);
-    Counters::bump(&inner.stats.requests);
-    let in_flight = InFlight::new(Arc::clone(&inner));
+/// The `created` of every listed model: 2024-01-01T00:00:00Z.
+const MODELS_CREATED: u64 = 1_704_067_200;
 
-    let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
-        Ok(bytes) => bytes,
-        Err(error) => {
-            Counters::bump(&inner.stats.invalid);
-            return wire::invalid_request(&format!("Could not read the request body: {error}"));
-        }
-    };
-    let fault = mock.fault();
-    if fault.latency_ms > 0 && !sleep(&inner, fault.latency()).await {
-        return shutting_down();
-    }
-    let request = match ChatRequest::from_slice(&bytes) {
-        Ok(request) => request,
-        Err(message) => {
-            Counters::bump(&inner.stats.invalid);
-            tracing::debug!(%message, "mock-llm: invalid request");
-            return wire::invalid_request(&message);
-        }
-    };
-    if mock.fault_state().should_fail() {
-        Counters::bump(&inner.stats.failed);
-        tracing::debug!("mock-llm: injected failure");
-        return wire::error(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "server_error",
-            None,
-            "The server had an error while processing your request (mock-llm fault: fail_rate).",
-        );
-    }
-    tracing::debug!(
-        model = %request.model,
-        stream = request.stream,
-        tokens = request.completion_tokens(),
-        "mock-llm: completion"
-    );
-    if request.stream {
-        return stream::respond(&request, fault, inner.config.token_delay, in_flight);
-    }
+#[derive(Debug, Serialize)]
+struct ModelList {
+    object: &'static str,
+    data: Vec<Model>,
+}
 
-    if !sleep(&inner, inner.config.token_delay).await {
-        return shutting_down();
-    }
-    let id = request.id();
-    let content = request.content();
-    let completion_tokens = request.completion_tokens();
-    let completion = Completion {
-        id: &id,
-        object: "chat.completion",
-        created: crate::unix_now(),
-        model: &request.model,
-        choices: [Choice {
-            index: 0,
-            message: Message {
-                role: "assistant",
-                content: &content,
-            },
-            finish_reason: request.finish_reason,
-        }],
-        usage: Usage::new(request.prompt_tokens, completion_tokens),
-    };
-    let response = Json(completion).into_response();
-    Counters::bump(&inner.stats.completions);
-    inner
+#[derive(Debug, Serialize)]
+struct Model {
+    id: &'static str,
+    object: &'static str,
+    created: u64,
+    owned_by: &'static str,
+}
+
+/// `GET /v1/models`: counted in [`EndpointStats::models`](crate::EndpointStats::models) and
+/// recorded as the last request, but not in the model route counters.
+pub(crate) async fn models(State(mock): State<MockLlm>, uri: Uri, headers: HeaderMap) -> Response {
+    mock.inner
         .stats
-        .tokens_sent
-        .fetch_add(completion_tokens, std::sync::atomic::Ordering::Relaxed);
-    drop(in_flight);
-    response
-}
-
-/// Sleeps for `duration`; `false` if the mock was shut down meanwhile.
-async fn sleep(inner: &Inner, duration: Duration) -> bool {
-    if duration.is_zero() {
-        return true;
-    }
-    let mut shutdown = inner.shutdown.subscribe();
-    tokio::select! {
-        biased;
-        () = shutdown_requested(&mut shutdown) => false,
-        () = tokio::time::sleep(duration) => true,
-    }
-}
-
-fn shutting_down() -> Response {
-    wire::error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "server_error",
-        None,
-        "mock-llm is shutting down.",
-    )
+        .record(Endpoint::Models, last_request(uri.path(), &headers));
+    let data = MODELS
+        .iter()
+        .map(|id| Model {
+            id,
+            object: "model",
+            created: MODELS_CREATED,
+            owned_by: "mock",
+        })
+        .collect();
+    Json(ModelList {
+        object: "list",
+        data,
+    })
+    .into_response()
 }
 
 /// `GET /admin/stats`.
 pub(crate) async fn stats(State(mock): State<MockLlm>) -> Response {
-    Json(mock.stats()).into_response()
+    Json(mock.report()).into_response()
 }
 
 /// `GET /admin/fault`.
@@ -139,19 +86,19 @@ pub(crate) async fn set_fault(State(mock): State<MockLlm>, body: Bytes) -> Respo
             mock.set_fault(fault);
             Json(mock.fault()).into_response()
         }
-        Err(message) => wire::invalid_request(&message),
+        Err(message) => Dialect::OpenAi.invalid_request(&message),
     }
 }
 
 /// `POST /admin/reset`.
 pub(crate) async fn reset(State(mock): State<MockLlm>) -> Response {
     mock.reset_stats();
-    Json(mock.stats()).into_response()
+    Json(mock.report()).into_response()
 }
 
 /// Unknown routes.
 pub(crate) async fn not_found(method: Method, uri: Uri) -> Response {
-    wire::error(
+    error::openai(
         StatusCode::NOT_FOUND,
         "invalid_request_error",
         Some("unknown_url"),
@@ -161,7 +108,7 @@ pub(crate) async fn not_found(method: Method, uri: Uri) -> Response {
 
 /// Known routes, wrong method.
 pub(crate) async fn method_not_allowed(method: Method, uri: Uri) -> Response {
-    wire::error(
+    error::openai(
         StatusCode::METHOD_NOT_ALLOWED,
         "invalid_request_error",
         Some("method_not_allowed"),

@@ -1,20 +1,57 @@
-//! A deterministic OpenAI-compatible upstream for tests, benches and demos.
+//! A deterministic OpenAI- and Anthropic-compatible upstream for tests, benches and demos.
 //!
-//! `POST /v1/chat/completions` answers every request with text derived from the request alone
-//! (a hash of its canonical JSON seeds a small PRNG that picks words), so the same request always
-//! gets the same answer, with or without `stream: true`. Streams send one token every
-//! [`Config::token_delay`], in OpenAI's exact chunk format. Faults (errors, latency, broken
-//! streams, in-band error events) can be switched on at run time, and counters tell a test what
-//! the upstream saw.
+//! Every generating route answers with text derived from the request alone (a hash of its
+//! canonical JSON seeds a small PRNG that picks 8 to 40 words), so the same request always gets
+//! the same answer, with or without `stream: true`. Streams send one token every
+//! [`Config::token_delay`], in the exact event format of the API the route imitates. Faults
+//! (errors, latency, broken streams, in-band error events) can be switched on at run time, and
+//! counters tell a test what the upstream saw, down to the credentials of the last request.
 //!
 //! | route | what |
 //! |---|---|
-//! | `POST /v1/chat/completions` | the chat completion, JSON or SSE |
-//! | `GET /admin/stats` | [`Stats`] as JSON |
+//! | `POST /v1/chat/completions` | the chat completion, JSON or SSE (`chat.completion.chunk`s, then `[DONE]`) |
+//! | `POST /v1/completions` | the legacy text completion, JSON or SSE (`text_completion` chunks, then `[DONE]`) |
+//! | `POST /v1/embeddings` | deterministic unit vectors ([`embedding`]), as floats or base64 |
+//! | `POST /v1/responses` | the Responses API: a `response` object, or its named events up to `response.completed` (`response.incomplete` when cut) |
+//! | `POST /v1/messages` | Anthropic's Messages API: a `message`, or its named events up to `message_stop`; errors in Anthropic's shape |
+//! | `GET /v1/models` | a fixed list of model ids (every route accepts any model name) |
+//! | `GET /admin/stats` | [`StatsReport`] as JSON: the [`Stats`] fields, `endpoints` and `last_request` |
 //! | `POST /admin/fault` | set the [`Fault`] (JSON body; `{}` clears); answers the fault now in force |
 //! | `GET /admin/fault` | the [`Fault`] in force |
-//! | `POST /admin/reset` | zero the counters (not `in_flight`); answers the zeroed [`Stats`] |
+//! | `POST /admin/reset` | zero the counters (not `in_flight`) and forget the last request; answers the zeroed [`StatsReport`] |
 //! | anything else | `404` (or `405`) with an OpenAI-style error |
+//!
+//! [`answer_for`] predicts what a generating route will say to a request, and [`embedding`]
+//! the vector of a text, so a test can compare what came through a layer with what the
+//! upstream sent.
+//!
+//! # Token counts
+//!
+//! Usage numbers are a function of the request, so a test can reconcile them exactly. A *word*
+//! is a whitespace-separated piece of text; a token-id array (`[1, 2, 3]`) counts one per id.
+//!
+//! | route | prompt tokens (`prompt_tokens` / `input_tokens`) | limit | a cut answer says |
+//! |---|---|---|---|
+//! | chat completions | per message: 4 + the words of its content (a string, or its `text` parts) | `max_completion_tokens`, else `max_tokens` | `finish_reason: "length"` |
+//! | completions | the words of `prompt` (of every prompt of an array); no overhead | `max_tokens` | `finish_reason: "length"` |
+//! | embeddings | the words of every input; `total_tokens` is the same | | |
+//! | responses | per input item: 4 + the words of its content (a string, or its parts' `text`); a string `input` is one item; `instructions`: 4 + its words | `max_output_tokens` | `status: "incomplete"` |
+//! | messages | per message: 4 + the words of its content (a string, or its `text` blocks); `system`: 4 + its words | `max_tokens` (required) | `stop_reason: "max_tokens"` |
+//!
+//! Output tokens (`completion_tokens` / `output_tokens`) are the answer's words, each sent as
+//! one token (the word with its leading space), cut at the route's limit; an embedding has
+//! none. `total_tokens`, where the API has one, is the sum. Anthropic's `message_start` event
+//! reports `output_tokens: 1`, as Anthropic does; its `message_delta` reports the real count.
+//! [`Stats::tokens_sent`] adds up the output tokens sent.
+//!
+//! # Faults
+//!
+//! A [`Fault`] applies to every model route: `fail_rate` and `latency_ms` to all of them
+//! (embeddings included; the failure draw is shared, so its pattern runs across routes),
+//! `break_after_tokens` and `error_event` to every stream. The in-band error event is the one
+//! of the route's API: `data: {"error":{...}}` (chat, completions), `event: error` with
+//! `{"type":"error","code","message","param","sequence_number"}` (responses), `event: error`
+//! with `{"type":"error","error":{"type":"overloaded_error","message"}}` (messages).
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -25,13 +62,22 @@
 //! // ... send requests to `url` ...
 //! mock.set_fault(Fault { fail_rate: 0.5, ..Fault::default() });
 //! assert_eq!(mock.stats().streams_cancelled, 0);
+//! assert_eq!(mock.endpoints().messages, 0);
 //! # Ok(()) }
 //! ```
 
+mod admit;
 mod answer;
+mod anthropic;
+mod chat;
+mod completions;
+mod embeddings;
+mod error;
 mod fault;
+mod generate;
 mod handle;
 mod handler;
+mod responses;
 mod stats;
 mod stream;
 mod wire;
@@ -45,10 +91,10 @@ use axum::routing::{get, post};
 use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::sync::watch;
 
-pub use answer::{Answer, answer};
+pub use answer::{Answer, Api, answer, answer_for, embedding};
 pub use fault::Fault;
 pub use handle::MockHandle;
-pub use stats::Stats;
+pub use stats::{EndpointStats, LastRequest, Stats, StatsReport};
 
 use fault::FaultState;
 use stats::Counters;
@@ -112,7 +158,15 @@ impl MockLlm {
     /// The routes (see the [crate docs](crate)), with this mock as their state.
     pub fn router(&self) -> Router {
         Router::new()
-            .route("/v1/chat/completions", post(handler::chat_completions))
+            .route("/v1/chat/completions", post(chat::chat_completions))
+            .route("/v1/completions", post(completions::completions))
+            .route("/v1/embeddings", post(embeddings::embeddings))
+            .route("/v1/responses", post(responses::responses))
+            .route(
+                "/v1/messages",
+                post(anthropic::messages).fallback(anthropic::method_not_allowed),
+            )
+            .route("/v1/models", get(handler::models))
             .route("/admin/stats", get(handler::stats))
             .route("/admin/fault", post(handler::set_fault).get(handler::fault))
             .route("/admin/reset", post(handler::reset))
@@ -147,7 +201,29 @@ impl MockLlm {
         self.inner.stats.snapshot()
     }
 
-    /// Zeroes the counters, except the `in_flight` gauge.
+    /// Requests received per route.
+    pub fn endpoints(&self) -> EndpointStats {
+        self.inner.stats.endpoints()
+    }
+
+    /// What the last request to a `/v1` route carried (path, model, credentials), or `None`
+    /// if there was none since the start or the last reset.
+    pub fn last_request(&self) -> Option<LastRequest> {
+        self.inner.stats.last_request()
+    }
+
+    /// Everything `GET /admin/stats` serves: [`stats`](Self::stats),
+    /// [`endpoints`](Self::endpoints) and [`last_request`](Self::last_request). Each part is
+    /// read on its own, so a request arriving meanwhile may show in one and not another.
+    pub fn report(&self) -> StatsReport {
+        StatsReport {
+            stats: self.stats(),
+            endpoints: self.endpoints(),
+            last_request: self.last_request(),
+        }
+    }
+
+    /// Zeroes the counters, except the `in_flight` gauge, and forgets the last request.
     pub fn reset_stats(&self) {
         self.inner.stats.reset();
     }

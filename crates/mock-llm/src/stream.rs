@@ -1,4 +1,8 @@
-//! The streaming (`stream: true`) answer: one SSE chunk per token, paced by a timer.
+//! The streaming body every route shares: a [`Plan`] of timed SSE events, one per token paced
+//! by [`Config::token_delay`](crate::Config::token_delay), and the stream faults applied to it.
+//!
+//! A route writes its events into a plan (what a chunk looks like is the route's business);
+//! [`respond`] plays it, keeps the counters and ends the stream on shutdown.
 
 use std::io;
 use std::time::Duration;
@@ -13,11 +17,109 @@ use serde::Serialize;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
-use crate::answer::ChatRequest;
 use crate::fault::Fault;
+use crate::shutdown_requested;
 use crate::stats::{Counters, InFlight, Outcome, StreamGuard};
-use crate::wire::{Chunk, ChunkChoice, Delta, StreamError, StreamErrorDetail, Usage};
-use crate::{shutdown_requested, unix_now};
+
+/// The message of every in-band error event.
+pub(crate) const ERROR_EVENT_MESSAGE: &str =
+    "The server had an error while processing your request (mock-llm fault: error_event).";
+
+/// How a stream ends under the faults in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ending {
+    /// The route's normal end events.
+    Finish,
+    /// An in-band error event ([`Fault::error_event`]), then the end of the body.
+    ErrorEvent,
+    /// The connection drops when the next token was due ([`Fault::break_after_tokens`]).
+    Abort,
+}
+
+/// The events of one stream, with their times.
+#[derive(Debug)]
+pub(crate) struct Plan {
+    steps: Vec<Step>,
+    at: Duration,
+    token_delay: Duration,
+    tokens_to_send: usize,
+    ending: Ending,
+}
+
+impl Plan {
+    /// An empty plan for an answer of `tokens` tokens, under `fault`.
+    pub(crate) fn new(token_delay: Duration, fault: &Fault, tokens: usize) -> Self {
+        let tokens_to_send = fault.break_after_tokens.map_or(tokens, |n| {
+            usize::try_from(n).unwrap_or(usize::MAX).min(tokens)
+        });
+        let ending = if fault.error_event {
+            Ending::ErrorEvent
+        } else if tokens_to_send < tokens {
+            Ending::Abort
+        } else {
+            Ending::Finish
+        };
+        Self {
+            steps: Vec::with_capacity(tokens + 8),
+            at: Duration::ZERO,
+            token_delay,
+            tokens_to_send,
+            ending,
+        }
+    }
+
+    /// How many token events the route should add: all of them, or fewer when
+    /// [`Fault::break_after_tokens`] cuts the stream.
+    pub(crate) fn tokens_to_send(&self) -> usize {
+        self.tokens_to_send
+    }
+
+    /// What the route should add after the tokens.
+    pub(crate) fn ending(&self) -> Ending {
+        self.ending
+    }
+
+    /// An event sent together with the one before it (at the start for the first).
+    pub(crate) fn event(&mut self, bytes: Bytes) {
+        self.push(bytes, false, None);
+    }
+
+    /// An event carrying one token, due one token delay after the previous token; it counts in
+    /// [`Stats::tokens_sent`](crate::Stats::tokens_sent) when sent.
+    pub(crate) fn token(&mut self, bytes: Bytes) {
+        self.at = self.at.saturating_add(self.token_delay);
+        self.push(bytes, true, None);
+    }
+
+    /// The last event of a stream that reached its normal end.
+    pub(crate) fn complete(&mut self, bytes: Bytes) {
+        self.push(bytes, false, Some(Outcome::Completed));
+    }
+
+    /// The in-band error event that ends the stream.
+    pub(crate) fn error(&mut self, bytes: Bytes) {
+        self.push(bytes, false, Some(Outcome::Errored));
+    }
+
+    /// The connection drops when the next token was due.
+    pub(crate) fn abort(&mut self) {
+        self.steps.push(Step {
+            at: self.at.saturating_add(self.token_delay),
+            kind: Kind::Abort,
+        });
+    }
+
+    fn push(&mut self, bytes: Bytes, token: bool, outcome: Option<Outcome>) {
+        self.steps.push(Step {
+            at: self.at,
+            kind: Kind::Data {
+                bytes,
+                token,
+                outcome,
+            },
+        });
+    }
+}
 
 /// One thing the body yields, at `at` after the stream started.
 #[derive(Debug)]
@@ -45,17 +147,12 @@ struct State {
     shutdown: watch::Receiver<bool>,
 }
 
-/// Builds the `text/event-stream` response; the stream counts as started now.
-pub(crate) fn respond(
-    request: &ChatRequest,
-    fault: Fault,
-    token_delay: Duration,
-    in_flight: InFlight,
-) -> Response {
+/// Builds the `text/event-stream` response that plays `plan`; the stream counts as started now.
+pub(crate) fn respond(plan: Plan, in_flight: InFlight) -> Response {
     let guard = StreamGuard::start(in_flight);
     let shutdown = guard.inner().shutdown.subscribe();
     let state = State {
-        steps: plan(request, fault, token_delay).into_iter(),
+        steps: plan.steps.into_iter(),
         start: Instant::now(),
         guard,
         shutdown,
@@ -110,126 +207,31 @@ pub(crate) fn respond(
     response
 }
 
-/// Every event of the stream, with its time.
-fn plan(request: &ChatRequest, fault: Fault, token_delay: Duration) -> Vec<Step> {
-    let id = request.id();
-    let created = unix_now();
-    let model = request.model.as_str();
-    let usage_field = request.include_usage.then_some(None);
-    let chunk = |delta: Delta<'_>, finish_reason: Option<&'static str>| {
-        let choices = [ChunkChoice {
-            index: 0,
-            delta,
-            finish_reason,
-        }];
-        event(&Chunk {
-            id: &id,
-            object: "chat.completion.chunk",
-            created,
-            model,
-            choices: &choices,
-            usage: usage_field,
-        })
-    };
-
-    let tokens: Vec<String> = request.tokens().collect();
-    let total = tokens.len() as u64;
-    let sent = fault.break_after_tokens.map_or(total, |n| n.min(total));
-    let mut steps = Vec::with_capacity(tokens.len() + 4);
-    steps.push(Step {
-        at: Duration::ZERO,
-        kind: Kind::Data {
-            bytes: chunk(
-                Delta {
-                    role: Some("assistant"),
-                    content: Some(""),
-                },
-                None,
-            ),
-            token: false,
-            outcome: None,
-        },
-    });
-    let mut at = Duration::ZERO;
-    for token in tokens
-        .iter()
-        .take(usize::try_from(sent).unwrap_or(usize::MAX))
-    {
-        at = at.saturating_add(token_delay);
-        steps.push(Step {
-            at,
-            kind: Kind::Data {
-                bytes: chunk(
-                    Delta {
-                        role: None,
-                        content: Some(token),
-                    },
-                    None,
-                ),
-                token: true,
-                outcome: None,
-            },
-        });
-    }
-
-    let data = |bytes, outcome| Step {
-        at,
-        kind: Kind::Data {
-            bytes,
-            token: false,
-            outcome,
-        },
-    };
-    if fault.error_event {
-        let error = StreamError {
-            error: StreamErrorDetail {
-                message: "The server had an error while processing your request (mock-llm fault: error_event).",
-                kind: "server_error",
-            },
-        };
-        steps.push(data(event(&error), Some(Outcome::Errored)));
-    } else if sent < total {
-        // The connection drops when the next token was due.
-        steps.push(Step {
-            at: at.saturating_add(token_delay),
-            kind: Kind::Abort,
-        });
-    } else {
-        steps.push(data(
-            chunk(Delta::default(), Some(request.finish_reason)),
-            None,
-        ));
-        if request.include_usage {
-            let usage = Usage::new(request.prompt_tokens, request.completion_tokens());
-            steps.push(data(
-                event(&Chunk {
-                    id: &id,
-                    object: "chat.completion.chunk",
-                    created,
-                    model,
-                    choices: &[],
-                    usage: Some(Some(usage)),
-                }),
-                None,
-            ));
-        }
-        steps.push(data(
-            Bytes::from_static(b"data: [DONE]\n\n"),
-            Some(Outcome::Completed),
-        ));
-    }
-    steps
-}
-
 /// `data: <json>\n\n`.
-fn event<T: Serialize>(value: &T) -> Bytes {
+pub(crate) fn data<T: Serialize>(value: &T) -> Bytes {
     let mut out = b"data: ".to_vec();
-    // Serializing these plain structs into a Vec cannot fail; if it ever did, the event would
-    // carry `{}` rather than panic.
-    if serde_json::to_writer(&mut out, value).is_err() {
-        out.truncate(6);
-        out.extend_from_slice(b"{}");
-    }
+    json(&mut out, value);
     out.extend_from_slice(b"\n\n");
     Bytes::from(out)
+}
+
+/// `event: <name>\ndata: <json>\n\n`.
+pub(crate) fn named<T: Serialize>(name: &str, value: &T) -> Bytes {
+    let mut out = Vec::with_capacity(128);
+    out.extend_from_slice(b"event: ");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\ndata: ");
+    json(&mut out, value);
+    out.extend_from_slice(b"\n\n");
+    Bytes::from(out)
+}
+
+fn json<T: Serialize>(out: &mut Vec<u8>, value: &T) {
+    let len = out.len();
+    // Serializing these plain structs into a Vec cannot fail; if it ever did, the event would
+    // carry `{}` rather than panic.
+    if serde_json::to_writer(&mut *out, value).is_err() {
+        out.truncate(len);
+        out.extend_from_slice(b"{}");
+    }
 }

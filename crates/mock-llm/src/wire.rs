@@ -1,8 +1,6 @@
-//! The OpenAI JSON shapes the mock writes. Field order follows OpenAI's.
+//! The OpenAI chat completion shapes the mock writes, and the usage and in-band stream error
+//! that the legacy completions share. Field order follows OpenAI's.
 
-use axum::Json;
-use axum::response::{IntoResponse, Response};
-use http::StatusCode;
 use serde::Serialize;
 
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -70,43 +68,6 @@ pub(crate) struct Delta<'a> {
     pub(crate) role: Option<&'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) content: Option<&'a str>,
-}
-
-/// `{"error":{"message","type","param":null,"code":null}}`.
-#[derive(Debug, Serialize)]
-struct ErrorBody<'a> {
-    error: ErrorDetail<'a>,
-}
-
-#[derive(Debug, Serialize)]
-struct ErrorDetail<'a> {
-    message: &'a str,
-    #[serde(rename = "type")]
-    kind: &'a str,
-    param: Option<&'a str>,
-    code: Option<&'a str>,
-}
-
-/// An OpenAI-style error response.
-pub(crate) fn error(status: StatusCode, kind: &str, code: Option<&str>, message: &str) -> Response {
-    let body = ErrorBody {
-        error: ErrorDetail {
-            message,
-            kind,
-            param: None,
-            code,
-        },
-    };
-    (status, Json(body)).into_response()
-}
-
-pub(crate) fn invalid_request(message: &str) -> Response {
-    error(
-        StatusCode::BAD_REQUEST,
-        "invalid_request_error",
-        None,
-        message,
-    )
 }
 
 /// The in-band stream error: `{"error":{"message","type":"server_error"}}`.

@@ -14,6 +14,8 @@
 //! - `proxy` (feature `http`) serves a tower layer in front of a forwarding
 //!   client on a loopback port, and `mock_llm` (feature `mock-llm`) starts
 //!   the mock LLM upstream.
+//! - `tls` (feature `tls`) puts a TLS terminator, with a CA and certificate
+//!   made at test time, in front of a loopback server.
 //!
 //! There is no mock Redis: when `redis-server` is not installed, starting
 //! one panics with a message that says how to install it, so the tests fail
@@ -27,6 +29,8 @@ pub mod proxy;
 mod redis;
 pub mod shared;
 pub mod sse;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use eventually::{eventually, eventually_async};
 pub use redis::{RedisCluster, RedisServer};

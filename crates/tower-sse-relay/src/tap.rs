@@ -120,7 +120,7 @@ pub struct StreamSummary {
     /// From the request to the end.
     pub duration: Duration,
     /// What the answer said about itself: usage, finish reason, in-band
-    /// error, `[DONE]`, read from each event's data as an OpenAI chunk.
+    /// error, `[DONE]`, read from each event's data (OpenAI, Responses or Anthropic events).
     pub answer: AnswerSummary,
 }
 
@@ -139,24 +139,17 @@ impl TapState {
     }
 
     pub(crate) fn on_event(&mut self, event: &Event, id: EventId) {
-        let answer = &mut self.answer;
-        answer.events += 1;
-        let chunk = StreamChunk::parse(event.data());
-        if chunk.usage.is_some() {
-            answer.usage = chunk.usage;
-        }
-        if chunk.finish_reason.is_some() {
-            answer.finish_reason = chunk.finish_reason;
-        }
-        answer.error |= chunk.error;
-        answer.done |= chunk.done;
+        // Usage merges across events: Anthropic reports the input tokens
+        // first and the output at the end.
+        self.answer.absorb(StreamChunk::parse(event.data()));
         self.tap.on_event(event, id);
     }
 
-    /// Whether the usage (or the end sentinel) has passed: what a usage
-    /// drain waits for.
+    /// Whether the final usage (or the end of the answer) has passed: what
+    /// a usage drain waits for. Usage seen before the finish reason is a
+    /// running count (Anthropic's `message_start`), not the final one.
     pub(crate) fn has_usage(&self) -> bool {
-        self.answer.usage.is_some() || self.answer.done
+        self.answer.done || (self.answer.usage.is_some() && self.answer.finish_reason.is_some())
     }
 
     pub(crate) fn on_end(

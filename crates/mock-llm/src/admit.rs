@@ -1,0 +1,160 @@
+//! What every model route does before it answers, in this order: count the request, read the
+//! body, record what it carried, stall for [`Fault::latency_ms`], refuse a malformed request
+//! with `400`, and draw [`Fault::fail_rate`]'s `500`. Then the route answers through
+//! [`Admitted`], which keeps the counters.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering::Relaxed;
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::response::Response;
+use http::HeaderMap;
+use serde_json::Value;
+
+use crate::error::Dialect;
+use crate::fault::Fault;
+use crate::stats::{Counters, Endpoint, InFlight, LastRequest};
+use crate::stream::{self, Plan};
+use crate::{Inner, MockLlm, shutdown_requested};
+
+/// The largest request body read.
+const MAX_BODY: usize = 16 * 1024 * 1024;
+
+/// A request that passed the checks and the fault draws, ready to be answered.
+#[derive(Debug)]
+pub(crate) struct Admitted<T> {
+    /// The route's parsed request.
+    pub(crate) request: T,
+    /// The faults in force when the request arrived.
+    pub(crate) fault: Fault,
+    dialect: Dialect,
+    in_flight: InFlight,
+}
+
+/// Runs the checks for a request to `endpoint`; `parse` reads the route's request from the JSON
+/// body (`Err` carries the message of the 400). `Err` is the response to send instead.
+pub(crate) async fn admit<T>(
+    mock: &MockLlm,
+    endpoint: Endpoint,
+    dialect: Dialect,
+    request: Request,
+    parse: impl FnOnce(&Value) -> Result<T, String>,
+) -> Result<Admitted<T>, Response> {
+    let inner = Arc::clone(&mock.inner);
+    Counters::bump(&inner.stats.requests);
+    let in_flight = InFlight::new(Arc::clone(&inner));
+    let (parts, body) = request.into_parts();
+
+    let mut last = last_request(parts.uri.path(), &parts.headers);
+    let bytes = match axum::body::to_bytes(body, MAX_BODY).await {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            inner.stats.record(endpoint, last);
+            Counters::bump(&inner.stats.invalid);
+            return Err(
+                dialect.invalid_request(&format!("Could not read the request body: {error}"))
+            );
+        }
+    };
+    let json = serde_json::from_slice::<Value>(&bytes).map_err(|e| {
+        format!(
+            "We could not parse the JSON body of your request. ({e}) \
+             (HINT: This likely means you aren't using your HTTP library correctly.)"
+        )
+    });
+    last.model = json
+        .as_ref()
+        .ok()
+        .and_then(|value| value.get("model"))
+        .and_then(Value::as_str)
+        .map(str::to_owned);
+    inner.stats.record(endpoint, last);
+
+    let fault = mock.fault();
+    if fault.latency_ms > 0 && !sleep(&inner, fault.latency()).await {
+        return Err(dialect.shutting_down());
+    }
+    let request = match json.and_then(|value| parse(&value)) {
+        Ok(request) => request,
+        Err(message) => {
+            Counters::bump(&inner.stats.invalid);
+            tracing::debug!(?endpoint, %message, "mock-llm: invalid request");
+            return Err(dialect.invalid_request(&message));
+        }
+    };
+    if mock.fault_state().should_fail() {
+        Counters::bump(&inner.stats.failed);
+        tracing::debug!(?endpoint, "mock-llm: injected failure");
+        return Err(dialect.injected_failure());
+    }
+    Ok(Admitted {
+        request,
+        fault,
+        dialect,
+        in_flight,
+    })
+}
+
+impl<T> Admitted<T> {
+    /// An empty stream plan for an answer of `tokens` tokens, under the faults in force.
+    pub(crate) fn plan(&self, tokens: usize) -> Plan {
+        Plan::new(self.token_delay(), &self.fault, tokens)
+    }
+
+    /// Sends the planned stream; it counts as started now.
+    pub(crate) fn stream(self, plan: Plan) -> Response {
+        stream::respond(plan, self.in_flight)
+    }
+
+    /// Waits before a non-streaming answer: one token delay. `Err` is the `503` to send if the
+    /// mock was shut down meanwhile.
+    pub(crate) async fn pause(&self) -> Result<(), Response> {
+        if sleep(self.in_flight.inner(), self.token_delay()).await {
+            Ok(())
+        } else {
+            Err(self.dialect.shutting_down())
+        }
+    }
+
+    /// Counts the non-streaming `response` carrying `output_tokens` as sent, and returns it.
+    pub(crate) fn answered(self, output_tokens: u64, response: Response) -> Response {
+        let stats = &self.in_flight.inner().stats;
+        Counters::bump(&stats.completions);
+        stats.tokens_sent.fetch_add(output_tokens, Relaxed);
+        response
+    }
+
+    fn token_delay(&self) -> Duration {
+        self.in_flight.inner().config.token_delay
+    }
+}
+
+/// The path and credential headers of a request, its model unknown yet.
+pub(crate) fn last_request(path: &str, headers: &HeaderMap) -> LastRequest {
+    let header = |name: &str| {
+        headers
+            .get(name)
+            .map(|value| String::from_utf8_lossy(value.as_bytes()).into_owned())
+    };
+    LastRequest {
+        path: path.to_owned(),
+        model: None,
+        authorization: header("authorization"),
+        x_api_key: header("x-api-key"),
+        anthropic_version: header("anthropic-version"),
+    }
+}
+
+/// Sleeps for `duration`; `false` if the mock was shut down meanwhile.
+async fn sleep(inner: &Inner, duration: Duration) -> bool {
+    if duration.is_zero() {
+        return true;
+    }
+    let mut shutdown = inner.shutdown.subscribe();
+    tokio::select! {
+        biased;
+        () = shutdown_requested(&mut shutdown) => false,
+        () = tokio::time::sleep(duration) => true,
+    }
+}

@@ -1,0 +1,203 @@
+//! `POST /v1/chat/completions`: the request, the JSON answer and the stream of
+//! `chat.completion.chunk`s.
+
+use axum::Json;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::Value;
+
+use crate::admit::{Admitted, admit};
+use crate::error::Dialect;
+use crate::generate::{self, Generated};
+use crate::stats::Endpoint;
+use crate::stream::{self, ERROR_EVENT_MESSAGE, Ending};
+use crate::wire::{
+    Choice, Chunk, ChunkChoice, Completion, Delta, Message, StreamError, StreamErrorDetail, Usage,
+};
+use crate::{MockLlm, unix_now};
+
+/// Top-level request fields that do not change the answer's text: how it is delivered
+/// (`stream`, `stream_options`) and where it is cut (`max_tokens`, `max_completion_tokens`), so
+/// that a streamed answer equals the non-streamed one and a truncated answer is a prefix of the
+/// full one.
+const NOT_HASHED: [&str; 4] = [
+    "stream",
+    "stream_options",
+    "max_tokens",
+    "max_completion_tokens",
+];
+
+/// A valid chat request, reduced to what the mock needs.
+#[derive(Debug)]
+pub(crate) struct ChatRequest {
+    pub(crate) model: String,
+    pub(crate) stream: bool,
+    pub(crate) include_usage: bool,
+    pub(crate) answer: Generated,
+    /// Per message, 4 plus the words of its content (a string or its `text` parts).
+    pub(crate) prompt_tokens: u64,
+}
+
+impl ChatRequest {
+    /// Reads a request body; `Err` carries the message of the 400.
+    pub(crate) fn parse(value: &Value) -> Result<Self, String> {
+        let object = generate::object(value)?;
+        let model = generate::model(object)?;
+        let messages = match object.get("messages") {
+            Some(Value::Array(messages)) => messages,
+            Some(_) => return Err("Invalid type for 'messages': expected an array.".to_owned()),
+            None => return Err("Missing required parameter: 'messages'.".to_owned()),
+        };
+        let prompt_tokens = generate::messages_tokens(messages, &["text"])?;
+        let stream = generate::flag(object, "stream")?;
+        let include_usage = generate::include_usage(object);
+        // `max_completion_tokens` replaced `max_tokens`; it wins when both are present.
+        let max_tokens = match generate::limit(object, "max_completion_tokens")? {
+            Some(max) => Some(max),
+            None => generate::limit(object, "max_tokens")?,
+        };
+        Ok(Self {
+            model,
+            stream,
+            include_usage,
+            answer: Generated::new(object, &NOT_HASHED, max_tokens),
+            prompt_tokens,
+        })
+    }
+
+    /// `"stop"`, or `"length"` when the limit cut the answer.
+    pub(crate) fn finish_reason(&self) -> &'static str {
+        if self.answer.truncated {
+            "length"
+        } else {
+            "stop"
+        }
+    }
+
+    /// `chatcmpl-` and the request hash in hex.
+    fn id(&self) -> String {
+        format!("chatcmpl-{:016x}", self.answer.hash)
+    }
+}
+
+/// `POST /v1/chat/completions`.
+pub(crate) async fn chat_completions(State(mock): State<MockLlm>, request: Request) -> Response {
+    let admitted = match admit(
+        &mock,
+        Endpoint::Chat,
+        Dialect::OpenAi,
+        request,
+        ChatRequest::parse,
+    )
+    .await
+    {
+        Ok(admitted) => admitted,
+        Err(response) => return response,
+    };
+    let request = &admitted.request;
+    tracing::debug!(
+        model = %request.model,
+        stream = request.stream,
+        tokens = request.answer.output_tokens(),
+        "mock-llm: chat completion"
+    );
+    if request.stream {
+        let plan = plan(&admitted);
+        return admitted.stream(plan);
+    }
+
+    if let Err(response) = admitted.pause().await {
+        return response;
+    }
+    let request = &admitted.request;
+    let id = request.id();
+    let content = request.answer.text();
+    let completion_tokens = request.answer.output_tokens();
+    let completion = Completion {
+        id: &id,
+        object: "chat.completion",
+        created: unix_now(),
+        model: &request.model,
+        choices: [Choice {
+            index: 0,
+            message: Message {
+                role: "assistant",
+                content: &content,
+            },
+            finish_reason: request.finish_reason(),
+        }],
+        usage: Usage::new(request.prompt_tokens, completion_tokens),
+    };
+    let response = Json(completion).into_response();
+    admitted.answered(completion_tokens, response)
+}
+
+/// Every chunk of the stream: the role, one per token, then the finish chunk, the usage chunk
+/// (with `stream_options.include_usage`) and `[DONE]`.
+fn plan(admitted: &Admitted<ChatRequest>) -> stream::Plan {
+    let request = &admitted.request;
+    let id = request.id();
+    let created = unix_now();
+    let model = request.model.as_str();
+    let usage_field = request.include_usage.then_some(None);
+    let chunk = |delta: Delta<'_>, finish_reason: Option<&'static str>| {
+        let choices = [ChunkChoice {
+            index: 0,
+            delta,
+            finish_reason,
+        }];
+        stream::data(&Chunk {
+            id: &id,
+            object: "chat.completion.chunk",
+            created,
+            model,
+            choices: &choices,
+            usage: usage_field,
+        })
+    };
+
+    let tokens: Vec<String> = request.answer.tokens().collect();
+    let mut plan = admitted.plan(tokens.len());
+    plan.event(chunk(
+        Delta {
+            role: Some("assistant"),
+            content: Some(""),
+        },
+        None,
+    ));
+    for token in tokens.iter().take(plan.tokens_to_send()) {
+        plan.token(chunk(
+            Delta {
+                role: None,
+                content: Some(token),
+            },
+            None,
+        ));
+    }
+    match plan.ending() {
+        Ending::ErrorEvent => plan.error(stream::data(&StreamError {
+            error: StreamErrorDetail {
+                message: ERROR_EVENT_MESSAGE,
+                kind: "server_error",
+            },
+        })),
+        Ending::Abort => plan.abort(),
+        Ending::Finish => {
+            plan.event(chunk(Delta::default(), Some(request.finish_reason())));
+            if request.include_usage {
+                let usage = Usage::new(request.prompt_tokens, request.answer.output_tokens());
+                plan.event(stream::data(&Chunk {
+                    id: &id,
+                    object: "chat.completion.chunk",
+                    created,
+                    model,
+                    choices: &[],
+                    usage: Some(Some(usage)),
+                }));
+            }
+            plan.complete(Bytes::from_static(b"data: [DONE]\n\n"));
+        }
+    }
+    plan
+}
