@@ -8,18 +8,11 @@ use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use http::{HeaderMap, StatusCode, header};
-use sha2::{Digest, Sha256};
 use tower_ai_core::key::Tier;
 use tower_ai_core::reject::Refusal;
 
-use crate::config::Secret;
-use crate::file::{Budget, KeyConfig};
+use crate::config::{Budget, KeyConfig, Secret, key_digest as digest};
 use crate::respond::openai_error;
-
-/// The SHA-256 digest of a key.
-pub(crate) fn digest(key: &str) -> [u8; 32] {
-    Sha256::digest(key.as_bytes()).into()
-}
 
 /// A configured client key, as requests carry it in their extensions once
 /// it was checked.
@@ -76,9 +69,13 @@ impl Auth {
         self.keys.get(&digest(key))
     }
 
+    /// Whether a request may use the admin API: with a token configured,
+    /// when it presents it; without one, only while no client keys are
+    /// configured either (the demo). A gateway that checks its clients'
+    /// keys doesn't leave its admin API open.
     fn is_admin(&self, headers: &HeaderMap) -> bool {
         match &self.admin {
-            None => true,
+            None => self.keys.is_empty(),
             Some(token) => bearer(headers).is_some_and(|t| digest(t) == *token),
         }
     }
@@ -110,7 +107,11 @@ pub(crate) async fn check(State(auth): State<Auth>, mut req: Request, next: Next
     let path = req.uri().path();
     if path.starts_with("/admin/") || path == "/admin" {
         if !auth.is_admin(req.headers()) {
-            return unauthorized("the admin API needs `Authorization: Bearer <admin token>`");
+            return unauthorized(if auth.admin.is_none() {
+                "the admin API is closed: with client keys configured, it needs an `[admin]` token"
+            } else {
+                "the admin API needs `Authorization: Bearer <admin token>`"
+            });
         }
     } else if path.starts_with("/v1/") && !auth.keys.is_empty() {
         let Some(caller) = auth.caller(req.headers()).cloned() else {

@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use tower_ai_core::redis::{Degrade, KeySpace, Script, Tag};
 
-use crate::file::Budget;
+use crate::config::Budget;
 
 const RESERVE: &str = r"
 local t = redis.call('TIME')
@@ -266,7 +266,7 @@ fn window_now(budget: Budget) -> (u64, Duration) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::file::Period;
+    use crate::config::Period;
 
     #[tokio::test]
     async fn refuses_once_the_budget_is_spent_and_settles_to_the_real_cost() {

@@ -1,11 +1,23 @@
+//! How a gateway is set up: the settings, and the config file's schema.
+
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::PathBuf;
 use std::time::Duration;
 
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
 use crate::DEFAULT_UPSTREAM_TIMEOUT;
-use crate::file::{KeyConfig, LimitConfig, ModelConfig, OtelConfig};
-use crate::upstream::DEFAULT_CONNECT_TIMEOUT;
+
+/// How long the gateway waits for an upstream connection, TLS handshake
+/// included.
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The SHA-256 digest of a client key: how the gateway knows keys.
+pub(crate) fn key_digest(key: &str) -> [u8; 32] {
+    Sha256::digest(key.as_bytes()).into()
+}
 
 /// How a gateway is set up: from the command line, a config file
 /// (`--config`), or both (flags override the file).
@@ -179,156 +191,183 @@ impl From<tower_ai_ratelimit::ConfigError> for ConfigError {
     }
 }
 
-/// The command line's help text.
-pub const USAGE: &str = "\
-usage: gateway [--config FILE] [--listen ADDR] [--upstream URL] [--redis URL]... [--token-delay-ms N]
+/// One `[[models]]` entry.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ModelConfig {
+    /// What clients ask for.
+    pub name: String,
+    /// How the server is spoken to.
+    pub provider: Provider,
+    /// The server's base URL (with or without a trailing `/v1`).
+    pub base_url: String,
+    /// The provider key, read from the environment variable the file names.
+    pub api_key: Option<Secret>,
+    /// The name sent upstream, when it differs.
+    pub upstream_model: Option<String>,
+    /// An extra trusted root certificate (PEM), for private deployments.
+    pub tls_ca_file: Option<PathBuf>,
+    /// USD per million tokens, for budgets and the spend metric.
+    pub price: Option<Price>,
+}
 
-  --config FILE         a TOML config file (examples/gateway.toml shows every key);
-                        the other flags override it
-  --listen ADDR         where to listen (default 127.0.0.1:8080)
-  --upstream URL        an OpenAI-compatible server (default: a mock LLM started in process)
-  --redis URL           Redis for shared state; repeat the flag, or give several
-                        comma-separated URLs, for a Redis Cluster (default: in memory)
-  --token-delay-ms N    the in-process mock's delay between tokens (default 20)
-  --upstream-timeout-ms N  how long to wait for the upstream's response head (default 60000)
-  --connect-timeout-ms N how long to wait for an upstream connection, TLS included (default 10000)
-  --circuit-open-wait-ms N how long a model's circuit stays open before trial calls (default 30000)
-  --secure-cookies      mark the session cookie Secure (behind a TLS-terminating proxy)
-  --sse-heartbeat-ms N  a heartbeat comment after this long without an event (default 15000)";
+/// `[otel]`: where traces go.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct OtelConfig {
+    /// The OTLP/HTTP collector's base URL (e.g. `http://127.0.0.1:4318`);
+    /// spans go to `{endpoint}/v1/traces`.
+    pub endpoint: String,
+    /// The `service.name` resource attribute (default `tower-ai-gateway`).
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+}
 
-impl Config {
-    /// Reads the command line (without the program name).
-    pub fn from_args<I, S>(args: I) -> Result<Self, ConfigError>
-    where
-        I: IntoIterator<Item = S>,
-        S: Into<String>,
-    {
-        let args: Vec<String> = args.into_iter().map(Into::into).collect();
-        let mut config = Self::default();
-        // The file first, wherever `--config` stands: the flags override it.
-        for (i, arg) in args.iter().enumerate() {
-            let path = match arg.strip_prefix("--config") {
-                Some("") => args.get(i + 1).ok_or_else(|| {
-                    ConfigError::Flags(format!("--config needs a value\n\n{USAGE}"))
-                })?,
-                Some(inline) => match inline.strip_prefix('=') {
-                    Some(path) => path,
-                    None => continue,
-                },
-                None => continue,
-            };
-            config.read_file(Path::new(path))?;
+fn default_service_name() -> String {
+    "tower-ai-gateway".to_owned()
+}
+
+/// One `[[keys]]` entry: a client key the gateway serves.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct KeyConfig {
+    /// The key's label in `/admin/keys` and metrics (default `key-N`).
+    pub name: String,
+    /// The SHA-256 digest of the key (the file may hold either).
+    pub sha256: [u8; 32],
+    /// The tier whose limits apply.
+    pub tier: Option<String>,
+    /// A spend limit, counted across every replica.
+    pub budget: Option<Budget>,
+}
+
+/// A spend limit.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Budget {
+    /// US dollars per period.
+    pub usd: f64,
+    /// The period, a fixed UTC window.
+    pub per: Period,
+}
+
+/// The window a budget counts over; each starts on the UTC boundary
+/// (weeks on Monday).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+#[non_exhaustive]
+pub enum Period {
+    /// A minute.
+    Minute,
+    /// An hour.
+    Hour,
+    /// A day.
+    Day,
+    /// A week, from Monday 00:00 UTC.
+    Week,
+}
+
+impl Period {
+    /// The window's length.
+    pub fn length(&self) -> Duration {
+        Duration::from_secs(match self {
+            Self::Minute => 60,
+            Self::Hour => 3_600,
+            Self::Day => 86_400,
+            Self::Week => 7 * 86_400,
+        })
+    }
+
+    /// Where the windows are aligned, in seconds after the Unix epoch (a
+    /// Thursday: weeks start four days later, on a Monday).
+    pub fn offset(&self) -> u64 {
+        match self {
+            Self::Week => 4 * 86_400,
+            _ => 0,
         }
-        let mut redis_from_flags = false;
-        let mut args = args.into_iter();
-        while let Some(flag) = args.next() {
-            let (name, inline) = match flag.split_once('=') {
-                Some((n, v)) => (n.to_owned(), Some(v.to_owned())),
-                None => (flag, None),
-            };
-            if name == "--help" || name == "-h" {
-                return Err(ConfigError::Flags(USAGE.to_owned()));
-            }
-            if name == "--secure-cookies" {
-                config.secure_cookies = true;
-                continue;
-            }
-            let mut value = || {
-                inline
-                    .clone()
-                    .or_else(|| args.next())
-                    .ok_or_else(|| ConfigError::Flags(format!("{name} needs a value\n\n{USAGE}")))
-            };
-            match name.as_str() {
-                "--config" => {
-                    value()?;
-                }
-                "--listen" => {
-                    let v = value()?;
-                    config.listen = v
-                        .parse()
-                        .map_err(|e| ConfigError::Flags(format!("--listen {v}: {e}")))?;
-                }
-                "--upstream" => {
-                    let v = value()?;
-                    if !(v.starts_with("http://") || v.starts_with("https://")) {
-                        return Err(ConfigError::Flags(format!(
-                            "--upstream {v}: expected an http:// or https:// URL"
-                        )));
-                    }
-                    config.upstream = Some(v);
-                }
-                "--redis" => {
-                    let v = value()?;
-                    if !redis_from_flags {
-                        // The flags' list replaces the file's.
-                        config.redis.clear();
-                        redis_from_flags = true;
-                    }
-                    config.redis.extend(
-                        v.split(',')
-                            .map(str::trim)
-                            .filter(|s| !s.is_empty())
-                            .map(str::to_owned),
-                    );
-                }
-                "--token-delay-ms" => {
-                    config.mock_token_delay = Duration::from_millis(millis(&name, &value()?)?);
-                }
-                "--upstream-timeout-ms" => {
-                    config.upstream_timeout = Duration::from_millis(millis(&name, &value()?)?);
-                }
-                "--sse-heartbeat-ms" => {
-                    config.sse_heartbeat = Duration::from_millis(millis(&name, &value()?)?);
-                }
-                "--connect-timeout-ms" => {
-                    config.connect_timeout = Duration::from_millis(millis(&name, &value()?)?);
-                }
-                "--circuit-open-wait-ms" => {
-                    config.circuit_open_wait = Duration::from_millis(millis(&name, &value()?)?);
-                }
-                other => {
-                    return Err(ConfigError::Flags(format!(
-                        "unknown flag {other}\n\n{USAGE}"
-                    )));
-                }
-            }
+    }
+
+    /// `minute`, `hour`, `day` or `week`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Minute => "minute",
+            Self::Hour => "hour",
+            Self::Day => "day",
+            Self::Week => "week",
         }
-        Ok(config)
     }
 }
 
-impl Config {
-    /// Reads a config file over this config (what the file leaves out
-    /// stays as it is). Environment variables named in the file are read
-    /// now: a provider key or admin token that isn't set refuses the file.
-    pub fn read_file(&mut self, path: &Path) -> Result<(), ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
-            path: path.display().to_string(),
-            line: None,
-            reason: format!("can't read it: {e}"),
-        })?;
-        crate::file::apply(self, path, &text, &|name| std::env::var(name).ok())
-    }
+/// One `[[limits]]` entry: replaces the built-in limits of a route (for
+/// one tier, or for all).
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct LimitConfig {
+    /// The path prefix it applies to.
+    pub route: String,
+    /// The tier it applies to; every tier when absent.
+    pub tier: Option<String>,
+    /// Requests: a bucket of `capacity`, refilled at a rate.
+    pub requests: Option<Bucket>,
+    /// LLM tokens, estimated before the call and reconciled after.
+    pub tokens: Option<Bucket>,
+}
 
-    /// Reads config-file text over this config, as [`Config::read_file`]
-    /// does, but looks up the environment variables it names with `env`
-    /// (a secret store, a test's table) instead of the process environment.
-    /// `origin` names the file in errors; relative paths in it (such as
-    /// `tls_ca_file`) are read from the origin's folder.
-    pub fn read_toml(
-        &mut self,
-        text: &str,
-        origin: &Path,
-        env: impl Fn(&str) -> Option<String>,
-    ) -> Result<(), ConfigError> {
-        crate::file::apply(self, origin, text, &env)
+/// A token bucket.
+#[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
+pub struct Bucket {
+    /// How many fit.
+    pub capacity: u64,
+    /// Refilled per second.
+    pub per_second: f64,
+}
+
+/// How a model's server wants to be spoken to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[non_exhaustive]
+pub enum Provider {
+    /// Any OpenAI-compatible server (OpenAI, vLLM, SGLang, Ollama, …): the
+    /// key goes in `Authorization: Bearer`.
+    #[serde(rename = "openai")]
+    OpenAi,
+    /// Anthropic: the key goes in `x-api-key`, with `anthropic-version`.
+    #[serde(rename = "anthropic")]
+    Anthropic,
+}
+
+impl Provider {
+    /// `"openai"` or `"anthropic"`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::OpenAi => "openai",
+            Self::Anthropic => "anthropic",
+        }
     }
 }
 
-fn millis(name: &str, v: &str) -> Result<u64, ConfigError> {
-    v.parse()
-        .map_err(|e| ConfigError::Flags(format!("{name} {v}: {e}")))
+/// A model's price, in US dollars per million tokens.
+#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[non_exhaustive]
+pub struct Price {
+    /// Per million input (prompt) tokens.
+    pub input_per_mtok: f64,
+    /// Per million output (completion) tokens.
+    pub output_per_mtok: f64,
+}
+
+impl Price {
+    /// What `input` and `output` tokens cost, in nano-dollars (a dollar is
+    /// 10⁹): whole numbers that Redis can add atomically.
+    pub fn nanos(&self, input: u64, output: u64) -> u64 {
+        // USD per million tokens = 1,000 nano-dollars per token per unit.
+        let cost = input as f64 * self.input_per_mtok * 1_000.0
+            + output as f64 * self.output_per_mtok * 1_000.0;
+        cost.ceil().clamp(0.0, u64::MAX as f64) as u64
+    }
 }
 
 #[cfg(test)]
@@ -336,30 +375,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_flags() {
-        let c = Config::from_args([
-            "--listen",
-            "0.0.0.0:9000",
-            "--upstream=http://up:1",
-            "--redis",
-            "redis://a:1,redis://b:2",
-            "--redis",
-            "redis://c:3",
-            "--token-delay-ms",
-            "5",
-        ])
-        .unwrap_or_default();
-        assert_eq!(c.listen, SocketAddr::from(([0, 0, 0, 0], 9000)));
-        assert_eq!(c.upstream.as_deref(), Some("http://up:1"));
-        assert_eq!(c.redis.len(), 3);
-        assert_eq!(c.mock_token_delay, Duration::from_millis(5));
-    }
-
-    #[test]
-    fn refuses_bad_flags() {
-        assert!(Config::from_args(["--listen", "nowhere"]).is_err());
-        assert!(Config::from_args(["--upstream", "ftp://x"]).is_err());
-        assert!(Config::from_args(["--redis"]).is_err());
-        assert!(Config::from_args(["--frobnicate"]).is_err());
+    fn prices_in_nanodollars() {
+        let price = Price {
+            input_per_mtok: 0.15,
+            output_per_mtok: 0.60,
+        };
+        // 1M input tokens cost $0.15; 1M output, $0.60.
+        assert_eq!(price.nanos(1_000_000, 0), 150_000_000);
+        assert_eq!(price.nanos(0, 1_000_000), 600_000_000);
+        assert_eq!(price.nanos(10, 20), 1_500 + 12_000);
     }
 }

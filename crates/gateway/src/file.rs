@@ -9,142 +9,10 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::config::{CacheTtls, Config, ConfigError, Secret};
-use crate::models::{Price, Provider};
-
-/// One `[[models]]` entry.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct ModelConfig {
-    /// What clients ask for.
-    pub name: String,
-    /// How the server is spoken to.
-    pub provider: Provider,
-    /// The server's base URL (with or without a trailing `/v1`).
-    pub base_url: String,
-    /// The provider key, read from the environment variable the file names.
-    pub api_key: Option<Secret>,
-    /// The name sent upstream, when it differs.
-    pub upstream_model: Option<String>,
-    /// An extra trusted root certificate (PEM), for private deployments.
-    pub tls_ca_file: Option<PathBuf>,
-    /// USD per million tokens, for budgets and the spend metric.
-    pub price: Option<Price>,
-}
-
-/// `[otel]`: where traces go.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[non_exhaustive]
-pub struct OtelConfig {
-    /// The OTLP/HTTP collector's base URL (e.g. `http://127.0.0.1:4318`);
-    /// spans go to `{endpoint}/v1/traces`.
-    pub endpoint: String,
-    /// The `service.name` resource attribute (default `tower-ai-gateway`).
-    #[serde(default = "default_service_name")]
-    pub service_name: String,
-}
-
-fn default_service_name() -> String {
-    "tower-ai-gateway".to_owned()
-}
-
-/// One `[[keys]]` entry: a client key the gateway serves.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct KeyConfig {
-    /// The key's label in `/admin/keys` and metrics (default `key-N`).
-    pub name: String,
-    /// The SHA-256 digest of the key (the file may hold either).
-    pub sha256: [u8; 32],
-    /// The tier whose limits apply.
-    pub tier: Option<String>,
-    /// A spend limit, counted across every replica.
-    pub budget: Option<Budget>,
-}
-
-/// A spend limit.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[non_exhaustive]
-pub struct Budget {
-    /// US dollars per period.
-    pub usd: f64,
-    /// The period, a fixed UTC window.
-    pub per: Period,
-}
-
-/// The window a budget counts over; each starts on the UTC boundary
-/// (weeks on Monday).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-#[non_exhaustive]
-pub enum Period {
-    /// A minute.
-    Minute,
-    /// An hour.
-    Hour,
-    /// A day.
-    Day,
-    /// A week, from Monday 00:00 UTC.
-    Week,
-}
-
-impl Period {
-    /// The window's length.
-    pub fn length(&self) -> Duration {
-        Duration::from_secs(match self {
-            Self::Minute => 60,
-            Self::Hour => 3_600,
-            Self::Day => 86_400,
-            Self::Week => 7 * 86_400,
-        })
-    }
-
-    /// Where the windows are aligned, in seconds after the Unix epoch (a
-    /// Thursday: weeks start four days later, on a Monday).
-    pub fn offset(&self) -> u64 {
-        match self {
-            Self::Week => 4 * 86_400,
-            _ => 0,
-        }
-    }
-
-    /// `minute`, `hour`, `day` or `week`.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Self::Minute => "minute",
-            Self::Hour => "hour",
-            Self::Day => "day",
-            Self::Week => "week",
-        }
-    }
-}
-
-/// One `[[limits]]` entry: replaces the built-in limits of a route (for
-/// one tier, or for all).
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct LimitConfig {
-    /// The path prefix it applies to.
-    pub route: String,
-    /// The tier it applies to; every tier when absent.
-    pub tier: Option<String>,
-    /// Requests: a bucket of `capacity`, refilled at a rate.
-    pub requests: Option<Bucket>,
-    /// LLM tokens, estimated before the call and reconciled after.
-    pub tokens: Option<Bucket>,
-}
-
-/// A token bucket.
-#[derive(Debug, Clone, Copy, PartialEq)]
-#[non_exhaustive]
-pub struct Bucket {
-    /// How many fit.
-    pub capacity: u64,
-    /// Refilled per second.
-    pub per_second: f64,
-}
+use crate::config::{
+    Bucket, Budget, CacheTtls, Config, ConfigError, KeyConfig, LimitConfig, ModelConfig,
+    OtelConfig, Price, Provider, Secret, key_digest,
+};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -281,10 +149,18 @@ pub(crate) fn apply(
             ));
         }
         let url = model.base_url.get_ref();
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
+        let parsed = url.parse::<http::Uri>().ok();
+        let valid = parsed.as_ref().is_some_and(|u| {
+            matches!(u.scheme_str(), Some("http" | "https"))
+                && u.host().is_some_and(|h| !h.is_empty())
+                && u.query().is_none()
+        });
+        if !valid {
             return Err(fail(
                 model.base_url.span(),
-                format!("base_url {url}: expected an http:// or https:// URL"),
+                format!(
+                    "base_url {url}: expected an http:// or https:// URL with a host and no query"
+                ),
             ));
         }
         let api_key = match &model.api_key_env {
@@ -341,13 +217,14 @@ pub(crate) fn apply(
     }
 
     let mut digests = HashSet::new();
+    let mut key_names = HashSet::new();
     for (i, key) in file.keys.into_iter().enumerate() {
         let sha256 = match (&key.key, &key.key_sha256) {
             (Some(k), None) => {
                 if k.get_ref().is_empty() {
                     return Err(fail(k.span(), "an empty key".into()));
                 }
-                crate::auth::digest(k.get_ref())
+                key_digest(k.get_ref())
             }
             (None, Some(hex)) => parse_hex32(hex.get_ref()).ok_or_else(|| {
                 fail(
@@ -388,14 +265,24 @@ pub(crate) fn apply(
                 Some(b)
             }
         };
+        let name = key.name.unwrap_or_else(|| format!("key-{}", i + 1));
+        if !key_names.insert(name.clone()) {
+            return Err(fail(
+                span,
+                format!(
+                    "two keys are named {name}: a name labels one key's budget, streams and metrics"
+                ),
+            ));
+        }
         config.keys.push(KeyConfig {
-            name: key.name.unwrap_or_else(|| format!("key-{}", i + 1)),
+            name,
             sha256,
             tier: key.tier,
             budget,
         });
     }
 
+    let mut rules = HashSet::new();
     for limit in file.limits {
         let route = limit.route.get_ref();
         if !route.starts_with('/') {
@@ -436,6 +323,12 @@ pub(crate) fn apply(
                 per_second: rate,
             }))
         };
+        if !rules.insert((route.clone(), limit.tier.clone())) {
+            return Err(fail(
+                limit.route.span(),
+                format!("route {route} is limited twice for the same tier"),
+            ));
+        }
         config.limits.push(LimitConfig {
             route: route.clone(),
             tier: limit.tier,
@@ -464,6 +357,20 @@ pub(crate) fn apply(
             ));
         }
         config.otel = Some(otel.into_inner());
+    }
+    for (key, value) in [
+        ("upstream_timeout_ms", file.upstream_timeout_ms),
+        ("connect_timeout_ms", file.connect_timeout_ms),
+        ("circuit_open_wait_ms", file.circuit_open_wait_ms),
+        ("sse_heartbeat_ms", file.sse_heartbeat_ms),
+    ] {
+        if value == Some(0) {
+            return Err(ConfigError::File {
+                path: shown.clone(),
+                line: text.find(key).map(|at| line_of(text, at)),
+                reason: format!("{key} is at least 1"),
+            });
+        }
     }
     let millis = Duration::from_millis;
     if let Some(v) = file.upstream_timeout_ms {
@@ -501,6 +408,9 @@ fn parse_hex32(hex: &str) -> Option<[u8; 32]> {
         return None;
     }
     let mut out = [0u8; 32];
+    if !hex.iter().all(u8::is_ascii_hexdigit) {
+        return None;
+    }
     for (i, pair) in hex.chunks_exact(2).enumerate() {
         let text = std::str::from_utf8(pair).ok()?;
         out[i] = u8::from_str_radix(text, 16).ok()?;
@@ -573,7 +483,7 @@ chat_ttl_s = 0
         assert_eq!(m.api_key.as_ref().map(Secret::expose), Some("sk-up"));
         assert_eq!(m.upstream_model.as_deref(), Some("gpt-4o-mini-2024-07-18"));
         assert_eq!(c.keys.len(), 2);
-        assert_eq!(c.keys[0].sha256, crate::auth::digest("sk-team-a"));
+        assert_eq!(c.keys[0].sha256, key_digest("sk-team-a"));
         assert_eq!(c.keys[0].tier.as_deref(), Some("pro"));
         assert_eq!(c.keys[1].name, "key-2");
         assert_eq!(c.keys[1].sha256[31], 1);
@@ -623,6 +533,27 @@ chat_ttl_s = 0
         );
         refused("[admin]\ntoken_env = \"NOPE\"\n", 2, "NOPE");
         refused("[[keys]]\nkey_sha256 = \"abc\"\n", 2, "64 hex");
+        refused(
+            &format!("[[keys]]\nkey_sha256 = \"+a{}\"\n", "0".repeat(62)),
+            2,
+            "64 hex",
+        );
+        refused(
+            "[[keys]]\nname = \"a\"\nkey = \"k1\"\n[[keys]]\nname = \"a\"\nkey = \"k2\"\n",
+            6,
+            "two keys",
+        );
+        refused(
+            "[[limits]]\nroute = \"/v1/\"\nrequests = { capacity = 5, per_second = 1.0 }\n[[limits]]\nroute = \"/v1/\"\nrequests = { capacity = 6, per_second = 1.0 }\n",
+            5,
+            "twice",
+        );
+        refused("\nupstream_timeout_ms = 0\n", 2, "at least 1");
+        refused(
+            "[[models]]\nname = \"m\"\nprovider = \"openai\"\nbase_url = \"https://h/v1?x=1\"\n",
+            4,
+            "no query",
+        );
         refused(
             "[[limits]]\nroute = \"/v1/\"\nrequests = { capacity = 5, per_second = 1.0, per_minute = 2.0 }\n",
             3,

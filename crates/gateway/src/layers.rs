@@ -12,8 +12,7 @@ use tower_circuit::key::ByExtension;
 use tower_circuit::{CircuitBreaker, CircuitBreakerLayer, Window};
 use tower_layer::Layer;
 
-use crate::config::CacheTtls;
-use crate::file::LimitConfig;
+use crate::config::{CacheTtls, LimitConfig};
 use crate::upstream::Upstream;
 use crate::{MAX_CHAT_BODY, RedisState};
 

@@ -18,9 +18,11 @@
 //! - `GET /healthz`: the state of the Redis connection and of each circuit.
 //! - `GET /metrics`: Prometheus text exposition.
 
+mod args;
 mod auth;
 mod budget;
 mod config;
+mod endpoint;
 mod file;
 mod layers;
 mod metered;
@@ -45,9 +47,11 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tower_ai_core::redis::{self, ConnectOptions, Degrade, DegradeConfig};
 
-pub use crate::config::{CacheTtls, Config, ConfigError, Secret, USAGE};
-pub use crate::file::{Bucket, Budget, KeyConfig, LimitConfig, ModelConfig, Period};
-pub use crate::models::{Price, Provider};
+pub use crate::args::USAGE;
+pub use crate::config::{
+    Bucket, Budget, CacheTtls, Config, ConfigError, KeyConfig, LimitConfig, ModelConfig,
+    OtelConfig, Period, Price, Provider, Secret,
+};
 pub use crate::upstream::{Upstream, UpstreamError};
 
 /// Request bodies on the chat route: at most 1 MiB.
@@ -253,35 +257,40 @@ async fn connect_redis(urls: &[String]) -> io::Result<RedisState> {
 /// `upstream_url` (the `--upstream` server or the mock), with the key in
 /// `UPSTREAM_API_KEY` when set.
 fn model_table(config: &Config, upstream_url: &str) -> io::Result<models::Models> {
-    let timeouts = upstream::Timeouts {
+    let timeouts = endpoint::Timeouts {
         connect: config.connect_timeout,
         head: config.upstream_timeout,
-        idle: upstream::DEFAULT_IDLE_TIMEOUT,
+        idle: endpoint::DEFAULT_IDLE_TIMEOUT,
     };
     let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidInput, e);
     if config.models.is_empty() {
-        let endpoint = upstream::Endpoint::new(upstream_url, None, timeouts)
+        let endpoint = endpoint::Endpoint::new(upstream_url, None, timeouts)
             .map_err(|e| invalid(format!("--upstream: {e}")))?;
         let key = std::env::var("UPSTREAM_API_KEY").ok();
         let mut route = models::ModelRoute::new(
             "*",
-            models::Provider::OpenAi,
+            config::Provider::OpenAi,
             endpoint,
             key.as_deref().filter(|k| !k.is_empty()),
         );
         route.wildcard = true;
         return Ok(models::Models::new(vec![route]));
     }
+    if config.models.iter().all(|m| m.price.is_none())
+        && config.keys.iter().any(|k| k.budget.is_some())
+    {
+        tracing::warn!("keys have budgets but no model has a price: nothing will be counted");
+    }
     // Models on the same server (and trusting the same roots) share one
     // connection pool.
-    let mut endpoints: std::collections::HashMap<_, upstream::Endpoint> = Default::default();
+    let mut endpoints: std::collections::HashMap<_, endpoint::Endpoint> = Default::default();
     let mut routes = Vec::with_capacity(config.models.len());
     for model in &config.models {
         let pool = (model.base_url.clone(), model.tls_ca_file.clone());
         let endpoint = match endpoints.get(&pool) {
             Some(endpoint) => endpoint.clone(),
             None => {
-                let endpoint = upstream::Endpoint::new(
+                let endpoint = endpoint::Endpoint::new(
                     &model.base_url,
                     model.tls_ca_file.as_deref(),
                     timeouts,

@@ -15,7 +15,7 @@ use pin_project_lite::pin_project;
 use tower_ai_core::llm::AnswerTap;
 
 use crate::budget::{Budgets, Reservation};
-use crate::models::Price;
+use crate::config::Price;
 
 /// A JSON answer is read for its usage up to this size.
 const JSON_LIMIT: usize = 4 << 20;

@@ -4,54 +4,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::HeaderValue;
-use serde::Deserialize;
 
-use crate::upstream::Endpoint;
-
-/// How a model's server wants to be spoken to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[non_exhaustive]
-pub enum Provider {
-    /// Any OpenAI-compatible server (OpenAI, vLLM, SGLang, Ollama, …): the
-    /// key goes in `Authorization: Bearer`.
-    #[serde(rename = "openai")]
-    OpenAi,
-    /// Anthropic: the key goes in `x-api-key`, with `anthropic-version`.
-    #[serde(rename = "anthropic")]
-    Anthropic,
-}
-
-impl Provider {
-    /// `"openai"` or `"anthropic"`.
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            Self::OpenAi => "openai",
-            Self::Anthropic => "anthropic",
-        }
-    }
-}
-
-/// A model's price, in US dollars per million tokens.
-#[derive(Debug, Clone, Copy, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
-#[non_exhaustive]
-pub struct Price {
-    /// Per million input (prompt) tokens.
-    pub input_per_mtok: f64,
-    /// Per million output (completion) tokens.
-    pub output_per_mtok: f64,
-}
-
-impl Price {
-    /// What `input` and `output` tokens cost, in nano-dollars (a dollar is
-    /// 10⁹): whole numbers that Redis can add atomically.
-    pub fn nanos(&self, input: u64, output: u64) -> u64 {
-        // USD per million tokens = 1,000 nano-dollars per token per unit.
-        let cost = input as f64 * self.input_per_mtok * 1_000.0
-            + output as f64 * self.output_per_mtok * 1_000.0;
-        cost.ceil().clamp(0.0, u64::MAX as f64) as u64
-    }
-}
+use crate::config::{Price, Provider};
+use crate::endpoint::Endpoint;
 
 /// One model as the gateway serves it.
 #[derive(Debug)]
@@ -145,22 +100,5 @@ impl Models {
     /// The route for any name, when the gateway has no model table.
     pub(crate) fn wildcard(&self) -> Option<&Arc<ModelRoute>> {
         self.wildcard.as_ref()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn prices_in_nanodollars() {
-        let price = Price {
-            input_per_mtok: 0.15,
-            output_per_mtok: 0.60,
-        };
-        // 1M input tokens cost $0.15; 1M output, $0.60.
-        assert_eq!(price.nanos(1_000_000, 0), 150_000_000);
-        assert_eq!(price.nanos(0, 1_000_000), 600_000_000);
-        assert_eq!(price.nanos(10, 20), 1_500 + 12_000);
     }
 }

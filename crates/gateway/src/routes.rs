@@ -16,7 +16,7 @@ use crate::{AppState, MAX_CHAT_BODY};
 
 pub(crate) fn router(
     state: AppState,
-    limits: &[crate::file::LimitConfig],
+    limits: &[crate::config::LimitConfig],
 ) -> Result<Router, crate::config::ConfigError> {
     let api = Router::new()
         .route("/v1/chat/completions", post(proxy::model_call))
