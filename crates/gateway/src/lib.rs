@@ -62,6 +62,7 @@ pub const MAX_CHAT_BODY: usize = 1 << 20;
 pub struct Gateway {
     addr: SocketAddr,
     upstream_url: String,
+    models: Vec<String>,
     mock: Option<MockHandle>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<io::Result<()>>>,
@@ -106,6 +107,12 @@ impl Gateway {
     pub async fn serve(listener: TcpListener, config: Config) -> io::Result<Self> {
         let metrics = metrics::handle();
         let addr = listener.local_addr()?;
+        if config.upstream.is_some() && !config.models.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "--upstream is for a gateway without [[models]]: each model names its own base_url",
+            ));
+        }
         let (upstream_url, mock) = match &config.upstream {
             Some(url) => (url.trim_end_matches('/').to_owned(), None),
             None if !config.models.is_empty() => (String::new(), None),
@@ -126,6 +133,7 @@ impl Gateway {
             urls => Some(connect_redis(urls).await?),
         };
         let models = Arc::new(model_table(&config, &upstream_url)?);
+        let model_names = models.named().iter().map(|m| m.name.to_string()).collect();
         let upstream = Upstream::new();
         let shared = redis
             .as_ref()
@@ -175,6 +183,7 @@ impl Gateway {
         Ok(Self {
             addr,
             upstream_url,
+            models: model_names,
             mock,
             shutdown: Some(tx),
             task: Some(task),
@@ -195,6 +204,12 @@ impl Gateway {
     /// the config lists models).
     pub fn upstream_url(&self) -> &str {
         &self.upstream_url
+    }
+
+    /// The configured model names, in the config's order (empty without a
+    /// model table).
+    pub fn models(&self) -> &[String] {
+        &self.models
     }
 
     /// The in-process mock upstream, when the gateway started one.

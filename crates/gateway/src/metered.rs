@@ -140,9 +140,9 @@ impl Meter {
         let cost = match summary.usage {
             Some(usage) => {
                 spec.span
-                    .record("gen_ai.usage.input_tokens", usage.prompt_tokens);
+                    .record("gen_ai.usage.input_tokens", int(usage.prompt_tokens));
                 spec.span
-                    .record("gen_ai.usage.output_tokens", usage.completion_tokens);
+                    .record("gen_ai.usage.output_tokens", int(usage.completion_tokens));
                 metrics::counter!("tower_ai_gateway_input_tokens_total", "model" => model.clone(), "key" => key.clone())
                     .increment(usage.prompt_tokens);
                 metrics::counter!("tower_ai_gateway_output_tokens_total", "model" => model.clone(), "key" => key.clone())
@@ -166,4 +166,9 @@ impl Meter {
             }
         }
     }
+}
+
+/// A count as OpenTelemetry's integer type (it has no unsigned one).
+pub(crate) fn int(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
 }

@@ -190,7 +190,7 @@ fn gen_ai_span(path: &str, route: &ModelRoute, request: &ChatRequest) -> tracing
         gen_ai.provider.name = route.provider.as_str(),
         gen_ai.system = route.provider.as_str(),
         gen_ai.request.model = %route.name,
-        gen_ai.request.max_tokens = request.max_output_tokens,
+        gen_ai.request.max_tokens = request.max_output_tokens.map(crate::metered::int),
         gen_ai.request.stream = request.stream,
         gen_ai.response.finish_reasons = tracing::field::Empty,
         gen_ai.usage.input_tokens = tracing::field::Empty,
