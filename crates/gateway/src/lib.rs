@@ -134,7 +134,7 @@ impl Gateway {
         };
         let models = Arc::new(model_table(&config, &upstream_url)?);
         let model_names = models.named().iter().map(|m| m.name.to_string()).collect();
-        let upstream = Upstream::new();
+        let upstream = Upstream::routed();
         let shared = redis
             .as_ref()
             .map(|r| (r.client.clone(), r.degrade.clone()));

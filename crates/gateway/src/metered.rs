@@ -95,7 +95,7 @@ impl http_body::Body for Metered {
                         meter.first_byte = true;
                         metrics::histogram!(
                             "tower_ai_gateway_time_to_first_token_seconds",
-                            "model" => meter.spec.model.to_string()
+                            "model" => label(&meter.spec.model)
                         )
                         .record(meter.spec.started.elapsed().as_secs_f64());
                     }
@@ -125,7 +125,7 @@ impl Meter {
     fn finish(mut self: Box<Self>) {
         let summary = self.tap.finish();
         let spec = &self.spec;
-        let (model, key) = (spec.model.to_string(), spec.key.to_string());
+        let (model, key) = (label(&spec.model), label(&spec.key));
         metrics::histogram!("tower_ai_gateway_request_duration_seconds", "model" => model.clone())
             .record(spec.started.elapsed().as_secs_f64());
         if let Some(reason) = &summary.finish_reason {
@@ -171,4 +171,9 @@ impl Meter {
 /// A count as OpenTelemetry's integer type (it has no unsigned one).
 pub(crate) fn int(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+/// A label value shared with the config's name: no copy per request.
+pub(crate) fn label(name: &Arc<str>) -> metrics::SharedString {
+    metrics::SharedString::from_shared(name.clone())
 }

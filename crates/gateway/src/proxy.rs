@@ -22,7 +22,7 @@ use tracing::Instrument;
 use crate::auth::CallerExt;
 use crate::budget::Reserve;
 use crate::layers::Model;
-use crate::metered::MeterSpec;
+use crate::metered::{MeterSpec, label};
 use crate::models::{ModelRoute, Target};
 use crate::owners::{Owner, unknown_stream};
 use crate::respond::{bad_request, openai_error, upstream_failed};
@@ -88,7 +88,7 @@ pub(crate) async fn model_call(State(state): State<AppState>, req: Request) -> R
         match state.budgets.reserve(&caller.name, budget, estimate).await {
             Reserve::Granted(r) => reservation = Some(r),
             Reserve::Refused { retry_after } => {
-                metrics::counter!("tower_ai_gateway_budget_refusals_total", "key" => caller.name.to_string())
+                metrics::counter!("tower_ai_gateway_budget_refusals_total", "key" => label(&caller.name))
                     .increment(1);
                 return openai_error(
                     Refusal::too_many_requests().retry_after(retry_after),
@@ -159,8 +159,8 @@ pub(crate) async fn model_call(State(state): State<AppState>, req: Request) -> R
     }
     metrics::counter!(
         "tower_ai_gateway_model_requests_total",
-        "model" => route.name.to_string(),
-        "key" => key_label.to_string(),
+        "model" => label(&route.name),
+        "key" => label(&key_label),
         "status" => res.status().as_u16().to_string()
     )
     .increment(1);
@@ -271,7 +271,7 @@ async fn upstream_list(route: Arc<ModelRoute>, req: Request) -> Response {
     parts
         .headers
         .insert(header::ACCEPT, HeaderValue::from_static("application/json"));
-    match Upstream::new()
+    match Upstream::routed()
         .oneshot(Request::from_parts(parts, Body::empty()))
         .await
     {

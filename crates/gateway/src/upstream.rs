@@ -4,7 +4,9 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::body::Body;
 use http::header::{self, HeaderName};
@@ -13,6 +15,7 @@ use http::{HeaderMap, HeaderValue, Request, Response};
 use tower::Service;
 
 use crate::config::Provider;
+use crate::endpoint::{DEFAULT_IDLE_TIMEOUT, Endpoint, Timeouts};
 use crate::metered::{MeterSpec, Metered};
 use crate::models::{ModelRoute, Target};
 
@@ -101,12 +104,30 @@ fn is_tls(e: &(dyn std::error::Error + 'static)) -> bool {
 /// the body is not, since a long answer streams for as long as it takes.
 #[derive(Debug, Clone, Default)]
 pub struct Upstream {
-    _private: (),
+    /// Where requests that weren't routed go.
+    default: Option<Arc<ModelRoute>>,
 }
 
 impl Upstream {
-    pub(crate) fn new() -> Self {
+    /// The gateway's client: every request goes where it was routed.
+    pub(crate) fn routed() -> Self {
         Self::default()
+    }
+
+    /// A client that sends every request to one OpenAI-compatible server
+    /// at `base_url` (`http[s]://host[:port][/prefix]`), with no key of its
+    /// own, waiting at most `timeout` for each response head.
+    pub fn new(base_url: &str, timeout: Duration) -> Result<Self, String> {
+        let timeouts = Timeouts {
+            connect: crate::config::DEFAULT_CONNECT_TIMEOUT,
+            head: timeout,
+            idle: DEFAULT_IDLE_TIMEOUT,
+        };
+        let endpoint = Endpoint::new(base_url, None, timeouts).map_err(|e| e.to_string())?;
+        let route = ModelRoute::new("*", Provider::OpenAi, endpoint, None);
+        Ok(Self {
+            default: Some(Arc::new(route)),
+        })
     }
 }
 
@@ -161,7 +182,8 @@ impl Service<Request<Body>> for Upstream {
     }
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let Some(Target(route)) = req.extensions().get::<Target>().cloned() else {
+        let routed = req.extensions().get::<Target>().map(|t| t.0.clone());
+        let Some(route) = routed.or_else(|| self.default.clone()) else {
             return Box::pin(async { Err(UpstreamError::Unrouted) });
         };
         let meter = req.extensions().get::<MeterSpec>().cloned();
@@ -218,7 +240,6 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::endpoint::{Endpoint, Timeouts};
     use crate::models::ModelRoute;
 
     const TIMEOUTS: Timeouts = Timeouts {
