@@ -75,7 +75,11 @@ pub(crate) struct AppState {
     pub(crate) auth: auth::Auth,
     pub(crate) budgets: budget::Budgets,
     pub(crate) owners: owners::Owners,
+    /// Streamed answers: through the relay, resumable.
     pub(crate) upstream: layers::RelayedUpstream,
+    /// Answers that aren't streamed: past the relay, which has nothing to
+    /// keep of them.
+    pub(crate) direct: layers::GuardedUpstream,
     pub(crate) streams: tower_sse_relay::streams::StreamsService<tower_sse_relay::AnyStore>,
     pub(crate) circuits: tower_circuit::CircuitHandle,
     pub(crate) cache: tower_ai_cache::CacheLayer,
@@ -150,6 +154,7 @@ impl Gateway {
             redis.as_ref(),
         )
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let direct = upstream.clone();
         let (upstream, streams) = layers::relay(upstream, config.sse_heartbeat, redis.as_ref())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let state = AppState {
@@ -158,6 +163,7 @@ impl Gateway {
             budgets,
             owners,
             upstream,
+            direct,
             streams,
             circuits,
             cache,

@@ -138,12 +138,19 @@ pub(crate) async fn model_call(State(state): State<AppState>, req: Request) -> R
     parts.extensions.insert(Target(route.clone()));
     let req = Request::from_parts(parts, body);
 
-    let res = state
-        .upstream
-        .clone()
-        .oneshot(req)
-        .instrument(span.clone())
-        .await;
+    // Only a stream goes through the relay: it has nothing to keep of a
+    // JSON answer, and each of its generations is a task of its own.
+    let res = if request.stream {
+        let call = state.upstream.clone().oneshot(req);
+        call.instrument(span.clone())
+            .await
+            .map(|r| r.map(Body::new))
+    } else {
+        let call = state.direct.clone().oneshot(req);
+        call.instrument(span.clone())
+            .await
+            .map(|r| r.map(Body::new))
+    };
     // Still reserved: no upstream answered (an open circuit, a failed
     // connection), so nothing was spent.
     let unspent = reservation.lock().take();
@@ -151,7 +158,7 @@ pub(crate) async fn model_call(State(state): State<AppState>, req: Request) -> R
         state.budgets.settle(unspent, 0).await;
     }
     let res = match res {
-        Ok(res) => res.map(Body::new),
+        Ok(res) => res,
         Err(e) => upstream_failed(&e),
     };
     if !res.status().is_success() {

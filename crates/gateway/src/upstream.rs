@@ -140,6 +140,11 @@ pub(crate) fn upstream_request(
     let path = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
     parts.uri = route.endpoint.uri(path)?;
     strip_hop_by_hop(&mut parts.headers);
+    // The gateway reads every answer (usage, cache, history): uncompressed.
+    parts.headers.insert(
+        header::ACCEPT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
     for name in [
         header::AUTHORIZATION,
         header::COOKIE,
