@@ -345,7 +345,9 @@ impl StreamJudge {
         self.error
     }
 
-    /// Whether `data: [DONE]` was seen.
+    /// Whether the stream's end was seen: `data: [DONE]`, or a terminal
+    /// named event (`message_stop`, `response.completed`,
+    /// `response.incomplete`).
     pub const fn saw_done(&self) -> bool {
         self.done
     }
@@ -356,9 +358,19 @@ impl StreamJudge {
             // about the upstream's health.
             let Ok(event) = event else { continue };
             self.events += 1;
-            if event.event_type() == "error" {
-                self.error = true;
-                continue;
+            // The APIs that name their events end with a named one
+            // (Anthropic's `message_stop`, the Responses API's
+            // `response.completed`): read from the name, no JSON needed.
+            match event.event_type() {
+                "error" | "response.failed" => {
+                    self.error = true;
+                    continue;
+                }
+                "message_stop" | "response.completed" | "response.incomplete" => {
+                    self.done = true;
+                    continue;
+                }
+                _ => {}
             }
             let data = event.data();
             if data.trim() == "[DONE]" {
@@ -511,6 +523,17 @@ mod tests {
             stream(&[chunk, "data: [DONE]\n\n"]).error(),
             Outcome::Success
         );
+        // Anthropic's and the Responses API's named events.
+        let start = "event: message_start\ndata: {\"type\":\"message_start\"}\n\n";
+        let stop = "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+        assert_eq!(stream(&[start, stop]).end(), Outcome::Success);
+        assert_eq!(stream(&[start, stop]).error(), Outcome::Success);
+        let overloaded = "event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\"}}\n\n";
+        assert_eq!(stream(&[start, overloaded]).end(), Outcome::Failure);
+        let completed = "event: response.completed\ndata: {\"type\":\"response.completed\"}\n\n";
+        assert_eq!(stream(&[completed]).error(), Outcome::Success);
+        let failed = "event: response.failed\ndata: {\"type\":\"response.failed\"}\n\n";
+        assert_eq!(stream(&[failed]).end(), Outcome::Failure);
         // Judging can be switched off.
         let c = DefaultClassifier::new().judge_event_streams(false);
         match c.classify_response(&res(200, Some("text/event-stream"))) {
