@@ -117,6 +117,23 @@ async fn post(gateway: &Gateway, path: &str, key: &str, body: &Value) -> reqwest
         .expect("a response")
 }
 
+/// `GET {url}`, with a bearer token when given.
+async fn get(url: String, token: Option<&str>) -> reqwest::Response {
+    let mut req = reqwest::Client::new().get(url);
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    req.send().await.expect("a response")
+}
+
+async fn get_json(url: String, token: Option<&str>) -> Value {
+    get(url, token).await.json().await.expect("JSON")
+}
+
+async fn get_text(url: String) -> String {
+    get(url, None).await.text().await.expect("text")
+}
+
 async fn events(res: reqwest::Response) -> Vec<SseEvent> {
     assert_eq!(res.status(), 200);
     let mut reader = SseReader::new(res);
@@ -408,14 +425,7 @@ tokens = {{ capacity = 1000000, per_hour = 1.0 }}
     assert!(last.x_api_key.is_none());
 
     // Per model, with the config's names as labels.
-    let metrics = reqwest::Client::new()
-        .get(format!("{}/metrics", gateway.url()))
-        .send()
-        .await
-        .expect("a response")
-        .text()
-        .await
-        .expect("text");
+    let metrics = get_text(format!("{}/metrics", gateway.url())).await;
     for series in [
         "tower_ai_gateway_input_tokens_total{model=\"claude-3-5-haiku\",key=\"-\"}",
         "tower_ai_gateway_output_tokens_total{model=\"gpt-4o-mini\",key=\"-\"}",
@@ -435,16 +445,7 @@ tokens = {{ capacity = 1000000, per_hour = 1.0 }}
 async fn models_are_listed_and_an_unknown_one_is_not_found() {
     let mock = mock().await;
     let gateway = gateway(&models(&mock)).await;
-    let client = reqwest::Client::new();
-    let list: Value = client
-        .get(format!("{}/v1/models", gateway.url()))
-        .bearer_auth("anyone")
-        .send()
-        .await
-        .expect("a response")
-        .json()
-        .await
-        .expect("JSON");
+    let list: Value = get_json(format!("{}/v1/models", gateway.url()), Some("anyone")).await;
     assert_eq!(list["object"], "list");
     let ids: Vec<&str> = list["data"]
         .as_array()
@@ -470,14 +471,7 @@ async fn models_are_listed_and_an_unknown_one_is_not_found() {
     assert_eq!(doc["error"]["code"], "model_not_found");
     assert_eq!(mock.stats().requests, before, "nothing went upstream");
     // Unknown names make no metric label.
-    let metrics = client
-        .get(format!("{}/metrics", gateway.url()))
-        .send()
-        .await
-        .expect("a response")
-        .text()
-        .await
-        .expect("text");
+    let metrics = get_text(format!("{}/metrics", gateway.url())).await;
     assert!(!metrics.contains("gpt-5-ultra"));
 
     // With no model table, the list is the upstream's.
@@ -485,14 +479,7 @@ async fn models_are_listed_and_an_unknown_one_is_not_found() {
     config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
     config.upstream = Some(mock.base_url());
     let open = Gateway::start(config).await.expect("the gateway starts");
-    let list: Value = client
-        .get(format!("{}/v1/models", open.url()))
-        .send()
-        .await
-        .expect("a response")
-        .json()
-        .await
-        .expect("JSON");
+    let list: Value = get_json(format!("{}/v1/models", open.url()), None).await;
     assert!(list["data"].as_array().is_some_and(|d| !d.is_empty()));
 }
 
@@ -594,21 +581,13 @@ requests = {{ capacity = 1, per_hour = 1.0 }}
 
     // The admin API needs the admin token.
     for token in [None, Some("sk-pro"), Some("wrong")] {
-        let mut req = client.get(format!("{}/admin/keys", gateway.url()));
-        if let Some(token) = token {
-            req = req.bearer_auth(token);
-        }
-        problem(req.send().await.expect("a response"), 401).await;
+        problem(
+            get(format!("{}/admin/keys", gateway.url()), token).await,
+            401,
+        )
+        .await;
     }
-    let keys: Value = client
-        .get(format!("{}/admin/keys", gateway.url()))
-        .bearer_auth("admin-token")
-        .send()
-        .await
-        .expect("a response")
-        .json()
-        .await
-        .expect("JSON");
+    let keys: Value = get_json(format!("{}/admin/keys", gateway.url()), Some("admin-token")).await;
     assert_eq!(keys["keys"][0]["name"], "team-pro");
     assert_eq!(keys["keys"][1]["tier"], "free");
     assert!(!keys.to_string().contains("sk-pro"), "never the key itself");
@@ -706,15 +685,11 @@ requests = {{ capacity = 1000, per_second = 100.0 }}
         assert_eq!(doc["error"]["type"], "insufficient_quota");
     }
     // The spend is visible, and over the budget by less than one estimate.
-    let keys: Value = reqwest::Client::new()
-        .get(format!("{}/admin/keys", replicas[1].url()))
-        .bearer_auth("admin-token")
-        .send()
-        .await
-        .expect("a response")
-        .json()
-        .await
-        .expect("JSON");
+    let keys: Value = get_json(
+        format!("{}/admin/keys", replicas[1].url()),
+        Some("admin-token"),
+    )
+    .await;
     let spent = keys["keys"][0]["budget"]["spent_usd"]
         .as_f64()
         .unwrap_or(0.0);

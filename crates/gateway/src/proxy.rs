@@ -42,7 +42,6 @@ pub(crate) async fn model_call(State(state): State<AppState>, req: Request) -> R
     // `MAX_CHAT_BODY` (and refused a larger one with 413): this read can't
     // be cut short.
     let caller = req.extensions().get::<CallerExt>().cloned();
-    let owner = owner(&req, caller.as_ref());
     let (mut parts, body) = req.into_parts();
     let bytes = match read_limited(body, MAX_CHAT_BODY).await {
         Ok(bytes) => bytes,
@@ -137,6 +136,8 @@ pub(crate) async fn model_call(State(state): State<AppState>, req: Request) -> R
     });
     parts.extensions.insert(Target(route.clone()));
     let req = Request::from_parts(parts, body);
+    // Only a stream can be re-attached to: only its owner is worth a digest.
+    let owner = request.stream.then(|| owner(&req, caller.as_ref()));
 
     // Only a stream goes through the relay: it has nothing to keep of a
     // JSON answer, and each of its generations is a task of its own.
@@ -171,10 +172,11 @@ pub(crate) async fn model_call(State(state): State<AppState>, req: Request) -> R
         "status" => res.status().as_u16().to_string()
     )
     .increment(1);
-    if let Some(stream) = res
-        .headers()
-        .get("x-stream-id")
-        .and_then(|v| v.to_str().ok())
+    if let Some(owner) = owner
+        && let Some(stream) = res
+            .headers()
+            .get("x-stream-id")
+            .and_then(|v| v.to_str().ok())
     {
         state.owners.record(stream, owner).await;
     }

@@ -14,6 +14,7 @@ use serde_json::Value;
 
 use crate::error::Dialect;
 use crate::fault::Fault;
+use crate::generate::Generated;
 use crate::stats::{Counters, Endpoint, InFlight, LastRequest};
 use crate::stream::{self, Plan};
 use crate::{Inner, MockLlm, shutdown_requested};
@@ -94,6 +95,51 @@ pub(crate) async fn admit<T>(
         dialect,
         in_flight,
     })
+}
+
+/// What the shared flow of a generating route reads of its parsed request.
+pub(crate) trait Generating {
+    /// The model asked for.
+    fn model(&self) -> &str;
+    /// Whether the answer is streamed.
+    fn streams(&self) -> bool;
+    /// The answer.
+    fn answer(&self) -> &Generated;
+}
+
+/// A generating route: the checks of [`admit`], then the `plan`ned stream,
+/// or, one token delay later, the JSON `answer`, counted as sent.
+pub(crate) async fn generate<T: Generating>(
+    mock: &MockLlm,
+    endpoint: Endpoint,
+    dialect: Dialect,
+    request: Request,
+    parse: impl FnOnce(&Value) -> Result<T, String>,
+    plan: impl FnOnce(&Admitted<T>) -> Plan,
+    answer: impl FnOnce(&T) -> Response,
+) -> Response {
+    let admitted = match admit(mock, endpoint, dialect, request, parse).await {
+        Ok(admitted) => admitted,
+        Err(response) => return response,
+    };
+    let request = &admitted.request;
+    let output_tokens = request.answer().output_tokens();
+    tracing::debug!(
+        ?endpoint,
+        model = %request.model(),
+        stream = request.streams(),
+        tokens = output_tokens,
+        "mock-llm: answering"
+    );
+    if request.streams() {
+        let plan = plan(&admitted);
+        return admitted.stream(plan);
+    }
+    if let Err(response) = admitted.pause().await {
+        return response;
+    }
+    let response = answer(&admitted.request);
+    admitted.answered(output_tokens, response)
 }
 
 impl<T> Admitted<T> {

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::MockLlm;
-use crate::admit::{Admitted, admit};
+use crate::admit::{Admitted, Generating, generate};
 use crate::error::{AnthropicError, AnthropicErrorDetail, Dialect};
 use crate::generate::{self, Generated, TOKENS_PER_MESSAGE};
 use crate::stats::Endpoint;
@@ -104,55 +104,37 @@ struct Usage {
 
 /// `POST /v1/messages`.
 pub(crate) async fn messages(State(mock): State<MockLlm>, request: Request) -> Response {
-    let admitted = match admit(
+    generate(
         &mock,
         Endpoint::Messages,
         Dialect::Anthropic,
         request,
         MessagesRequest::parse,
+        plan,
+        |request| {
+            let id = request.id();
+            let text = request.answer.text();
+            let output_tokens = request.answer.output_tokens();
+            let message = Message {
+                id: &id,
+                kind: "message",
+                role: "assistant",
+                model: &request.model,
+                content: &[TextBlock {
+                    kind: "text",
+                    text: &text,
+                }],
+                stop_reason: Some(request.stop_reason()),
+                stop_sequence: None,
+                usage: Usage {
+                    input_tokens: request.input_tokens,
+                    output_tokens,
+                },
+            };
+            Json(message).into_response()
+        },
     )
     .await
-    {
-        Ok(admitted) => admitted,
-        Err(response) => return response,
-    };
-    let request = &admitted.request;
-    tracing::debug!(
-        model = %request.model,
-        stream = request.stream,
-        tokens = request.answer.output_tokens(),
-        "mock-llm: message"
-    );
-    if request.stream {
-        let plan = plan(&admitted);
-        return admitted.stream(plan);
-    }
-
-    if let Err(response) = admitted.pause().await {
-        return response;
-    }
-    let request = &admitted.request;
-    let id = request.id();
-    let text = request.answer.text();
-    let output_tokens = request.answer.output_tokens();
-    let message = Message {
-        id: &id,
-        kind: "message",
-        role: "assistant",
-        model: &request.model,
-        content: &[TextBlock {
-            kind: "text",
-            text: &text,
-        }],
-        stop_reason: Some(request.stop_reason()),
-        stop_sequence: None,
-        usage: Usage {
-            input_tokens: request.input_tokens,
-            output_tokens,
-        },
-    };
-    let response = Json(message).into_response();
-    admitted.answered(output_tokens, response)
 }
 
 /// Any method but `POST` on `/v1/messages`.
@@ -315,4 +297,18 @@ fn plan(admitted: &Admitted<MessagesRequest>) -> stream::Plan {
         }
     }
     plan
+}
+
+impl Generating for MessagesRequest {
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn streams(&self) -> bool {
+        self.stream
+    }
+
+    fn answer(&self) -> &Generated {
+        &self.answer
+    }
 }

@@ -7,7 +7,7 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::admit::{Admitted, admit};
+use crate::admit::{Admitted, Generating, generate};
 use crate::error::Dialect;
 use crate::generate::{self, Generated};
 use crate::stats::Endpoint;
@@ -83,54 +83,36 @@ impl ChatRequest {
 
 /// `POST /v1/chat/completions`.
 pub(crate) async fn chat_completions(State(mock): State<MockLlm>, request: Request) -> Response {
-    let admitted = match admit(
+    generate(
         &mock,
         Endpoint::Chat,
         Dialect::OpenAi,
         request,
         ChatRequest::parse,
+        plan,
+        |request| {
+            let id = request.id();
+            let content = request.answer.text();
+            let completion_tokens = request.answer.output_tokens();
+            let completion = Completion {
+                id: &id,
+                object: "chat.completion",
+                created: unix_now(),
+                model: &request.model,
+                choices: [Choice {
+                    index: 0,
+                    message: Message {
+                        role: "assistant",
+                        content: &content,
+                    },
+                    finish_reason: request.finish_reason(),
+                }],
+                usage: Usage::new(request.prompt_tokens, completion_tokens),
+            };
+            Json(completion).into_response()
+        },
     )
     .await
-    {
-        Ok(admitted) => admitted,
-        Err(response) => return response,
-    };
-    let request = &admitted.request;
-    tracing::debug!(
-        model = %request.model,
-        stream = request.stream,
-        tokens = request.answer.output_tokens(),
-        "mock-llm: chat completion"
-    );
-    if request.stream {
-        let plan = plan(&admitted);
-        return admitted.stream(plan);
-    }
-
-    if let Err(response) = admitted.pause().await {
-        return response;
-    }
-    let request = &admitted.request;
-    let id = request.id();
-    let content = request.answer.text();
-    let completion_tokens = request.answer.output_tokens();
-    let completion = Completion {
-        id: &id,
-        object: "chat.completion",
-        created: unix_now(),
-        model: &request.model,
-        choices: [Choice {
-            index: 0,
-            message: Message {
-                role: "assistant",
-                content: &content,
-            },
-            finish_reason: request.finish_reason(),
-        }],
-        usage: Usage::new(request.prompt_tokens, completion_tokens),
-    };
-    let response = Json(completion).into_response();
-    admitted.answered(completion_tokens, response)
 }
 
 /// Every chunk of the stream: the role, one per token, then the finish chunk, the usage chunk
@@ -200,4 +182,18 @@ fn plan(admitted: &Admitted<ChatRequest>) -> stream::Plan {
         }
     }
     plan
+}
+
+impl Generating for ChatRequest {
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn streams(&self) -> bool {
+        self.stream
+    }
+
+    fn answer(&self) -> &Generated {
+        &self.answer
+    }
 }

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::admit::{Admitted, admit};
+use crate::admit::{Admitted, Generating, generate};
 use crate::error::Dialect;
 use crate::generate::{self, Generated};
 use crate::stats::Endpoint;
@@ -93,53 +93,35 @@ struct TextChoice<'a> {
 
 /// `POST /v1/completions`.
 pub(crate) async fn completions(State(mock): State<MockLlm>, request: Request) -> Response {
-    let admitted = match admit(
+    generate(
         &mock,
         Endpoint::Completions,
         Dialect::OpenAi,
         request,
         CompletionRequest::parse,
+        plan,
+        |request| {
+            let id = request.id();
+            let text = request.answer.text();
+            let completion_tokens = request.answer.output_tokens();
+            let choices = [TextChoice {
+                text: &text,
+                index: 0,
+                logprobs: None,
+                finish_reason: Some(request.finish_reason()),
+            }];
+            let completion = TextCompletion {
+                id: &id,
+                object: "text_completion",
+                created: unix_now(),
+                model: &request.model,
+                choices: &choices,
+                usage: Some(Some(Usage::new(request.prompt_tokens, completion_tokens))),
+            };
+            Json(completion).into_response()
+        },
     )
     .await
-    {
-        Ok(admitted) => admitted,
-        Err(response) => return response,
-    };
-    let request = &admitted.request;
-    tracing::debug!(
-        model = %request.model,
-        stream = request.stream,
-        tokens = request.answer.output_tokens(),
-        "mock-llm: completion"
-    );
-    if request.stream {
-        let plan = plan(&admitted);
-        return admitted.stream(plan);
-    }
-
-    if let Err(response) = admitted.pause().await {
-        return response;
-    }
-    let request = &admitted.request;
-    let id = request.id();
-    let text = request.answer.text();
-    let completion_tokens = request.answer.output_tokens();
-    let choices = [TextChoice {
-        text: &text,
-        index: 0,
-        logprobs: None,
-        finish_reason: Some(request.finish_reason()),
-    }];
-    let completion = TextCompletion {
-        id: &id,
-        object: "text_completion",
-        created: unix_now(),
-        model: &request.model,
-        choices: &choices,
-        usage: Some(Some(Usage::new(request.prompt_tokens, completion_tokens))),
-    };
-    let response = Json(completion).into_response();
-    admitted.answered(completion_tokens, response)
 }
 
 /// Every chunk of the stream: one per token, then the finish chunk, the usage chunk (with
@@ -194,4 +176,18 @@ fn plan(admitted: &Admitted<CompletionRequest>) -> stream::Plan {
         }
     }
     plan
+}
+
+impl Generating for CompletionRequest {
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn streams(&self) -> bool {
+        self.stream
+    }
+
+    fn answer(&self) -> &Generated {
+        &self.answer
+    }
 }

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::admit::{Admitted, admit};
+use crate::admit::{Admitted, Generating, generate};
 use crate::error::Dialect;
 use crate::generate::{self, Generated, TOKENS_PER_MESSAGE};
 use crate::stats::Endpoint;
@@ -286,43 +286,24 @@ impl<'a> OutputText<'a> {
 
 /// `POST /v1/responses`.
 pub(crate) async fn responses(State(mock): State<MockLlm>, request: Request) -> Response {
-    let admitted = match admit(
+    generate(
         &mock,
         Endpoint::Responses,
         Dialect::OpenAi,
         request,
         ResponsesRequest::parse,
+        plan,
+        |request| {
+            let id = request.id();
+            let item_id = request.item_id();
+            let text = request.answer.text();
+            let content = [OutputText::new(&text)];
+            let output = [request.message(&item_id, &content, true)];
+            let body = request.response(&id, unix_now(), &output, true);
+            Json(body).into_response()
+        },
     )
     .await
-    {
-        Ok(admitted) => admitted,
-        Err(response) => return response,
-    };
-    let request = &admitted.request;
-    tracing::debug!(
-        model = %request.model,
-        stream = request.stream,
-        tokens = request.answer.output_tokens(),
-        "mock-llm: response"
-    );
-    if request.stream {
-        let plan = plan(&admitted);
-        return admitted.stream(plan);
-    }
-
-    if let Err(response) = admitted.pause().await {
-        return response;
-    }
-    let request = &admitted.request;
-    let id = request.id();
-    let item_id = request.item_id();
-    let text = request.answer.text();
-    let content = [OutputText::new(&text)];
-    let output = [request.message(&item_id, &content, true)];
-    let body = request.response(&id, unix_now(), &output, true);
-    let response = Json(body).into_response();
-    let output_tokens = request.answer.output_tokens();
-    admitted.answered(output_tokens, response)
 }
 
 /// Numbers the events of one stream and writes each as `event: <type>` and
@@ -499,4 +480,18 @@ fn plan(admitted: &Admitted<ResponsesRequest>) -> stream::Plan {
         }
     }
     plan
+}
+
+impl Generating for ResponsesRequest {
+    fn model(&self) -> &str {
+        &self.model
+    }
+
+    fn streams(&self) -> bool {
+        self.stream
+    }
+
+    fn answer(&self) -> &Generated {
+        &self.answer
+    }
 }
