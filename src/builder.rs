@@ -83,6 +83,13 @@ pub trait ServiceBuilderExt<L>: sealed::Sealed<L> + Sized {
         self,
         layer: crate::session::SessionLayer,
     ) -> ServiceBuilder<Stack<crate::session::SessionLayer, L>>;
+
+    /// The load balancer (see [`crate::balance`]).
+    #[cfg(feature = "balance")]
+    fn balance<T>(
+        self,
+        layer: crate::balance::BalanceLayer<T>,
+    ) -> ServiceBuilder<Stack<crate::balance::BalanceLayer<T>, L>>;
 }
 
 impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
@@ -128,6 +135,14 @@ impl<L> ServiceBuilderExt<L> for ServiceBuilder<L> {
         self,
         layer: crate::session::SessionLayer,
     ) -> ServiceBuilder<Stack<crate::session::SessionLayer, L>> {
+        self.layer(layer)
+    }
+
+    #[cfg(feature = "balance")]
+    fn balance<T>(
+        self,
+        layer: crate::balance::BalanceLayer<T>,
+    ) -> ServiceBuilder<Stack<crate::balance::BalanceLayer<T>, L>> {
         self.layer(layer)
     }
 }

@@ -8,6 +8,9 @@ mod builder;
 pub use builder::ServiceBuilderExt;
 pub use tower_ai_core as core;
 
+#[cfg(feature = "balance")]
+#[doc(inline)]
+pub use tower_ai_balance as balance;
 #[cfg(feature = "cache")]
 #[doc(inline)]
 pub use tower_ai_cache as cache;

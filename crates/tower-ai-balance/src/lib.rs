@@ -1,0 +1,20 @@
+#![doc = include_str!("../README.md")]
+
+mod body;
+mod config;
+mod endpoint;
+pub mod future;
+mod layer;
+mod load;
+mod pool;
+mod prefix;
+mod prompt;
+mod retry;
+mod service;
+
+pub use body::BalanceBody;
+pub use config::{CacheAware, ConfigError, Strategy};
+pub use endpoint::Endpoint;
+pub use layer::BalanceLayer;
+pub use pool::{EndpointStatus, Pool, PoolBuilder};
+pub use service::Balance;

@@ -1,0 +1,211 @@
+//! Each endpoint's load and health, and the [`Permit`] a request holds on
+//! its endpoint until its response body ends or is dropped.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::config::Settings;
+
+/// When failures cool an endpoint down, from the pool's settings.
+#[derive(Debug, Clone, Copy)]
+struct Health {
+    cooldown_after: u32,
+    cooldown: Duration,
+    max_cooldown: Duration,
+}
+
+/// Every endpoint's counters, shared by a pool and the permits it hands out.
+#[derive(Debug)]
+pub(crate) struct State {
+    pub(crate) loads: Box<[Load]>,
+    /// Woken each time a permit is released.
+    pub(crate) freed: Notify,
+    /// Cooldowns are kept as nanoseconds since this instant (tokio's clock,
+    /// so paused time drives them in tests).
+    epoch: Instant,
+    health: Health,
+}
+
+/// One endpoint's counters. Lock-free: a pick reads them all.
+#[derive(Debug)]
+pub(crate) struct Load {
+    pub(crate) max_concurrency: u32,
+    pub(crate) in_flight: AtomicU32,
+    pub(crate) tokens: AtomicU64,
+    consecutive_failures: AtomicU32,
+    /// Nanoseconds since the epoch until which the endpoint is skipped; 0
+    /// when it is not cooling down.
+    cooled_until: AtomicU64,
+    pub(crate) requests: AtomicU64,
+    pub(crate) failures: AtomicU64,
+    pub(crate) cooldowns: AtomicU64,
+    pub(crate) blocks: AtomicU64,
+    pub(crate) blocks_matched: AtomicU64,
+    pub(crate) name: Arc<str>,
+    pool: Arc<str>,
+    meters: Meters,
+}
+
+/// The endpoint's metric handles, registered once.
+#[derive(Debug)]
+struct Meters {
+    in_flight: metrics::Gauge,
+    cooldowns: metrics::Counter,
+}
+
+impl Load {
+    pub(crate) fn new(max_concurrency: u32, pool: Arc<str>, name: Arc<str>) -> Self {
+        let labels = [("pool", pool.to_string()), ("endpoint", name.to_string())];
+        Self {
+            max_concurrency,
+            in_flight: AtomicU32::new(0),
+            tokens: AtomicU64::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            cooled_until: AtomicU64::new(0),
+            requests: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            cooldowns: AtomicU64::new(0),
+            blocks: AtomicU64::new(0),
+            blocks_matched: AtomicU64::new(0),
+            meters: Meters {
+                in_flight: metrics::gauge!("tower_ai_balance_in_flight", &labels),
+                cooldowns: metrics::counter!("tower_ai_balance_cooldowns_total", &labels),
+            },
+            name,
+            pool,
+        }
+    }
+
+    /// Takes a permit if one is free.
+    fn try_acquire(&self) -> bool {
+        self.in_flight
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.max_concurrency).then_some(n + 1)
+            })
+            .is_ok()
+    }
+
+    pub(crate) fn has_room(&self) -> bool {
+        self.in_flight.load(Ordering::Acquire) < self.max_concurrency
+    }
+
+    pub(crate) fn consecutive_failures(&self) -> u32 {
+        self.consecutive_failures.load(Ordering::Relaxed)
+    }
+}
+
+impl State {
+    pub(crate) fn new(loads: Box<[Load]>, settings: &Settings) -> Self {
+        Self {
+            loads,
+            freed: Notify::new(),
+            epoch: Instant::now(),
+            health: Health {
+                cooldown_after: settings.cooldown_after,
+                cooldown: settings.cooldown,
+                max_cooldown: settings.max_cooldown,
+            },
+        }
+    }
+
+    /// When endpoint `i`'s cooldown ends, if it is cooling down at `now`.
+    pub(crate) fn cooling(&self, i: usize, now: Instant) -> Option<Instant> {
+        let until = self.loads[i].cooled_until.load(Ordering::Acquire);
+        (until > self.nanos(now)).then(|| self.epoch + Duration::from_nanos(until))
+    }
+
+    /// Takes a permit on endpoint `i` for a call of `tokens` tokens, if it
+    /// has room.
+    pub(crate) fn acquire(self: &Arc<Self>, i: usize, tokens: u64) -> Option<Permit> {
+        let load = &self.loads[i];
+        if !load.try_acquire() {
+            return None;
+        }
+        load.tokens.fetch_add(tokens, Ordering::AcqRel);
+        load.requests.fetch_add(1, Ordering::Relaxed);
+        load.meters.in_flight.increment(1.0);
+        Some(Permit {
+            state: Arc::clone(self),
+            endpoint: i,
+            tokens,
+        })
+    }
+
+    /// An answer from endpoint `i` that says it is healthy.
+    pub(crate) fn succeeded(&self, i: usize) {
+        self.loads[i]
+            .consecutive_failures
+            .store(0, Ordering::Relaxed);
+    }
+
+    /// A failure of endpoint `i` (a connection error, a `408`, `429` or
+    /// `5xx`): after `cooldown_after` in a row it cools down for `cooldown`;
+    /// a `Retry-After` cools it down at least that long (capped).
+    pub(crate) fn failed(&self, i: usize, retry_after: Option<Duration>, now: Instant) {
+        let settings = self.health;
+        let load = &self.loads[i];
+        load.failures.fetch_add(1, Ordering::Relaxed);
+        let row = load.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut wait = retry_after.map(|w| w.min(settings.max_cooldown));
+        if row >= settings.cooldown_after {
+            wait = Some(wait.map_or(settings.cooldown, |w| w.max(settings.cooldown)));
+        }
+        let Some(wait) = wait.filter(|w| !w.is_zero()) else {
+            return;
+        };
+        let until = self.nanos(now + wait);
+        let before = load.cooled_until.fetch_max(until, Ordering::AcqRel);
+        if before <= self.nanos(now) {
+            load.cooldowns.fetch_add(1, Ordering::Relaxed);
+            load.meters.cooldowns.increment(1);
+            tracing::warn!(
+                pool = %load.pool,
+                endpoint = %load.name,
+                failures = row,
+                cooldown_ms = wait.as_millis() as u64,
+                "endpoint cooling down"
+            );
+        }
+    }
+
+    /// Nanoseconds since the epoch, at least 1 (0 means "not cooling").
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.epoch).as_nanos())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+}
+
+/// A request's hold on an endpoint: one of its concurrency permits and its
+/// tokens in flight. Released when dropped, which the balancer's response
+/// body does when the stream ends, fails or is dropped.
+#[derive(Debug)]
+pub(crate) struct Permit {
+    state: Arc<State>,
+    endpoint: usize,
+    tokens: u64,
+}
+
+impl Permit {
+    pub(crate) fn endpoint(&self) -> usize {
+        self.endpoint
+    }
+
+    pub(crate) fn state(&self) -> &State {
+        &self.state
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let load = &self.state.loads[self.endpoint];
+        load.tokens.fetch_sub(self.tokens, Ordering::AcqRel);
+        load.in_flight.fetch_sub(1, Ordering::AcqRel);
+        load.meters.in_flight.decrement(1.0);
+        self.state.freed.notify_waiters();
+    }
+}
