@@ -70,3 +70,11 @@ impl<T> Endpoint<T> {
         self.weight
     }
 }
+
+/// The endpoint's name: a picked endpoint can key what sits below the
+/// balancer (a circuit breaker per endpoint, a metric label).
+impl<T> AsRef<str> for Endpoint<T> {
+    fn as_ref(&self) -> &str {
+        &self.name
+    }
+}

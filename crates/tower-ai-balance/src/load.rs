@@ -144,12 +144,18 @@ impl State {
 
     /// A failure of endpoint `i` (a connection error, a `408`, `429` or
     /// `5xx`): after `cooldown_after` in a row it cools down for `cooldown`;
-    /// a `Retry-After` cools it down at least that long (capped).
+    /// a `Retry-After` cools it down at least that long (capped). The only
+    /// endpoint of a pool never cools down: there is nowhere else to send
+    /// its requests, and turning its answers into refusals is a circuit
+    /// breaker's decision, not the balancer's.
     pub(crate) fn failed(&self, i: usize, retry_after: Option<Duration>, now: Instant) {
         let settings = self.health;
         let load = &self.loads[i];
         load.failures.fetch_add(1, Ordering::Relaxed);
         let row = load.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.loads.len() == 1 {
+            return;
+        }
         let mut wait = retry_after.map(|w| w.min(settings.max_cooldown));
         if row >= settings.cooldown_after {
             wait = Some(wait.map_or(settings.cooldown, |w| w.max(settings.cooldown)));

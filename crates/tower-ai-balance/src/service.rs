@@ -1,6 +1,7 @@
 //! [`Balance`]: the service that picks an endpoint per request.
 
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Request, Response};
@@ -159,7 +160,14 @@ where
             }
             Verdict::Failed(retry_after) => {
                 pool.state().failed(endpoint, retry_after, Instant::now());
-                if attempt >= settings.retries {
+                // With other endpoints, a `Retry-After` keeps this one out
+                // of the next pick; alone, the retry itself waits it out.
+                let wait = if pool.state().loads.len() == 1 {
+                    retry_after.unwrap_or_default()
+                } else {
+                    Duration::ZERO
+                };
+                if attempt >= settings.retries || wait > settings.max_retry_wait {
                     return outcome
                         .map(|res| res.map(|body| BalanceBody::new(body, Some(picked.permit))));
                 }
@@ -170,7 +178,7 @@ where
                 metrics::counter!("tower_ai_balance_retries_total", "pool" => pool.name().to_owned())
                     .increment(1);
                 let draw = prompt.blocks.first().copied().unwrap_or(0) ^ u64::from(attempt);
-                tokio::time::sleep(backoff(attempt, settings, draw)).await;
+                tokio::time::sleep(backoff(attempt, settings, draw).max(wait)).await;
             }
         }
     }

@@ -259,7 +259,7 @@ async fn a_retry_never_happens_after_the_first_byte() {
 }
 
 #[tokio::test(start_paused = true)]
-async fn retry_after_is_honoured() {
+async fn retry_after_is_honoured_by_a_lone_endpoint_retry() {
     let fleet = Fleet::default();
     let pool = pool(Strategy::RoundRobin, &["a"], 8);
     let mut svc = BalanceLayer::new(pool.clone()).layer(fleet.service());
@@ -280,17 +280,54 @@ async fn retry_after_is_honoured() {
     assert!(times[1] - times[0] < Duration::from_millis(2_100));
 
     // Past the longest retry wait (5 s): the client gets the 429 at once,
-    // with its Retry-After, and a new request waits its turn too.
-    tokio::time::advance(Duration::from_secs(1)).await;
+    // with its Retry-After. A lone endpoint is never cooled down: the next
+    // request reaches it.
     fleet.next("a", Reply::Status(429, Some("30")));
     let started = Instant::now();
     let res = svc.ready().await.unwrap().call(chat("y")).await.unwrap();
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(res.headers()["retry-after"], "30");
-    assert!(started.elapsed() < Duration::from_millis(100));
+    assert_eq!(started.elapsed(), Duration::ZERO);
     assert_eq!(fleet.calls().len(), 3);
     drop(res);
     let res = svc.ready().await.unwrap().call(chat("z")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(fleet.calls().len(), 4);
+    assert_eq!(pool.status()[0].cooldowns, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_keeps_an_endpoint_out_of_the_picks_while_others_serve() {
+    let fleet = Fleet::default();
+    let pool = pool(Strategy::RoundRobin, &["a", "b"], 8);
+    let mut svc = BalanceLayer::new(pool.clone()).layer(fleet.service());
+    fleet.next("a", Reply::Status(429, Some("30")));
+    let started = Instant::now();
+    let res = svc.ready().await.unwrap().call(chat("x")).await.unwrap();
+    assert_eq!(
+        text(res).await,
+        "b",
+        "retried on b without waiting a's 30 s"
+    );
+    assert!(started.elapsed() < Duration::from_secs(1));
+    for _ in 0..4 {
+        drop(svc.ready().await.unwrap().call(chat("x")).await.unwrap());
+    }
+    assert_eq!(fleet.calls(), ["a", "b", "b", "b", "b", "b"]);
+    let cooling = pool.status()[0].cooling_for.unwrap();
+    assert!(cooling > Duration::from_secs(29) && cooling <= Duration::from_secs(30));
+
+    // When every endpoint is out, a request is refused with the time the
+    // first one comes back.
+    fleet.next("b", Reply::Status(503, Some("40")));
+    let res = svc.ready().await.unwrap().call(chat("x")).await.unwrap();
+    assert_eq!(
+        res.status(),
+        StatusCode::SERVICE_UNAVAILABLE,
+        "b's own answer: a's wait is past the retry wait"
+    );
+    drop(res);
+    let res = svc.ready().await.unwrap().call(chat("x")).await.unwrap();
     assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
     let wait: u64 = res.headers()["retry-after"]
         .to_str()
@@ -298,7 +335,11 @@ async fn retry_after_is_honoured() {
         .parse()
         .unwrap();
     assert!((29..=30).contains(&wait), "{wait}");
-    assert_eq!(fleet.calls().len(), 3, "a cooling endpoint is not called");
+    assert_eq!(
+        fleet.calls().len(),
+        7,
+        "no endpoint is called while all cool down"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -361,15 +402,18 @@ async fn repeated_failures_cool_an_endpoint_down_until_it_recovers() {
 async fn a_client_error_never_cools_an_endpoint_down() {
     let fleet = Fleet::default();
     let pool = Pool::builder("model")
-        .endpoint(Endpoint::new("a", "a"))
+        .strategy(Strategy::RoundRobin)
+        .endpoints([Endpoint::new("a", "a"), Endpoint::new("b", "b")])
         .cooldown(1, Duration::from_secs(10))
         .build()
         .unwrap();
     let mut svc = BalanceLayer::new(pool.clone()).layer(fleet.service());
     for status in [400, 401, 404, 413, 422] {
+        fleet.next("b", Reply::Status(status, None));
         fleet.next("a", Reply::Status(status, None));
         let res = svc.ready().await.unwrap().call(chat("x")).await.unwrap();
         assert_eq!(res.status().as_u16(), status);
+        fleet.script.lock().clear();
     }
     assert_eq!(fleet.calls().len(), 5, "not retried");
     let status = &pool.status()[0];
