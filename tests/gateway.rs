@@ -470,7 +470,9 @@ async fn a_failing_model_opens_its_circuit_and_recovers() {
         "an open circuit spares the upstream"
     );
     let health = get_json(&client, format!("{}/healthz", gateway.url())).await;
-    assert_eq!(health["circuits"][0]["key"], "mock-1");
+    // One breaker per deployment, named from the config (here the demo's
+    // single upstream, "*"), never from what a client sends.
+    assert_eq!(health["circuits"][0]["key"], "*");
     assert_eq!(health["circuits"][0]["state"], "open");
 
     // The fault cleared and the wait over, three trial calls close it.
@@ -486,7 +488,7 @@ async fn a_failing_model_opens_its_circuit_and_recovers() {
     // And it can be forced open by hand.
     let res = client
         .post(format!("{}/admin/circuits", gateway.url()))
-        .json(&json!({ "key": "mock-1", "control": "force_open" }))
+        .json(&json!({ "key": "*", "control": "force_open" }))
         .send()
         .await
         .expect("a response");

@@ -197,18 +197,59 @@ impl From<tower_ai_ratelimit::ConfigError> for ConfigError {
 pub struct ModelConfig {
     /// What clients ask for.
     pub name: String,
-    /// How the server is spoken to.
+    /// How the servers are spoken to.
     pub provider: Provider,
+    /// Where the model runs: one deployment (the model's own `base_url`)
+    /// or several (`deployments`), balanced by `balance`.
+    pub deployments: Vec<DeploymentConfig>,
+    /// How a deployment is picked for each request.
+    pub balance: BalanceStrategy,
+    /// Attempts after the first, each on a new pick, before any byte is
+    /// returned; default: one per other deployment, at most 2 (so a model
+    /// with one deployment is not retried: clients retry on their own).
+    pub retries: Option<u32>,
+    /// Models tried in order when this one can't answer (every deployment
+    /// failed, cooled down or its circuit open).
+    pub fallbacks: Vec<String>,
+    /// The name sent upstream, when it differs.
+    pub upstream_model: Option<String>,
+    /// USD per million tokens, for budgets and the spend metric.
+    pub price: Option<Price>,
+}
+
+/// One deployment of a model: a server (or a provider account) that serves
+/// it.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct DeploymentConfig {
+    /// Its name in `/admin/balance` and metrics (default: the model's name
+    /// for a single deployment, `{model}/{index}` otherwise).
+    pub name: String,
     /// The server's base URL (with or without a trailing `/v1`).
     pub base_url: String,
     /// The provider key, read from the environment variable the file names.
     pub api_key: Option<Secret>,
-    /// The name sent upstream, when it differs.
-    pub upstream_model: Option<String>,
     /// An extra trusted root certificate (PEM), for private deployments.
     pub tls_ca_file: Option<PathBuf>,
-    /// USD per million tokens, for budgets and the spend metric.
-    pub price: Option<Price>,
+    /// Its share of the load (default 1).
+    pub weight: u32,
+    /// Requests in flight at most (default 256); more wait for a permit.
+    pub max_concurrency: u32,
+}
+
+/// `balance` of a model: how a deployment is picked for each request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum BalanceStrategy {
+    /// The deployment holding the longest prefix of the prompt, weighed
+    /// against the load (the default).
+    #[default]
+    CacheAware,
+    /// The power of two choices over tokens in flight.
+    LeastLoaded,
+    /// Each deployment in turn.
+    RoundRobin,
 }
 
 /// `[otel]`: where traces go.

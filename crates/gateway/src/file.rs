@@ -10,8 +10,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::config::{
-    Bucket, Budget, CacheTtls, Config, ConfigError, KeyConfig, LimitConfig, ModelConfig,
-    OtelConfig, Price, Provider, Secret, key_digest,
+    BalanceStrategy, Bucket, Budget, CacheTtls, Config, ConfigError, DeploymentConfig, KeyConfig,
+    LimitConfig, ModelConfig, OtelConfig, Price, Provider, Secret, key_digest,
 };
 
 #[derive(Deserialize)]
@@ -47,11 +47,30 @@ struct AdminFile {
 struct ModelFile {
     name: Spanned<String>,
     provider: Provider,
-    base_url: Spanned<String>,
+    base_url: Option<Spanned<String>>,
     api_key_env: Option<Spanned<String>>,
     upstream_model: Option<String>,
     tls_ca_file: Option<Spanned<PathBuf>>,
     price: Option<Spanned<Price>>,
+    #[serde(default)]
+    deployments: Vec<Spanned<DeploymentFile>>,
+    balance: Option<Spanned<String>>,
+    retries: Option<u32>,
+    #[serde(default)]
+    fallbacks: Vec<Spanned<String>>,
+}
+
+/// One of a model's `deployments`; what it leaves out, it takes from the
+/// model (`api_key_env`, `tls_ca_file`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeploymentFile {
+    name: Option<String>,
+    base_url: Spanned<String>,
+    api_key_env: Option<Spanned<String>>,
+    tls_ca_file: Option<Spanned<PathBuf>>,
+    weight: Option<u32>,
+    max_concurrency: Option<u32>,
 }
 
 #[derive(Deserialize)]
@@ -134,6 +153,7 @@ pub(crate) fn apply(
     }
 
     let mut names = HashSet::new();
+    let mut fallbacks = Vec::new();
     for model in file.models {
         let name = model.name.get_ref().trim().to_owned();
         if name.is_empty() || name.len() > 256 || name.chars().any(char::is_control) {
@@ -148,25 +168,11 @@ pub(crate) fn apply(
                 format!("the model {name} is listed twice"),
             ));
         }
-        let url = model.base_url.get_ref();
-        let parsed = url.parse::<http::Uri>().ok();
-        let valid = parsed.as_ref().is_some_and(|u| {
-            matches!(u.scheme_str(), Some("http" | "https"))
-                && u.host().is_some_and(|h| !h.is_empty())
-                && u.query().is_none()
-        });
-        if !valid {
-            return Err(fail(
-                model.base_url.span(),
-                format!(
-                    "base_url {url}: expected an http:// or https:// URL with a host and no query"
-                ),
-            ));
-        }
-        let api_key = match &model.api_key_env {
-            None => None,
-            Some(var) => {
-                let key = env(var.get_ref()).filter(|k| !k.is_empty()).ok_or_else(|| {
+        let read_key = |var: &Spanned<String>| {
+            env(var.get_ref())
+                .filter(|k| !k.is_empty())
+                .map(Secret::new)
+                .ok_or_else(|| {
                     fail(
                         var.span(),
                         format!(
@@ -174,23 +180,110 @@ pub(crate) fn apply(
                             var.get_ref()
                         ),
                     )
-                })?;
-                Some(Secret::new(key))
+                })
+        };
+        let read_ca = |file: &Spanned<PathBuf>| {
+            let resolved = base.join(file.get_ref());
+            if resolved.is_file() {
+                Ok(resolved)
+            } else {
+                Err(fail(
+                    file.span(),
+                    format!("tls_ca_file {}: no such file", resolved.display()),
+                ))
             }
         };
-        let tls_ca_file = match model.tls_ca_file {
-            None => None,
-            Some(file) => {
-                let resolved = base.join(file.get_ref());
-                if !resolved.is_file() {
+        let api_key = model.api_key_env.as_ref().map(read_key).transpose()?;
+        let tls_ca_file = model.tls_ca_file.as_ref().map(read_ca).transpose()?;
+        let mut deployments = Vec::new();
+        match (&model.base_url, model.deployments.is_empty()) {
+            (Some(url), true) => {
+                check_url(url).map_err(|reason| fail(url.span(), reason))?;
+                deployments.push(DeploymentConfig {
+                    name: name.clone(),
+                    base_url: url.get_ref().clone(),
+                    api_key: api_key.clone(),
+                    tls_ca_file: tls_ca_file.clone(),
+                    weight: 1,
+                    max_concurrency: DEFAULT_MAX_CONCURRENCY,
+                });
+            }
+            (None, false) => {
+                let mut deployment_names = HashSet::new();
+                for (i, spanned) in model.deployments.iter().enumerate() {
+                    let d = spanned.get_ref();
+                    check_url(&d.base_url).map_err(|reason| fail(d.base_url.span(), reason))?;
+                    let deployment = DeploymentConfig {
+                        name: match &d.name {
+                            Some(given) => format!("{name}/{}", given.trim()),
+                            None => format!("{name}/{i}"),
+                        },
+                        base_url: d.base_url.get_ref().clone(),
+                        api_key: match &d.api_key_env {
+                            Some(var) => Some(read_key(var)?),
+                            None => api_key.clone(),
+                        },
+                        tls_ca_file: match &d.tls_ca_file {
+                            Some(file) => Some(read_ca(file)?),
+                            None => tls_ca_file.clone(),
+                        },
+                        weight: d.weight.unwrap_or(1),
+                        max_concurrency: d.max_concurrency.unwrap_or(DEFAULT_MAX_CONCURRENCY),
+                    };
+                    if deployment.weight == 0 || deployment.max_concurrency == 0 {
+                        return Err(fail(
+                            spanned.span(),
+                            "a deployment's weight and max_concurrency are at least 1".into(),
+                        ));
+                    }
+                    if !deployment_names.insert(deployment.name.clone()) {
+                        return Err(fail(
+                            spanned.span(),
+                            format!(
+                                "model {name}: two deployments are named {}",
+                                deployment.name
+                            ),
+                        ));
+                    }
+                    deployments.push(deployment);
+                }
+                if deployments.len() > 64 {
                     return Err(fail(
-                        file.span(),
-                        format!("tls_ca_file {}: no such file", resolved.display()),
+                        model.name.span(),
+                        format!("model {name}: at most 64 deployments"),
                     ));
                 }
-                Some(resolved)
             }
+            (Some(url), false) => {
+                return Err(fail(
+                    url.span(),
+                    format!("model {name}: either base_url or deployments, not both"),
+                ));
+            }
+            (None, true) => {
+                return Err(fail(
+                    model.name.span(),
+                    format!("model {name}: a base_url or deployments is required"),
+                ));
+            }
+        }
+        let balance = match &model.balance {
+            None => BalanceStrategy::default(),
+            Some(value) => match value.get_ref().as_str() {
+                "cache_aware" => BalanceStrategy::CacheAware,
+                "least_loaded" => BalanceStrategy::LeastLoaded,
+                "round_robin" => BalanceStrategy::RoundRobin,
+                other => {
+                    return Err(fail(
+                        value.span(),
+                        format!(
+                            "balance {other:?}: expected \"cache_aware\", \"least_loaded\" or \"round_robin\""
+                        ),
+                    ));
+                }
+            },
         };
+        fallbacks.push((name.clone(), model.fallbacks.clone()));
         let price = match model.price {
             None => None,
             Some(price) => {
@@ -208,12 +301,31 @@ pub(crate) fn apply(
         config.models.push(ModelConfig {
             name,
             provider: model.provider,
-            base_url: url.clone(),
-            api_key,
+            deployments,
+            balance,
+            retries: model.retries,
+            fallbacks: model
+                .fallbacks
+                .iter()
+                .map(|f| f.get_ref().clone())
+                .collect(),
             upstream_model: model.upstream_model,
-            tls_ca_file,
             price,
         });
+    }
+    // A fallback names another configured model.
+    for (model, listed) in fallbacks {
+        for fallback in listed {
+            if fallback.get_ref() == &model || !names.contains(fallback.get_ref()) {
+                return Err(fail(
+                    fallback.span(),
+                    format!(
+                        "model {model}: the fallback {} is not another configured model",
+                        fallback.get_ref()
+                    ),
+                ));
+            }
+        }
     }
 
     let mut digests = HashSet::new();
@@ -394,6 +506,27 @@ pub(crate) fn apply(
     Ok(())
 }
 
+/// Requests in flight per deployment when the file doesn't say.
+const DEFAULT_MAX_CONCURRENCY: u32 = 256;
+
+/// A base URL the gateway can reach: http or https, a host, no query.
+fn check_url(url: &Spanned<String>) -> Result<(), String> {
+    let text = url.get_ref();
+    let parsed = text.parse::<http::Uri>().ok();
+    let valid = parsed.as_ref().is_some_and(|u| {
+        matches!(u.scheme_str(), Some("http" | "https"))
+            && u.host().is_some_and(|h| !h.is_empty())
+            && u.query().is_none()
+    });
+    if valid {
+        Ok(())
+    } else {
+        Err(format!(
+            "base_url {text}: expected an http:// or https:// URL with a host and no query"
+        ))
+    }
+}
+
 fn line_of(text: &str, offset: usize) -> usize {
     text.as_bytes()[..offset.min(text.len())]
         .iter()
@@ -480,7 +613,13 @@ chat_ttl_s = 0
         assert_eq!(c.models.len(), 1);
         let m = &c.models[0];
         assert_eq!(m.provider, Provider::OpenAi);
-        assert_eq!(m.api_key.as_ref().map(Secret::expose), Some("sk-up"));
+        assert_eq!(m.deployments.len(), 1);
+        let d = &m.deployments[0];
+        assert_eq!(d.name, "gpt-4o-mini");
+        assert_eq!(d.base_url, "https://api.openai.com/v1");
+        assert_eq!(d.api_key.as_ref().map(Secret::expose), Some("sk-up"));
+        assert_eq!((d.weight, d.max_concurrency), (1, 256));
+        assert_eq!(m.balance, BalanceStrategy::CacheAware);
         assert_eq!(m.upstream_model.as_deref(), Some("gpt-4o-mini-2024-07-18"));
         assert_eq!(c.keys.len(), 2);
         assert_eq!(c.keys[0].sha256, key_digest("sk-team-a"));
@@ -495,6 +634,74 @@ chat_ttl_s = 0
         // Secrets never show in debug output.
         assert!(!format!("{c:?}").contains("sk-up"));
         assert!(!format!("{c:?}").contains("admin-secret"));
+    }
+
+    #[test]
+    fn reads_deployments_balance_and_fallbacks() {
+        let c = read(
+            r#"
+[[models]]
+name = "llama"
+provider = "openai"
+api_key_env = "OPENAI_API_KEY"
+balance = "least_loaded"
+retries = 1
+fallbacks = ["gpt"]
+deployments = [
+  { base_url = "http://10.0.0.1:8000/v1", max_concurrency = 64 },
+  { name = "big", base_url = "http://10.0.0.2:8000", weight = 3 },
+]
+
+[[models]]
+name = "gpt"
+provider = "openai"
+base_url = "https://api.openai.com/v1"
+"#,
+        );
+        let Ok(c) = c else {
+            panic!("a valid file: {c:?}")
+        };
+        let m = &c.models[0];
+        assert_eq!(m.balance, BalanceStrategy::LeastLoaded);
+        assert_eq!(m.retries, Some(1));
+        assert_eq!(m.fallbacks, ["gpt"]);
+        let names: Vec<_> = m.deployments.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["llama/0", "llama/big"]);
+        assert_eq!(
+            (m.deployments[0].max_concurrency, m.deployments[0].weight),
+            (64, 1)
+        );
+        assert_eq!(
+            (m.deployments[1].max_concurrency, m.deployments[1].weight),
+            (256, 3)
+        );
+        assert!(
+            m.deployments
+                .iter()
+                .all(|d| d.api_key.as_ref().map(Secret::expose) == Some("sk-up")),
+            "a deployment takes the model's key unless it names its own"
+        );
+        assert_eq!(c.models[1].fallbacks, Vec::<String>::new());
+    }
+
+    #[test]
+    fn the_example_file_is_valid() {
+        let text = include_str!("../../../examples/gateway.toml");
+        let mut config = Config::default();
+        let every_variable_set = |_: &str| Some("set".to_owned());
+        let read = apply(
+            &mut config,
+            Path::new("gateway.toml"),
+            text,
+            &every_variable_set,
+        );
+        assert!(read.is_ok(), "{read:?}");
+        assert!(
+            config
+                .models
+                .iter()
+                .any(|m| m.deployments.len() > 1 && !m.fallbacks.is_empty())
+        );
     }
 
     #[track_caller]
@@ -564,6 +771,47 @@ chat_ttl_s = 0
             "[[keys]]\nkey = \"a\"\nbudget = { usd = 1.0, per = \"fortnight\" }\n",
             3,
             "fortnight",
+        );
+        let model = "[[models]]\nname = \"m\"\nprovider = \"openai\"\n";
+        refused(model, 2, "a base_url or deployments");
+        refused(
+            &format!(
+                "{model}base_url = \"http://h\"\ndeployments = [{{ base_url = \"http://i\" }}]\n"
+            ),
+            4,
+            "not both",
+        );
+        refused(
+            &format!("{model}deployments = [{{ base_url = \"http://i\", weight = 0 }}]\n"),
+            4,
+            "at least 1",
+        );
+        refused(
+            &format!(
+                "{model}deployments = [{{ base_url = \"http://i\", name = \"x\" }}, {{ base_url = \"http://j\", name = \"x\" }}]\n"
+            ),
+            4,
+            "two deployments",
+        );
+        refused(
+            &format!("{model}deployments = [{{ base_url = \"ftp://i\" }}]\n"),
+            4,
+            "http",
+        );
+        refused(
+            &format!("{model}base_url = \"http://h\"\nbalance = \"fastest\"\n"),
+            5,
+            "fastest",
+        );
+        refused(
+            &format!("{model}base_url = \"http://h\"\nfallbacks = [\"nope\"]\n"),
+            5,
+            "nope is not another configured model",
+        );
+        refused(
+            &format!("{model}base_url = \"http://h\"\nfallbacks = [\"m\"]\n"),
+            5,
+            "not another",
         );
     }
 }

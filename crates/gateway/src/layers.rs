@@ -13,19 +13,9 @@ use tower_circuit::{CircuitBreaker, CircuitBreakerLayer, Window};
 use tower_layer::Layer;
 
 use crate::config::{CacheTtls, LimitConfig};
+use crate::models::{Deployment, Picked};
 use crate::upstream::Upstream;
 use crate::{MAX_CHAT_BODY, RedisState};
-
-/// The model a chat request asks for, put in its extensions by the chat
-/// handler: the circuit breaker keys by it.
-#[derive(Debug, Clone)]
-pub(crate) struct Model(pub(crate) Arc<str>);
-
-impl AsRef<str> for Model {
-    fn as_ref(&self) -> &str {
-        &self.0
-    }
-}
 
 /// What answers when a model's circuit is open: the cache's stored answer,
 /// fresh or stale, else the breaker's own 503 with `Retry-After` (the time
@@ -69,10 +59,10 @@ fn cache_fallback(cache: &tower_ai_cache::CacheHandle) -> CacheFallback {
     ))
 }
 
-/// The upstream client behind its circuit breakers.
+/// The upstream client behind its circuit breakers, one per deployment.
 pub(crate) type GuardedUpstream = CircuitBreaker<
     Upstream,
-    ByExtension<Model>,
+    ByExtension<Picked>,
     tower_circuit::classify::DefaultClassifier,
     tower_circuit::fallback::OnRefusal<CacheFallback>,
 >;
@@ -112,7 +102,7 @@ pub(crate) fn cache(
     builder.build()
 }
 
-/// One breaker per upstream model, as the design sets them: open at a 50%
+/// One breaker per deployment, as the design sets them: open at a 50%
 /// failure rate over the last 20 calls (at least 10), a call of 10 s or more
 /// is slow, 30 s open (configurable), then 3 trial calls. While a model's
 /// circuit is open, the cache answers what it holds for the request (even
@@ -126,7 +116,7 @@ pub(crate) fn circuit_breakers(
 ) -> Result<(GuardedUpstream, tower_circuit::CircuitHandle), tower_circuit::ConfigError> {
     let mut builder = CircuitBreakerLayer::builder()
         .name("upstream")
-        .keyed_by(ByExtension::<Model>::new())
+        .keyed_by(ByExtension::<Picked>::new())
         .window(Window::count(20))
         .minimum_calls(10)
         .failure_rate_threshold(50.0)
@@ -235,16 +225,24 @@ pub(crate) fn rate_limit(
     builder.build()
 }
 
-/// The upstream behind its breakers, behind the relay.
+/// The deployments' breakers behind the balancer, which picks a deployment
+/// of the request's model (the pool the handler put in its extensions).
+pub(crate) type BalancedUpstream = tower_ai_balance::Balance<GuardedUpstream, Arc<Deployment>>;
+
+pub(crate) fn balance(upstream: GuardedUpstream) -> BalancedUpstream {
+    tower_ai_balance::BalanceLayer::per_request().layer(upstream)
+}
+
+/// The upstream behind the balancer, behind the relay.
 pub(crate) type RelayedUpstream =
-    tower_sse_relay::SseRelay<GuardedUpstream, tower_sse_relay::AnyStore>;
+    tower_sse_relay::SseRelay<BalancedUpstream, tower_sse_relay::AnyStore>;
 
 /// Streamed answers go through the relay in resumable mode: each event gets
 /// an id, the generation goes on if the client drops, and
 /// `GET /v1/streams/{id}` re-attaches with `Last-Event-ID`, on any replica
 /// sharing the gateway's Redis.
 pub(crate) fn relay(
-    upstream: GuardedUpstream,
+    upstream: BalancedUpstream,
     heartbeat: Duration,
     redis: Option<&RedisState>,
 ) -> Result<

@@ -49,8 +49,8 @@ use tower_ai_core::redis::{self, ConnectOptions, Degrade, DegradeConfig};
 
 pub use crate::args::USAGE;
 pub use crate::config::{
-    Bucket, Budget, CacheTtls, Config, ConfigError, KeyConfig, LimitConfig, ModelConfig,
-    OtelConfig, Period, Price, Provider, Secret,
+    BalanceStrategy, Bucket, Budget, CacheTtls, Config, ConfigError, DeploymentConfig, KeyConfig,
+    LimitConfig, ModelConfig, OtelConfig, Period, Price, Provider, Secret,
 };
 pub use crate::upstream::{Upstream, UpstreamError};
 
@@ -79,7 +79,7 @@ pub(crate) struct AppState {
     pub(crate) upstream: layers::RelayedUpstream,
     /// Answers that aren't streamed: past the relay, which has nothing to
     /// keep of them.
-    pub(crate) direct: layers::GuardedUpstream,
+    pub(crate) direct: layers::BalancedUpstream,
     pub(crate) streams: tower_sse_relay::streams::StreamsService<tower_sse_relay::AnyStore>,
     pub(crate) circuits: tower_circuit::CircuitHandle,
     pub(crate) cache: tower_ai_cache::CacheLayer,
@@ -154,6 +154,7 @@ impl Gateway {
             redis.as_ref(),
         )
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let upstream = layers::balance(upstream);
         let direct = upstream.clone();
         let (upstream, streams) = layers::relay(upstream, config.sse_heartbeat, redis.as_ref())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
@@ -288,12 +289,13 @@ fn model_table(config: &Config, upstream_url: &str) -> io::Result<models::Models
         let endpoint = endpoint::Endpoint::new(upstream_url, None, timeouts)
             .map_err(|e| invalid(format!("--upstream: {e}")))?;
         let key = std::env::var("UPSTREAM_API_KEY").ok();
-        let mut route = models::ModelRoute::new(
+        let mut route = models::ModelRoute::single(
             "*",
             config::Provider::OpenAi,
             endpoint,
             key.as_deref().filter(|k| !k.is_empty()),
-        );
+        )
+        .map_err(|e| invalid(e.to_string()))?;
         route.wildcard = true;
         return Ok(models::Models::new(vec![route]));
     }
@@ -302,37 +304,63 @@ fn model_table(config: &Config, upstream_url: &str) -> io::Result<models::Models
     {
         tracing::warn!("keys have budgets but no model has a price: nothing will be counted");
     }
-    // Models on the same server (and trusting the same roots) share one
-    // connection pool.
-    let mut endpoints: std::collections::HashMap<_, endpoint::Endpoint> = Default::default();
+    // Deployments on the same server (and trusting the same roots) share
+    // one connection pool.
+    let mut clients: std::collections::HashMap<_, endpoint::Endpoint> = Default::default();
     let mut routes = Vec::with_capacity(config.models.len());
     for model in &config.models {
-        let pool = (model.base_url.clone(), model.tls_ca_file.clone());
-        let endpoint = match endpoints.get(&pool) {
-            Some(endpoint) => endpoint.clone(),
-            None => {
-                let endpoint = endpoint::Endpoint::new(
-                    &model.base_url,
-                    model.tls_ca_file.as_deref(),
-                    timeouts,
-                )
-                .map_err(|e| invalid(format!("model {}: {e}", model.name)))?;
-                endpoints.insert(pool, endpoint.clone());
-                endpoint
-            }
-        };
-        let mut route = models::ModelRoute::new(
-            &model.name,
-            model.provider,
-            endpoint,
-            model.api_key.as_ref().map(Secret::expose),
-        );
+        let mut pool = tower_ai_balance::Pool::builder(model.name.as_str())
+            .strategy(match model.balance {
+                BalanceStrategy::CacheAware => tower_ai_balance::Strategy::cache_aware(),
+                BalanceStrategy::LeastLoaded => tower_ai_balance::Strategy::LeastLoaded,
+                BalanceStrategy::RoundRobin => tower_ai_balance::Strategy::RoundRobin,
+            })
+            .retries(
+                model
+                    .retries
+                    .unwrap_or_else(|| (model.deployments.len().saturating_sub(1)).min(2) as u32),
+            );
+        for deployment in &model.deployments {
+            let key = (deployment.base_url.clone(), deployment.tls_ca_file.clone());
+            let client = match clients.get(&key) {
+                Some(client) => client.clone(),
+                None => {
+                    let client = endpoint::Endpoint::new(
+                        &deployment.base_url,
+                        deployment.tls_ca_file.as_deref(),
+                        timeouts,
+                    )
+                    .map_err(|e| invalid(format!("model {}: {e}", model.name)))?;
+                    clients.insert(key, client.clone());
+                    client
+                }
+            };
+            let target = models::Deployment::new(
+                model.provider,
+                client,
+                deployment.api_key.as_ref().map(Secret::expose),
+            );
+            pool = pool.endpoint(
+                tower_ai_balance::Endpoint::new(deployment.name.as_str(), Arc::new(target))
+                    .weight(deployment.weight)
+                    .max_concurrency(deployment.max_concurrency),
+            );
+        }
+        let pool = pool
+            .build()
+            .map_err(|e| invalid(format!("model {}: {e}", model.name)))?;
+        let mut route = models::ModelRoute::new(&model.name, model.provider, pool);
         route.upstream_model = model
             .upstream_model
             .as_deref()
             .filter(|m| *m != model.name)
             .map(Arc::from);
         route.price = model.price;
+        route.fallbacks = model
+            .fallbacks
+            .iter()
+            .map(|f| Arc::from(f.as_str()))
+            .collect();
         routes.push(route);
     }
     Ok(models::Models::new(routes))

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use http::HeaderValue;
+use tower_ai_balance::Pool;
 
 use crate::config::{Price, Provider};
 use crate::endpoint::Endpoint;
@@ -14,34 +15,73 @@ pub(crate) struct ModelRoute {
     /// The name clients use (from the config: safe as a metric label).
     pub(crate) name: Arc<str>,
     pub(crate) provider: Provider,
-    pub(crate) endpoint: Endpoint,
+    /// Its deployments, and the balancer's state over them.
+    pub(crate) pool: Pool<Arc<Deployment>>,
+    /// Models tried in order when this one can't answer.
+    pub(crate) fallbacks: Vec<Arc<str>>,
     /// The name sent upstream, when it differs from `name`.
     pub(crate) upstream_model: Option<Arc<str>>,
-    /// The provider credential, as its header value (marked sensitive).
-    pub(crate) credential: Option<HeaderValue>,
     pub(crate) price: Option<Price>,
     /// Whether this route answers for any model name (the no-config demo,
     /// or `--upstream` without a model table).
     pub(crate) wildcard: bool,
 }
 
+/// One server (or provider account) serving a model: its client and the
+/// credential it is sent.
+#[derive(Debug)]
+pub(crate) struct Deployment {
+    pub(crate) endpoint: Endpoint,
+    /// The provider credential, as its header value (marked sensitive).
+    pub(crate) credential: Option<HeaderValue>,
+}
+
+impl Deployment {
+    pub(crate) fn new(provider: Provider, endpoint: Endpoint, key: Option<&str>) -> Self {
+        Self {
+            endpoint,
+            credential: key.and_then(|key| credential(provider, key)),
+        }
+    }
+}
+
+/// The deployment the balancer picked for a request, in its extensions.
+pub(crate) type Picked = tower_ai_balance::Endpoint<Arc<Deployment>>;
+
 impl ModelRoute {
-    /// A route with no renaming, no price.
-    pub(crate) fn new(
+    /// A route over `pool`, with no renaming, no price, no fallbacks.
+    pub(crate) fn new(name: &str, provider: Provider, pool: Pool<Arc<Deployment>>) -> Self {
+        Self {
+            name: name.into(),
+            provider,
+            pool,
+            fallbacks: Vec::new(),
+            upstream_model: None,
+            price: None,
+            wildcard: false,
+        }
+    }
+
+    /// A route to one server, not retried (clients retry on their own; a
+    /// retry on the same server is theirs to make).
+    pub(crate) fn single(
         name: &str,
         provider: Provider,
         endpoint: Endpoint,
         key: Option<&str>,
-    ) -> Self {
-        Self {
-            name: name.into(),
-            provider,
-            endpoint,
-            upstream_model: None,
-            credential: key.and_then(|key| credential(provider, key)),
-            price: None,
-            wildcard: false,
-        }
+    ) -> Result<Self, tower_ai_balance::ConfigError> {
+        let deployment = Arc::new(Deployment::new(provider, endpoint, key));
+        let pool = Pool::builder(name)
+            .endpoint(tower_ai_balance::Endpoint::new(name, deployment))
+            .retries(0)
+            .build()?;
+        Ok(Self::new(name, provider, pool))
+    }
+
+    /// The deployment a request goes to when nothing was picked for it (a
+    /// model list from the upstream): the first one.
+    pub(crate) fn first(&self) -> Option<&Arc<Deployment>> {
+        self.pool.endpoints().first().map(|e| e.target())
     }
 }
 

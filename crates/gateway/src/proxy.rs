@@ -21,7 +21,6 @@ use tracing::Instrument;
 
 use crate::auth::CallerExt;
 use crate::budget::Reserve;
-use crate::layers::Model;
 use crate::metered::{MeterSpec, label};
 use crate::models::{ModelRoute, Target};
 use crate::owners::{Owner, unknown_stream};
@@ -42,7 +41,7 @@ pub(crate) async fn model_call(State(state): State<AppState>, req: Request) -> R
     // `MAX_CHAT_BODY` (and refused a larger one with 413): this read can't
     // be cut short.
     let caller = req.extensions().get::<CallerExt>().cloned();
-    let (mut parts, body) = req.into_parts();
+    let (parts, body) = req.into_parts();
     let bytes = match read_limited(body, MAX_CHAT_BODY).await {
         Ok(bytes) => bytes,
         Err(ReadError::Failed(e)) => {
@@ -74,113 +73,176 @@ pub(crate) async fn model_call(State(state): State<AppState>, req: Request) -> R
     let key_label: Arc<str> = caller
         .as_ref()
         .map_or_else(|| Arc::from("-"), |c| c.0.name.clone());
-    // The budget: reserve the estimate before the call.
-    let mut reservation = None;
-    if let (Some(CallerExt(caller)), Some(price)) = (&caller, route.price)
-        && let Some(budget) = caller.budget
-    {
-        let output = request
-            .max_output_tokens
-            .unwrap_or(DEFAULT_OUTPUT)
-            .saturating_mul(u64::from(request.n));
-        let estimate = price.nanos(request.estimated_prompt_tokens(), output);
-        match state.budgets.reserve(&caller.name, budget, estimate).await {
-            Reserve::Granted(r) => reservation = Some(r),
-            Reserve::Refused { retry_after } => {
-                metrics::counter!("tower_ai_gateway_budget_refusals_total", "key" => label(&caller.name))
-                    .increment(1);
-                return openai_error(
-                    Refusal::too_many_requests().retry_after(retry_after),
-                    "insufficient_quota",
-                    Some("insufficient_quota"),
-                    &format!(
-                        "This key has spent its budget of ${} per {}; it renews when the period ends.",
-                        budget.usd,
-                        budget.per.as_str()
-                    ),
-                );
-            }
-        }
-    }
-    let reservation = Arc::new(Mutex::new(reservation));
-
-    let body = match &route.upstream_model {
-        Some(upstream_model) => match renamed(&bytes, upstream_model) {
-            Some(body) => {
-                parts
-                    .headers
-                    .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
-                Body::from(body)
-            }
-            None => return bad_request("the request body is not a JSON object"),
-        },
-        None => Body::from(bytes),
-    };
-    // The breaker's key: the configured name (a client can't add keys),
-    // or, with no model table, the name asked for.
-    let breaker = if route.wildcard {
-        Arc::from(name)
-    } else {
-        route.name.clone()
-    };
-    parts.extensions.insert(Model(breaker));
-    let span = gen_ai_span(parts.uri.path(), &route, &request);
-    parts.extensions.insert(MeterSpec {
-        span: span.clone(),
-        model: route.name.clone(),
-        key: key_label.clone(),
-        price: route.price,
-        reservation: reservation.clone(),
-        budgets: state.budgets.clone(),
+    let call = Call {
+        state: &state,
+        caller: caller.as_ref(),
+        key_label: &key_label,
+        asked: name,
+        request: &request,
+        bytes: &bytes,
         started,
-    });
-    parts.extensions.insert(Target(route.clone()));
-    let req = Request::from_parts(parts, body);
-    // Only a stream can be re-attached to: only its owner is worth a digest.
-    let owner = request.stream.then(|| owner(&req, caller.as_ref()));
-
-    // Only a stream goes through the relay: it has nothing to keep of a
-    // JSON answer, and each of its generations is a task of its own.
-    let res = if request.stream {
-        let call = state.upstream.clone().oneshot(req);
-        call.instrument(span.clone())
-            .await
-            .map(|r| r.map(Body::new))
-    } else {
-        let call = state.direct.clone().oneshot(req);
-        call.instrument(span.clone())
-            .await
-            .map(|r| r.map(Body::new))
     };
-    // Still reserved: no upstream answered (an open circuit, a failed
-    // connection), so nothing was spent.
-    let unspent = reservation.lock().take();
-    if let Some(unspent) = unspent {
-        state.budgets.settle(unspent, 0).await;
-    }
-    let res = match res {
-        Ok(res) => res,
-        Err(e) => upstream_failed(&e),
-    };
-    if !res.status().is_success() {
-        span.record("error.type", res.status().as_str());
-    }
-    metrics::counter!(
-        "tower_ai_gateway_model_requests_total",
-        "model" => label(&route.name),
-        "key" => label(&key_label),
-        "status" => res.status().as_u16().to_string()
-    )
-    .increment(1);
-    if let Some(owner) = owner
-        && let Some(stream) = res
-            .headers()
-            .get("x-stream-id")
-            .and_then(|v| v.to_str().ok())
-    {
-        state.owners.record(stream, owner).await;
+    // The model, then its fallbacks in order, while the answer is a
+    // failure no byte of which has reached the client.
+    let mut res = call.to(&route, parts.clone()).await;
+    for fallback in &route.fallbacks {
+        if !fails_over(res.status()) {
+            break;
+        }
+        let Some(next) = state.models.get(fallback).filter(|r| !r.wildcard) else {
+            continue;
+        };
+        tracing::info!(model = %route.name, fallback = %next.name, status = res.status().as_u16(), "falling back");
+        metrics::counter!(
+            "tower_ai_gateway_fallbacks_total",
+            "model" => label(&route.name),
+            "fallback" => label(&next.name)
+        )
+        .increment(1);
+        res = call.to(next, parts.clone()).await;
     }
     res
+}
+
+/// Whether an answer sends the request on to the model's fallback: the
+/// upstream (or the balancer, or an open circuit) could not serve it.
+fn fails_over(status: StatusCode) -> bool {
+    status == StatusCode::REQUEST_TIMEOUT
+        || status == StatusCode::TOO_MANY_REQUESTS
+        || status.is_server_error()
+}
+
+/// One model call's request, ready to be sent to a route.
+struct Call<'a> {
+    state: &'a AppState,
+    caller: Option<&'a CallerExt>,
+    key_label: &'a Arc<str>,
+    /// The model name the client asked for.
+    asked: &'a str,
+    request: &'a ChatRequest,
+    bytes: &'a bytes::Bytes,
+    started: Instant,
+}
+
+impl Call<'_> {
+    /// Sends the request to `route`'s deployments: its budget reserved,
+    /// its answer metered.
+    async fn to(&self, route: &Arc<ModelRoute>, mut parts: http::request::Parts) -> Response {
+        let Self {
+            state,
+            caller,
+            key_label,
+            request,
+            bytes,
+            started,
+            ..
+        } = *self;
+        // The budget: reserve the estimate before the call.
+        let mut reservation = None;
+        if let (Some(CallerExt(caller)), Some(price)) = (caller, route.price)
+            && let Some(budget) = caller.budget
+        {
+            let output = request
+                .max_output_tokens
+                .unwrap_or(DEFAULT_OUTPUT)
+                .saturating_mul(u64::from(request.n));
+            let estimate = price.nanos(request.estimated_prompt_tokens(), output);
+            match state.budgets.reserve(&caller.name, budget, estimate).await {
+                Reserve::Granted(r) => reservation = Some(r),
+                Reserve::Refused { retry_after } => {
+                    metrics::counter!("tower_ai_gateway_budget_refusals_total", "key" => label(&caller.name))
+                        .increment(1);
+                    return openai_error(
+                        Refusal::too_many_requests().retry_after(retry_after),
+                        "insufficient_quota",
+                        Some("insufficient_quota"),
+                        &format!(
+                            "This key has spent its budget of ${} per {}; it renews when the period ends.",
+                            budget.usd,
+                            budget.per.as_str()
+                        ),
+                    );
+                }
+            }
+        }
+        let reservation = Arc::new(Mutex::new(reservation));
+
+        // The name the upstream knows: the route's own, else the route's
+        // name when it isn't the one asked for (a fallback).
+        let send_as = route.upstream_model.clone().or_else(|| {
+            (!route.wildcard && *route.name != *self.asked).then(|| route.name.clone())
+        });
+        let body = match send_as {
+            Some(upstream_model) => match renamed(bytes, &upstream_model) {
+                Some(body) => {
+                    parts
+                        .headers
+                        .insert(header::CONTENT_LENGTH, HeaderValue::from(body.len()));
+                    Body::from(body)
+                }
+                None => return bad_request("the request body is not a JSON object"),
+            },
+            None => Body::from(bytes.clone()),
+        };
+        let span = gen_ai_span(parts.uri.path(), route, request);
+        parts.extensions.insert(MeterSpec {
+            span: span.clone(),
+            model: route.name.clone(),
+            key: key_label.clone(),
+            price: route.price,
+            reservation: reservation.clone(),
+            budgets: state.budgets.clone(),
+            started,
+        });
+        parts.extensions.insert(Target(route.clone()));
+        parts.extensions.insert(route.pool.clone());
+        let req = Request::from_parts(parts, body);
+        // Only a stream can be re-attached to: only its owner is worth a digest.
+        let owner = request.stream.then(|| owner(&req, caller));
+
+        // Only a stream goes through the relay: it has nothing to keep of a
+        // JSON answer, and each of its generations is a task of its own.
+        let res = if request.stream {
+            let call = state.upstream.clone().oneshot(req);
+            call.instrument(span.clone())
+                .await
+                .map(|r| r.map(Body::new))
+        } else {
+            let call = state.direct.clone().oneshot(req);
+            call.instrument(span.clone())
+                .await
+                .map(|r| r.map(Body::new))
+        };
+        // Still reserved: no upstream answered (an open circuit, a failed
+        // connection), so nothing was spent.
+        let unspent = reservation.lock().take();
+        if let Some(unspent) = unspent {
+            state.budgets.settle(unspent, 0).await;
+        }
+        let res = match res {
+            Ok(res) => res,
+            Err(e) => upstream_failed(&e),
+        };
+        if !res.status().is_success() {
+            span.record("error.type", res.status().as_str());
+        }
+        metrics::counter!(
+            "tower_ai_gateway_model_requests_total",
+            "model" => label(&route.name),
+            "key" => label(key_label),
+            "status" => res.status().as_u16().to_string()
+        )
+        .increment(1);
+        if let Some(owner) = owner
+            && let Some(stream) = res
+                .headers()
+                .get("x-stream-id")
+                .and_then(|v| v.to_str().ok())
+        {
+            state.owners.record(stream, owner).await;
+        }
+        res
+    }
 }
 
 /// A span for one model call, with the OpenTelemetry GenAI semantic
@@ -204,7 +266,7 @@ fn gen_ai_span(path: &str, route: &ModelRoute, request: &ChatRequest) -> tracing
         gen_ai.response.finish_reasons = tracing::field::Empty,
         gen_ai.usage.input_tokens = tracing::field::Empty,
         gen_ai.usage.output_tokens = tracing::field::Empty,
-        server.address = %route.endpoint.host(),
+        server.address = tracing::field::Empty,
         error.type = tracing::field::Empty,
     )
 }

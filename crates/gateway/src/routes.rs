@@ -30,6 +30,7 @@ pub(crate) fn router(
     let admin = Router::new()
         .route("/admin/config", get(admin_config))
         .route("/admin/keys", get(admin_keys))
+        .route("/admin/balance", get(admin_balance))
         .route("/admin/circuits", get(circuits).post(control_circuit))
         .route("/admin/cache/invalidate", post(invalidate_cache));
     let limits = crate::layers::rate_limit(state.redis.as_ref(), limits)?;
@@ -147,6 +148,45 @@ async fn content(Path(id): Path<String>) -> Response {
     .into_response()
 }
 
+/// `GET /admin/balance`: each model's deployments as the balancer sees
+/// them: load, cooldown, prefix hit rate.
+async fn admin_balance(State(state): State<AppState>) -> Response {
+    let models: Vec<Value> = state
+        .models
+        .named()
+        .iter()
+        .chain(state.models.wildcard())
+        .map(|m| {
+            let deployments: Vec<Value> = m
+                .pool
+                .status()
+                .into_iter()
+                .map(|d| {
+                    json!({
+                        "name": d.name,
+                        "in_flight": d.in_flight,
+                        "max_concurrency": d.max_concurrency,
+                        "tokens_in_flight": d.tokens_in_flight,
+                        "requests": d.requests,
+                        "failures": d.failures,
+                        "consecutive_failures": d.consecutive_failures,
+                        "cooldowns": d.cooldowns,
+                        "cooling_for_ms": d.cooling_for.map(|c| c.as_millis() as u64),
+                        "prefix_hit_rate": d.prefix_hit_rate,
+                    })
+                })
+                .collect();
+            json!({
+                "model": m.name.as_ref(),
+                "balance": m.pool.strategy().name(),
+                "fallbacks": m.fallbacks.iter().map(AsRef::as_ref).collect::<Vec<&str>>(),
+                "deployments": deployments,
+            })
+        })
+        .collect();
+    axum::Json(json!({ "models": models })).into_response()
+}
+
 async fn admin_config(State(state): State<AppState>) -> Response {
     let models: Vec<Value> = state
         .models
@@ -157,9 +197,14 @@ async fn admin_config(State(state): State<AppState>) -> Response {
             json!({
                 "name": m.name.as_ref(),
                 "provider": m.provider.as_str(),
-                "base_url": format!("{:?}", m.endpoint),
+                "deployments": m.pool.endpoints().iter().map(|d| json!({
+                    "name": d.name(),
+                    "base_url": format!("{:?}", d.target().endpoint),
+                    "credential": d.target().credential.is_some(),
+                })).collect::<Vec<_>>(),
+                "balance": m.pool.strategy().name(),
+                "fallbacks": m.fallbacks.iter().map(AsRef::as_ref).collect::<Vec<&str>>(),
                 "upstream_model": m.upstream_model.as_deref(),
-                "credential": m.credential.is_some(),
                 "price": m.price.map(|p| json!({
                     "input_per_mtok": p.input_per_mtok,
                     "output_per_mtok": p.output_per_mtok,

@@ -17,7 +17,7 @@ use tower::Service;
 use crate::config::Provider;
 use crate::endpoint::{DEFAULT_IDLE_TIMEOUT, Endpoint, Timeouts};
 use crate::metered::{MeterSpec, Metered};
-use crate::models::{ModelRoute, Target};
+use crate::models::{Deployment, ModelRoute, Picked, Target};
 
 /// The `anthropic-version` sent when the client sends none.
 pub(crate) const ANTHROPIC_VERSION: &str = "2023-06-01";
@@ -124,21 +124,23 @@ impl Upstream {
             idle: DEFAULT_IDLE_TIMEOUT,
         };
         let endpoint = Endpoint::new(base_url, None, timeouts).map_err(|e| e.to_string())?;
-        let route = ModelRoute::new("*", Provider::OpenAi, endpoint, None);
+        let route =
+            ModelRoute::single("*", Provider::OpenAi, endpoint, None).map_err(|e| e.to_string())?;
         Ok(Self {
             default: Some(Arc::new(route)),
         })
     }
 }
 
-/// The request as it goes to `route`'s server.
+/// The request as it goes to `deployment`, a server of `provider`.
 pub(crate) fn upstream_request(
-    route: &ModelRoute,
+    provider: Provider,
+    deployment: &Deployment,
     req: Request<Body>,
 ) -> Result<Request<Body>, http::Error> {
     let (mut parts, body) = req.into_parts();
     let path = parts.uri.path_and_query().map_or("/", PathAndQuery::as_str);
-    parts.uri = route.endpoint.uri(path)?;
+    parts.uri = deployment.endpoint.uri(path)?;
     strip_hop_by_hop(&mut parts.headers);
     // The gateway reads every answer (usage, cache, history): uncompressed.
     parts.headers.insert(
@@ -153,8 +155,8 @@ pub(crate) fn upstream_request(
     ] {
         parts.headers.remove(name);
     }
-    let credential = route.credential.as_ref();
-    match route.provider {
+    let credential = deployment.credential.as_ref();
+    match provider {
         Provider::OpenAi => {
             if let Some(key) = credential {
                 parts.headers.insert(header::AUTHORIZATION, key.clone());
@@ -191,11 +193,21 @@ impl Service<Request<Body>> for Upstream {
         let Some(route) = routed.or_else(|| self.default.clone()) else {
             return Box::pin(async { Err(UpstreamError::Unrouted) });
         };
+        // The deployment the balancer picked; else the route's first.
+        let picked = req.extensions().get::<Picked>().map(|p| p.target().clone());
+        let Some(deployment) = picked.or_else(|| route.first().cloned()) else {
+            return Box::pin(async { Err(UpstreamError::Unrouted) });
+        };
         let meter = req.extensions().get::<MeterSpec>().cloned();
-        let req = upstream_request(&route, req);
+        if let Some(meter) = &meter {
+            meter
+                .span
+                .record("server.address", deployment.endpoint.host());
+        }
+        let req = upstream_request(route.provider, &deployment, req);
         Box::pin(async move {
             let req = req.map_err(UpstreamError::Request)?;
-            let endpoint = &route.endpoint;
+            let endpoint = &deployment.endpoint;
             let res = tokio::time::timeout(endpoint.head_timeout, endpoint.client.request(req))
                 .await
                 .map_err(|_| UpstreamError::Timeout)?
@@ -245,7 +257,6 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::models::ModelRoute;
 
     const TIMEOUTS: Timeouts = Timeouts {
         connect: Duration::from_secs(1),
@@ -253,15 +264,15 @@ mod tests {
         idle: Duration::from_secs(1),
     };
 
-    fn route(base_url: &str, provider: Provider, key: Option<&str>) -> ModelRoute {
+    fn route(base_url: &str, provider: Provider, key: Option<&str>) -> (Provider, Deployment) {
         let endpoint = Endpoint::new(base_url, None, TIMEOUTS);
         let Ok(endpoint) = endpoint else {
             panic!("a valid upstream URL")
         };
-        ModelRoute::new("m", provider, endpoint, key)
+        (provider, Deployment::new(provider, endpoint, key))
     }
 
-    fn request(route: &ModelRoute, uri: &str) -> Request<Body> {
+    fn request(route: &(Provider, Deployment), uri: &str) -> Request<Body> {
         let req = Request::builder()
             .uri(uri)
             .header("authorization", "Bearer client-key")
@@ -270,7 +281,7 @@ mod tests {
             .header("x-private", "1")
             .header("content-type", "application/json")
             .body(Body::empty())
-            .map(|r| upstream_request(route, r));
+            .map(|r| upstream_request(route.0, &route.1, r));
         let Ok(Ok(req)) = req else {
             panic!("a valid request")
         };

@@ -90,6 +90,11 @@ impl<T> Pool<T> {
         &self.shared.name
     }
 
+    /// The pool's endpoints, in the order they were added.
+    pub fn endpoints(&self) -> &[Endpoint<T>] {
+        &self.shared.endpoints
+    }
+
     /// The pool's strategy.
     pub fn strategy(&self) -> Strategy {
         self.shared.settings.strategy
