@@ -136,7 +136,7 @@ impl Gateway {
             [] => None,
             urls => Some(connect_redis(urls).await?),
         };
-        let models = Arc::new(model_table(&config, &upstream_url)?);
+        let models = Arc::new(model_table(&config, &upstream_url, redis.as_ref())?);
         let model_names = models.named().iter().map(|m| m.name.to_string()).collect();
         let upstream = Upstream::routed();
         let shared = redis
@@ -278,7 +278,18 @@ async fn connect_redis(urls: &[String]) -> io::Result<RedisState> {
 /// The model table: the configured models, or, with none, every name to
 /// `upstream_url` (the `--upstream` server or the mock), with the key in
 /// `UPSTREAM_API_KEY` when set.
-fn model_table(config: &Config, upstream_url: &str) -> io::Result<models::Models> {
+fn model_table(
+    config: &Config,
+    upstream_url: &str,
+    redis: Option<&RedisState>,
+) -> io::Result<models::Models> {
+    // With Redis, every replica sees each deployment's load and one prefix
+    // index.
+    let shared = redis.map(|r| {
+        tower_ai_balance::RedisStore::builder(r.client.clone())
+            .degrade(r.degrade.clone())
+            .build()
+    });
     let timeouts = endpoint::Timeouts {
         connect: config.connect_timeout,
         head: config.upstream_timeout,
@@ -320,6 +331,9 @@ fn model_table(config: &Config, upstream_url: &str) -> io::Result<models::Models
                     .retries
                     .unwrap_or_else(|| (model.deployments.len().saturating_sub(1)).min(2) as u32),
             );
+        if let Some(shared) = &shared {
+            pool = pool.redis(shared);
+        }
         for deployment in &model.deployments {
             let key = (deployment.base_url.clone(), deployment.tls_ca_file.clone());
             let client = match clients.get(&key) {

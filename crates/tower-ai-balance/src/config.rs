@@ -195,6 +195,8 @@ pub enum ConfigError {
     ZeroLimit(String),
     /// A setting out of its range.
     Invalid(&'static str),
+    /// Shared state needs a Tokio runtime to build the pool in.
+    NoRuntime,
 }
 
 impl fmt::Display for ConfigError {
@@ -210,6 +212,7 @@ impl fmt::Display for ConfigError {
                 "endpoint {name:?}: max_concurrency and weight must be at least 1"
             ),
             Self::Invalid(why) => f.write_str(why),
+            Self::NoRuntime => f.write_str("shared state must be set up inside a Tokio runtime"),
         }
     }
 }

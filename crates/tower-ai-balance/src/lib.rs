@@ -11,6 +11,7 @@ mod prefix;
 mod prompt;
 mod retry;
 mod service;
+mod store;
 
 pub use body::BalanceBody;
 pub use config::{CacheAware, ConfigError, Strategy};
@@ -18,3 +19,5 @@ pub use endpoint::Endpoint;
 pub use layer::BalanceLayer;
 pub use pool::{EndpointStatus, Pool, PoolBuilder};
 pub use service::Balance;
+#[cfg(feature = "redis")]
+pub use store::redis::{RedisStore, RedisStoreBuilder};

@@ -45,6 +45,10 @@ pub(crate) struct Load {
     pub(crate) cooldowns: AtomicU64,
     pub(crate) blocks: AtomicU64,
     pub(crate) blocks_matched: AtomicU64,
+    /// Other replicas' requests and tokens in flight here, as of the last
+    /// sync through Redis (zero without it).
+    pub(crate) remote_in_flight: AtomicU32,
+    pub(crate) remote_tokens: AtomicU64,
     pub(crate) name: Arc<str>,
     pool: Arc<str>,
     meters: Meters,
@@ -71,6 +75,8 @@ impl Load {
             cooldowns: AtomicU64::new(0),
             blocks: AtomicU64::new(0),
             blocks_matched: AtomicU64::new(0),
+            remote_in_flight: AtomicU32::new(0),
+            remote_tokens: AtomicU64::new(0),
             meters: Meters {
                 in_flight: metrics::gauge!("tower_ai_balance_in_flight", &labels),
                 cooldowns: metrics::counter!("tower_ai_balance_cooldowns_total", &labels),
@@ -80,17 +86,33 @@ impl Load {
         }
     }
 
-    /// Takes a permit if one is free.
+    /// Takes a permit if one is free, counting the other replicas' requests
+    /// here too: `max_concurrency` is the endpoint's, not one replica's.
     fn try_acquire(&self) -> bool {
+        let others = self.remote_in_flight.load(Ordering::Acquire);
         self.in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.max_concurrency).then_some(n + 1)
+                (n.saturating_add(others) < self.max_concurrency).then_some(n + 1)
             })
             .is_ok()
     }
 
     pub(crate) fn has_room(&self) -> bool {
-        self.in_flight.load(Ordering::Acquire) < self.max_concurrency
+        self.in_flight_everywhere() < self.max_concurrency
+    }
+
+    /// Requests in flight here, from every replica.
+    pub(crate) fn in_flight_everywhere(&self) -> u32 {
+        self.in_flight
+            .load(Ordering::Acquire)
+            .saturating_add(self.remote_in_flight.load(Ordering::Acquire))
+    }
+
+    /// Tokens in flight here, from every replica.
+    pub(crate) fn tokens_everywhere(&self) -> u64 {
+        self.tokens
+            .load(Ordering::Acquire)
+            .saturating_add(self.remote_tokens.load(Ordering::Acquire))
     }
 
     pub(crate) fn consecutive_failures(&self) -> u32 {
@@ -110,6 +132,33 @@ impl State {
                 max_cooldown: settings.max_cooldown,
             },
         }
+    }
+
+    /// This replica's own requests and tokens in flight, per endpoint.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn own_load(&self) -> Vec<(u32, u64)> {
+        self.loads
+            .iter()
+            .map(|l| {
+                (
+                    l.in_flight.load(Ordering::Acquire),
+                    l.tokens.load(Ordering::Acquire),
+                )
+            })
+            .collect()
+    }
+
+    /// Sets the other replicas' load (`None`: unknown, counted as none).
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
+    pub(crate) fn set_remote_load(&self, others: Option<Vec<(u32, u64)>>) {
+        let others = others.unwrap_or_default();
+        for (i, load) in self.loads.iter().enumerate() {
+            let (n, t) = others.get(i).copied().unwrap_or_default();
+            load.remote_in_flight.store(n, Ordering::Release);
+            load.remote_tokens.store(t, Ordering::Release);
+        }
+        // A lighter load elsewhere may have freed room for a waiting request.
+        self.freed.notify_waiters();
     }
 
     /// When endpoint `i`'s cooldown ends, if it is cooling down at `now`.

@@ -13,6 +13,8 @@ use crate::endpoint::Endpoint;
 use crate::load::{Load, Permit, State};
 use crate::prefix::PrefixIndex;
 use crate::prompt::Prompt;
+#[cfg(feature = "redis")]
+use crate::store::redis::{Link, SharedMask};
 
 /// A set of endpoints that serve the same model, and what the balancer
 /// knows of them: permits and tokens in flight, failures and cooldowns, and
@@ -55,6 +57,9 @@ struct Shared<T> {
     index: Mutex<PrefixIndex>,
     /// Advances on every pick: round-robin's turn and p2c's random draws.
     turn: AtomicU64,
+    /// The state shared with other replicas, when there is one.
+    #[cfg(feature = "redis")]
+    remote: Option<Arc<Link>>,
 }
 
 /// Why no endpoint could be picked.
@@ -82,6 +87,8 @@ impl<T> Pool<T> {
             name: name.into(),
             endpoints: Vec::new(),
             settings: Settings::default(),
+            #[cfg(feature = "redis")]
+            redis: None,
         }
     }
 
@@ -113,9 +120,9 @@ impl<T> Pool<T> {
                 let blocks = load.blocks.load(Ordering::Relaxed);
                 EndpointStatus {
                     name: endpoint.name().to_owned(),
-                    in_flight: load.in_flight.load(Ordering::Relaxed),
+                    in_flight: load.in_flight_everywhere(),
                     max_concurrency: load.max_concurrency,
-                    tokens_in_flight: load.tokens.load(Ordering::Relaxed),
+                    tokens_in_flight: load.tokens_everywhere(),
                     consecutive_failures: load.consecutive_failures(),
                     cooling_for: state.cooling(i, now).map(|until| until - now),
                     requests: load.requests.load(Ordering::Relaxed),
@@ -150,14 +157,24 @@ impl<T: Clone> Pool<T> {
         prompt: &Prompt,
         tried: u64,
     ) -> Result<Picked<T>, Unavailable> {
+        #[cfg(feature = "redis")]
+        let shared = self.read_shared(prompt).await;
+        #[cfg(feature = "redis")]
+        let others: Vec<u64> = shared.iter().flatten().map(|m| m.mask).collect();
+        #[cfg(not(feature = "redis"))]
+        let others: Vec<u64> = Vec::new();
         let deadline = Instant::now() + self.shared.settings.queue_timeout;
         loop {
             // Registered before the pick, so a permit released between the
             // pick and the wait still wakes this request.
             let mut freed = pin!(self.shared.state.freed.notified());
             freed.as_mut().enable();
-            match self.pick(prompt, tried, Instant::now()) {
-                Ok(picked) => return Ok(picked),
+            match self.pick(prompt, tried, Instant::now(), &others) {
+                Ok(picked) => {
+                    #[cfg(feature = "redis")]
+                    self.write_shared(prompt, shared, picked.permit.endpoint());
+                    return Ok(picked);
+                }
                 Err(Wait::Cooling(until)) => return Err(Unavailable::Cooling(until)),
                 Err(Wait::Full(cooling)) => {
                     let wake = cooling.map_or(deadline, |until| until.min(deadline));
@@ -171,7 +188,37 @@ impl<T: Clone> Pool<T> {
         }
     }
 
-    fn pick(&self, prompt: &Prompt, tried: u64, now: Instant) -> Result<Picked<T>, Wait> {
+    /// The other replicas' prefix masks for the prompt's blocks, when the
+    /// pick will use them.
+    #[cfg(feature = "redis")]
+    async fn read_shared(&self, prompt: &Prompt) -> Option<Vec<SharedMask>> {
+        let link = self.shared.remote.as_ref()?;
+        if prompt.blocks.is_empty()
+            || !matches!(self.shared.settings.strategy, Strategy::CacheAware(_))
+        {
+            return None;
+        }
+        link.read_prefix(&prompt.blocks).await
+    }
+
+    /// Tells the other replicas, off the request's path, that `endpoint`
+    /// now holds the prompt's blocks.
+    #[cfg(feature = "redis")]
+    fn write_shared(&self, prompt: &Prompt, shared: Option<Vec<SharedMask>>, endpoint: usize) {
+        let (Some(link), Some(read)) = (self.shared.remote.clone(), shared) else {
+            return;
+        };
+        let blocks = prompt.blocks[..read.len().min(prompt.blocks.len())].to_vec();
+        tokio::spawn(async move { link.write_prefix(&blocks, &read, endpoint).await });
+    }
+
+    fn pick(
+        &self,
+        prompt: &Prompt,
+        tried: u64,
+        now: Instant,
+        others: &[u64],
+    ) -> Result<Picked<T>, Wait> {
         let shared = &*self.shared;
         let state = &shared.state;
         // A permit can be taken by another request between the choice and
@@ -196,7 +243,7 @@ impl<T: Clone> Pool<T> {
             }
             let fresh = open & !tried;
             let candidates = if fresh != 0 { fresh } else { open };
-            let (i, matched) = self.choose(candidates, prompt);
+            let (i, matched) = self.choose(candidates, prompt, others);
             if let Some(permit) = state.acquire(i, prompt.tokens) {
                 let load = &state.loads[i];
                 load.blocks
@@ -217,7 +264,7 @@ impl<T: Clone> Pool<T> {
 
     /// The strategy's choice among `candidates` (bit `i` = endpoint `i`,
     /// at least one set), and how many of the prompt's blocks it holds.
-    fn choose(&self, candidates: u64, prompt: &Prompt) -> (usize, u32) {
+    fn choose(&self, candidates: u64, prompt: &Prompt, others: &[u64]) -> (usize, u32) {
         let shared = &*self.shared;
         let turn = shared.turn.fetch_add(1, Ordering::Relaxed);
         match shared.settings.strategy {
@@ -247,10 +294,11 @@ impl<T: Clone> Pool<T> {
                 if prompt.blocks.is_empty() || out_of_balance {
                     return (least, 0);
                 }
-                let matches = shared
-                    .index
-                    .lock()
-                    .matches(&prompt.blocks, shared.endpoints.len());
+                let matches =
+                    shared
+                        .index
+                        .lock()
+                        .matches(&prompt.blocks, shared.endpoints.len(), others);
                 let mut best = least;
                 for i in rotated(candidates, turn) {
                     let better = matches[i] > matches[best]
@@ -275,8 +323,8 @@ impl<T: Clone> Pool<T> {
         let load = &self.shared.state.loads[i];
         let weight = f64::from(self.shared.endpoints[i].share());
         (
-            load.tokens.load(Ordering::Relaxed) as f64 / weight,
-            load.in_flight.load(Ordering::Relaxed),
+            load.tokens_everywhere() as f64 / weight,
+            load.in_flight_everywhere(),
         )
     }
 
@@ -316,6 +364,8 @@ pub struct PoolBuilder<T> {
     name: Arc<str>,
     endpoints: Vec<Endpoint<T>>,
     settings: Settings,
+    #[cfg(feature = "redis")]
+    redis: Option<Link>,
 }
 
 impl<T> PoolBuilder<T> {
@@ -411,9 +461,23 @@ impl<T> PoolBuilder<T> {
         self
     }
 
+    /// Shares the pool's load and prefix index with every replica using the
+    /// same Redis and pool name (see [`RedisStore`](crate::RedisStore)). The
+    /// pool must then be built inside a Tokio runtime: a task publishes its
+    /// load.
+    #[cfg(feature = "redis")]
+    pub fn redis(mut self, store: &crate::RedisStore) -> Self {
+        self.redis = Some(store.link(&self.name));
+        self
+    }
+
     /// The pool, or why it can't be built: no endpoint, more than 64, two
-    /// with one name, a limit or weight of 0, a threshold out of range.
-    pub fn build(self) -> Result<Pool<T>, ConfigError> {
+    /// with one name, a limit or weight of 0, a threshold out of range, or
+    /// shared state outside a Tokio runtime.
+    pub fn build(self) -> Result<Pool<T>, ConfigError>
+    where
+        T: Send + Sync + 'static,
+    {
         self.settings.validate(self.endpoints.len())?;
         for (i, endpoint) in self.endpoints.iter().enumerate() {
             if endpoint.permits() == 0 || endpoint.share() == 0 {
@@ -433,16 +497,58 @@ impl<T> PoolBuilder<T> {
             .map(|e| Load::new(e.permits(), Arc::clone(&self.name), e.name_arc()))
             .collect();
         let state = Arc::new(State::new(loads, &self.settings));
-        Ok(Pool {
+        #[cfg(feature = "redis")]
+        let remote = self.redis.map(Arc::new);
+        // Replicas sharing a pool start their turns at different places, so
+        // an idle fleet's ties don't all go to the first endpoint.
+        #[cfg(feature = "redis")]
+        let first_turn = remote.as_ref().map_or(0, |_| random_u64());
+        #[cfg(not(feature = "redis"))]
+        let first_turn = 0;
+        #[cfg(feature = "redis")]
+        let runtime = match &remote {
+            Some(_) => {
+                Some(tokio::runtime::Handle::try_current().map_err(|_| ConfigError::NoRuntime)?)
+            }
+            None => None,
+        };
+        let pool = Pool {
             shared: Arc::new(Shared {
                 name: self.name,
                 endpoints: self.endpoints.into_boxed_slice(),
                 state,
                 index: Mutex::new(PrefixIndex::new(self.settings.index_capacity)),
                 settings: self.settings,
-                turn: AtomicU64::new(0),
+                turn: AtomicU64::new(first_turn),
+                #[cfg(feature = "redis")]
+                remote: remote.clone(),
             }),
-        })
+        };
+        #[cfg(feature = "redis")]
+        if let (Some(link), Some(runtime)) = (remote, runtime) {
+            runtime.spawn(sync_load(link, Arc::downgrade(&pool.shared)));
+        }
+        Ok(pool)
+    }
+}
+
+/// Publishes this replica's load and reads the others' every sync
+/// interval, while the pool lives (a permit outliving it doesn't keep it
+/// publishing: a dropped pool's load lapses with its lease).
+#[cfg(feature = "redis")]
+async fn sync_load<T>(link: Arc<Link>, pool: std::sync::Weak<Shared<T>>) {
+    let mut ticker = tokio::time::interval(link.sync_interval());
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        ticker.tick().await;
+        let Some(own) = pool.upgrade().map(|p| p.state.own_load()) else {
+            break;
+        };
+        let others = link.sync_load(&own).await;
+        let Some(shared) = pool.upgrade() else {
+            break;
+        };
+        shared.state.set_remote_load(others);
     }
 }
 
@@ -494,6 +600,15 @@ fn rotated(bits_set: u64, turn: u64) -> impl Iterator<Item = usize> {
 /// The position of the `n`th set bit of `bits` (0-based; `n` < popcount).
 fn nth_bit(bits_set: u64, n: u32) -> usize {
     bits(bits_set).nth(n as usize).unwrap_or(0)
+}
+
+/// A random value, different in each process and each call.
+#[cfg(feature = "redis")]
+fn random_u64() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish()
 }
 
 /// A well-mixed 64-bit value from a counter.

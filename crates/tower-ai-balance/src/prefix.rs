@@ -34,13 +34,20 @@ impl PrefixIndex {
     }
 
     /// How many of `blocks`' leading blocks each endpoint holds: element `i`
-    /// is endpoint `i`'s match, for the first `endpoints` endpoints. Stops
-    /// reading at the first block no endpoint holds.
-    pub(crate) fn matches(&self, blocks: &[u64], endpoints: usize) -> [u32; MAX_ENDPOINTS] {
+    /// is endpoint `i`'s match, for the first `endpoints` endpoints. `shared`
+    /// holds other replicas' masks for the first blocks (from Redis), added
+    /// to this index's. Stops reading at the first block no endpoint holds.
+    pub(crate) fn matches(
+        &self,
+        blocks: &[u64],
+        endpoints: usize,
+        shared: &[u64],
+    ) -> [u32; MAX_ENDPOINTS] {
         let mut lengths = [0; MAX_ENDPOINTS];
         let mut alive = mask(endpoints);
         for (depth, block) in blocks.iter().enumerate() {
-            let holders = self.get(*block) & alive;
+            let others = shared.get(depth).copied().unwrap_or(0);
+            let holders = (self.get(*block) | others) & alive;
             let dropped = alive & !holders;
             for_each_bit(dropped, |i| lengths[i] = depth as u32);
             alive = holders;
@@ -108,13 +115,13 @@ mod tests {
         let mut index = PrefixIndex::new(1024);
         index.record(&[1, 2, 3, 4], 0);
         index.record(&[1, 2, 9], 1);
-        let m = index.matches(&[1, 2, 3, 5], 3);
+        let m = index.matches(&[1, 2, 3, 5], 3, &[]);
         assert_eq!(&m[..3], &[3, 2, 0]);
-        let m = index.matches(&[1, 2, 3, 4, 5, 6], 3);
+        let m = index.matches(&[1, 2, 3, 4, 5, 6], 3, &[]);
         assert_eq!(&m[..3], &[4, 2, 0]);
-        let m = index.matches(&[7], 3);
+        let m = index.matches(&[7], 3, &[]);
         assert_eq!(&m[..3], &[0, 0, 0]);
-        let m = index.matches(&[1, 2, 3, 4], 3);
+        let m = index.matches(&[1, 2, 3, 4], 3, &[]);
         assert_eq!(&m[..3], &[4, 2, 0], "a full match counts every block");
     }
 
@@ -128,15 +135,28 @@ mod tests {
             index.record(&[0], 0);
             assert!(index.len() <= 100, "{} entries", index.len());
         }
-        assert_eq!(index.matches(&[0], 2)[0], 1);
-        assert_eq!(index.matches(&[1], 2)[1], 0, "block 1 is long forgotten");
-        assert_eq!(index.matches(&[999], 2)[1], 1);
+        assert_eq!(index.matches(&[0], 2, &[])[0], 1);
+        assert_eq!(
+            index.matches(&[1], 2, &[])[1],
+            0,
+            "block 1 is long forgotten"
+        );
+        assert_eq!(index.matches(&[999], 2, &[])[1], 1);
+    }
+
+    #[test]
+    fn shared_masks_add_to_the_local_ones() {
+        let mut index = PrefixIndex::new(64);
+        index.record(&[1, 2], 0);
+        // Another replica sent blocks 1, 2, 3 to endpoint 1.
+        let m = index.matches(&[1, 2, 3, 4], 2, &[0b10, 0b10, 0b10]);
+        assert_eq!(&m[..2], &[2, 3]);
     }
 
     #[test]
     fn sixty_four_endpoints_fit() {
         let mut index = PrefixIndex::new(64);
         index.record(&[1], 63);
-        assert_eq!(index.matches(&[1], 64)[63], 1);
+        assert_eq!(index.matches(&[1], 64, &[])[63], 1);
     }
 }
