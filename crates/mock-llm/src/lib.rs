@@ -74,6 +74,7 @@ mod completions;
 mod embeddings;
 mod error;
 mod fault;
+pub mod fleet;
 mod generate;
 mod handle;
 mod handler;
