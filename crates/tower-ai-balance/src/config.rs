@@ -58,9 +58,10 @@ pub struct CacheAware {
     /// followed; default 0.5.
     pub match_threshold: f64,
     /// The absolute spread, in tokens in flight, past which load wins over
-    /// affinity; default 16,384.
+    /// affinity; default 131,072 (about 32 requests of 4,000 tokens, the
+    /// spread SGLang's router tolerates).
     pub balance_abs_tokens: u64,
-    /// The relative spread past which load wins over affinity; default 1.5.
+    /// The relative spread past which load wins over affinity; default 3.
     pub balance_rel: f64,
 }
 
@@ -69,8 +70,8 @@ impl CacheAware {
     pub const fn new() -> Self {
         Self {
             match_threshold: 0.5,
-            balance_abs_tokens: 16_384,
-            balance_rel: 1.5,
+            balance_abs_tokens: 131_072,
+            balance_rel: 3.0,
         }
     }
 

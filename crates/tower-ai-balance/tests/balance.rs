@@ -500,7 +500,7 @@ async fn cache_aware_weighs_the_prefix_against_the_load() {
     let prefix = "The same long document. ".repeat(40);
     for (strategy, expected) in [
         // In balance (a few thousand tokens in flight, under the default
-        // 16,384 spread): every request follows the prefix to `a`.
+        // 131,072 spread): every request follows the prefix to `a`.
         (Strategy::cache_aware(), ["a", "a", "a", "a", "a", "a"]),
         // A spread of 100 tokens is already out of balance: the load wins
         // and the requests alternate.
