@@ -297,13 +297,13 @@ struct Outcome {
 type Boxed =
     tower::util::BoxCloneSyncService<Request<Full<Bytes>>, Response<SimBody>, tower::BoxError>;
 
-fn fleet(slow: bool) -> Arc<[SimServer]> {
+fn fleet(slow: bool, base: Costs) -> Arc<[SimServer]> {
     (0..SERVERS)
         .map(|i| {
             let costs = if slow && i == SERVERS - 1 {
-                Costs::default().scaled(2.0)
+                base.scaled(2.0)
             } else {
-                Costs::default()
+                base
             };
             SimServer::spawn(SimConfig {
                 slots: SLOTS,
@@ -348,6 +348,11 @@ fn policy(name: &str, servers: &Arc<[SimServer]>) -> Boxed {
         .queue_timeout(Duration::from_secs(3_600))
         .build()
         .expect("a pool");
+    boxed(pool, servers)
+}
+
+/// The balancer over `pool`, in front of the simulated fleet.
+fn boxed(pool: Pool<usize>, servers: &Arc<[SimServer]>) -> Boxed {
     let service = tower::Layer::layer(
         &BalanceLayer::new(pool),
         Sim {
@@ -372,75 +377,121 @@ fn run(workload: &Workload, policy_name: &str) -> Outcome {
         .build()
         .expect("a runtime");
     runtime.block_on(async {
-        let servers = fleet(workload.slow_server);
+        let servers = fleet(workload.slow_server, Costs::default());
         let service = policy(policy_name, &servers);
-        let start = Instant::now();
-        let mut tasks = Vec::with_capacity(workload.calls.len());
-        for session in &workload.calls {
-            let service = service.clone();
-            let session = session.clone();
-            tasks.push(tokio::spawn(async move {
-                let mut measured = Vec::with_capacity(session.len());
-                let mut next = start;
-                for call in session {
-                    tokio::time::sleep_until(next + call.at).await;
-                    let sent = Instant::now();
-                    let res = service
-                        .clone()
-                        .oneshot(request(&call))
-                        .await
-                        .expect("an answer");
-                    let mut body = res.into_body();
-                    let mut first = None;
-                    let mut tokens = 0u64;
-                    while let Some(frame) = body.frame().await {
-                        if frame.is_ok() {
-                            first.get_or_insert_with(|| sent.elapsed());
-                            tokens += 1;
-                        }
-                    }
-                    next = Instant::now();
-                    measured.push((first.unwrap_or_default(), tokens, next));
-                }
-                measured
-            }));
-        }
-        let mut ttfts = Vec::new();
-        let mut tokens = 0;
-        let mut end = start;
-        for task in tasks {
-            for (ttft, n, done) in task.await.expect("a task") {
-                ttfts.push(ttft.as_secs_f64());
-                tokens += n;
-                end = end.max(done);
-            }
-        }
-        let first_arrival = workload
-            .calls
-            .iter()
-            .filter_map(|s| s.first())
-            .map(|c| c.at)
-            .min()
-            .unwrap_or_default();
-        ttfts.sort_by(f64::total_cmp);
-        let pct = |p: f64| ttfts[((ttfts.len() - 1) as f64 * p).round() as usize];
-        let metrics: Vec<_> = servers.iter().map(SimServer::metrics).collect();
-        let prompt: u64 = metrics.iter().map(|m| m.prompt_tokens_total).sum();
-        let hits: u64 = metrics.iter().map(|m| m.prefix_hit_tokens).sum();
-        let work: Vec<f64> = metrics
-            .iter()
-            .map(|m| (m.prompt_tokens_total + m.generated_tokens_total) as f64)
-            .collect();
-        let mean = work.iter().sum::<f64>() / work.len() as f64;
-        Outcome {
-            tokens_per_s: tokens as f64 / (end - start - first_arrival).as_secs_f64(),
-            ttft: [pct(0.5), pct(0.9), pct(0.99)],
-            hit_rate: hits as f64 / prompt.max(1) as f64,
-            spread: work.iter().copied().fold(0.0, f64::max) / mean,
-        }
+        drive(workload, &servers, &[service], 1.0).await
     })
 }
 
+/// Sends `workload`'s sessions through `services` (a session's turns go to
+/// the replicas in turn), its times scaled by `scale`, and measures.
+async fn drive(
+    workload: &Workload,
+    servers: &[SimServer],
+    services: &[Boxed],
+    scale: f64,
+) -> Outcome {
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(workload.calls.len());
+    for (s, session) in workload.calls.iter().enumerate() {
+        let services = services.to_vec();
+        let session = session.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut measured = Vec::with_capacity(session.len());
+            let mut next = start;
+            for (turn, call) in session.into_iter().enumerate() {
+                tokio::time::sleep_until(next + call.at.mul_f64(scale)).await;
+                let sent = Instant::now();
+                let service = services[(s + turn) % services.len()].clone();
+                let res = service.oneshot(request(&call)).await.expect("an answer");
+                let mut body = res.into_body();
+                let mut first = None;
+                let mut tokens = 0u64;
+                while let Some(frame) = body.frame().await {
+                    if frame.is_ok() {
+                        first.get_or_insert_with(|| sent.elapsed());
+                        tokens += 1;
+                    }
+                }
+                next = Instant::now();
+                measured.push((first.unwrap_or_default(), tokens, next));
+            }
+            measured
+        }));
+    }
+    let mut ttfts = Vec::new();
+    let mut tokens = 0;
+    let mut end = start;
+    for task in tasks {
+        for (ttft, n, done) in task.await.expect("a task") {
+            ttfts.push(ttft.as_secs_f64());
+            tokens += n;
+            end = end.max(done);
+        }
+    }
+    let first_arrival = workload
+        .calls
+        .iter()
+        .filter_map(|s| s.first())
+        .map(|c| c.at.mul_f64(scale))
+        .min()
+        .unwrap_or_default();
+    ttfts.sort_by(f64::total_cmp);
+    let pct = |p: f64| ttfts[((ttfts.len() - 1) as f64 * p).round() as usize];
+    let metrics: Vec<_> = servers.iter().map(SimServer::metrics).collect();
+    let prompt: u64 = metrics.iter().map(|m| m.prompt_tokens_total).sum();
+    let hits: u64 = metrics.iter().map(|m| m.prefix_hit_tokens).sum();
+    let work: Vec<f64> = metrics
+        .iter()
+        .map(|m| (m.prompt_tokens_total + m.generated_tokens_total) as f64)
+        .collect();
+    let mean = work.iter().sum::<f64>() / work.len() as f64;
+    Outcome {
+        tokens_per_s: tokens as f64 / (end - start - first_arrival).as_secs_f64(),
+        ttft: [pct(0.5), pct(0.9), pct(0.99)],
+        hit_rate: hits as f64 / prompt.max(1) as f64,
+        spread: work.iter().copied().fold(0.0, f64::max) / mean,
+    }
+}
+
+/// The cache-aware balancer run by `replicas` gateway replicas at once (each
+/// session's turns go to the replicas in turn), sharing their state through
+/// `redis` or each on its own. Real time (Redis is real), with every cost and
+/// every gap ten times shorter than in the virtual-time runs.
+fn run_replicas(workload: &Workload, replicas: usize, redis: Option<&str>) -> Outcome {
+    const SCALE: f64 = 0.1;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let servers = fleet(workload.slow_server, Costs::default().scaled(SCALE));
+        let prefix = format!("bench-{}", std::process::id() ^ replicas as u32);
+        let mut services = Vec::new();
+        for _ in 0..replicas {
+            let mut pool = Pool::builder(format!("m-{}", redis.is_some()))
+                .strategy(Strategy::cache_aware())
+                .endpoints(
+                    (0..SERVERS)
+                        .map(|i| Endpoint::new(format!("sim-{i}"), i).max_concurrency(4_096)),
+                )
+                .queue_timeout(Duration::from_secs(3_600));
+            if let Some(url) = redis {
+                let client = tower_ai_core::redis::connect(&[url], &Default::default())
+                    .await
+                    .expect("Redis");
+                let store = tower_ai_balance::RedisStore::builder(client)
+                    .prefix(prefix.as_str())
+                    .build();
+                pool = pool.redis(&store);
+            }
+            let pool = pool.build().expect("a pool");
+            services.push(boxed(pool, &servers));
+        }
+        drive(workload, &servers, &services, SCALE).await
+    })
+}
 fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
@@ -546,6 +597,28 @@ fn main() {
                 pick(&|o| o.ttft[2]),
                 pick(&|o| o.hit_rate) * 100.0,
                 pick(&|o| o.spread),
+            );
+        }
+    }
+    println!("\nReplicas of the cache-aware balancer (real time, costs and gaps ÷ 10; one seed)\n");
+    println!("| workload | replicas | state | output tok/s | TTFT p50 | p99 | hit rate |");
+    println!("|---|---|---|---|---|---|---|");
+    let redis = test_support::RedisServer::start();
+    for make in [shared_prefix as fn(u64) -> Workload, multi_turn] {
+        let workload = make(1);
+        for (replicas, url, state) in [
+            (1, None, "its own"),
+            (4, None, "each its own"),
+            (4, Some(redis.url()), "shared (Redis)"),
+        ] {
+            let o = run_replicas(&workload, replicas, url.as_deref());
+            println!(
+                "| {} | {replicas} | {state} | {:.0} | {:.2} s | {:.2} s | {:.0}% |",
+                workload.name,
+                o.tokens_per_s,
+                o.ttft[0],
+                o.ttft[2],
+                o.hit_rate * 100.0
             );
         }
     }
