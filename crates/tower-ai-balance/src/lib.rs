@@ -9,6 +9,8 @@ mod load;
 mod pool;
 mod prefix;
 mod prompt;
+#[cfg(feature = "redis")]
+pub mod pull;
 mod retry;
 mod service;
 mod store;
