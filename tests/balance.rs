@@ -312,3 +312,59 @@ upstream_model = "backup-upstream"
     let res = chat(&gateway, "k6", "backup", false).await;
     assert_eq!(res.status(), 500);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_header_keeps_a_client_on_one_deployment() {
+    let (a, b) = (
+        mock(Duration::from_millis(1)).await,
+        mock(Duration::from_millis(1)).await,
+    );
+    let gateway = gateway(&format!(
+        r#"
+[[models]]
+name = "llama"
+provider = "openai"
+balance = "round_robin"
+sticky_header = "x-session-id"
+deployments = [{{ base_url = "{}" }}, {{ base_url = "{}" }}]
+"#,
+        a.base_url(),
+        b.base_url()
+    ))
+    .await;
+    let client = reqwest::Client::new();
+    let send = |key: String, session: &'static str| {
+        client
+            .post(format!("{}/v1/chat/completions", gateway.url()))
+            .bearer_auth(key)
+            .header("x-session-id", session)
+            .json(&json!({"model": "llama", "messages": [{"role": "user", "content": "Hi"}]}))
+            .send()
+    };
+    // Two sessions placed in turn, then each stays where it began.
+    for i in 0..6 {
+        let session = if i % 2 == 0 { "one" } else { "two" };
+        let res = send(format!("sticky-{i}"), session)
+            .await
+            .expect("a response");
+        assert_eq!(res.status(), 200);
+    }
+    assert_eq!(
+        (a.stats().requests, b.stats().requests),
+        (3, 3),
+        "one session on each deployment"
+    );
+    // Session "one" sends three more: all to the deployment it began on.
+    let before = (a.stats().requests, b.stats().requests);
+    for i in 6..9 {
+        let res = send(format!("sticky-{i}"), "one")
+            .await
+            .expect("a response");
+        assert_eq!(res.status(), 200);
+    }
+    let after = (a.stats().requests, b.stats().requests);
+    assert!(
+        after == (before.0 + 3, before.1) || after == (before.0, before.1 + 3),
+        "{before:?} -> {after:?}"
+    );
+}

@@ -211,6 +211,9 @@ pub struct ModelConfig {
     /// Models tried in order when this one can't answer (every deployment
     /// failed, cooled down or its circuit open).
     pub fallbacks: Vec<String>,
+    /// A request header whose value keeps a client on one deployment (a
+    /// session or conversation id), while the load allows.
+    pub sticky_header: Option<http::HeaderName>,
     /// The name sent upstream, when it differs.
     pub upstream_model: Option<String>,
     /// USD per million tokens, for budgets and the spend metric.

@@ -58,6 +58,7 @@ struct ModelFile {
     retries: Option<u32>,
     #[serde(default)]
     fallbacks: Vec<Spanned<String>>,
+    sticky_header: Option<Spanned<String>>,
 }
 
 /// One of a model's `deployments`; what it leaves out, it takes from the
@@ -284,6 +285,17 @@ pub(crate) fn apply(
             },
         };
         fallbacks.push((name.clone(), model.fallbacks.clone()));
+        let sticky_header = match &model.sticky_header {
+            None => None,
+            Some(header) => Some(
+                http::HeaderName::from_bytes(header.get_ref().trim().as_bytes()).map_err(|_| {
+                    fail(
+                        header.span(),
+                        format!("sticky_header {:?}: not a header name", header.get_ref()),
+                    )
+                })?,
+            ),
+        };
         let price = match model.price {
             None => None,
             Some(price) => {
@@ -309,6 +321,7 @@ pub(crate) fn apply(
                 .iter()
                 .map(|f| f.get_ref().clone())
                 .collect(),
+            sticky_header,
             upstream_model: model.upstream_model,
             price,
         });
@@ -647,6 +660,7 @@ api_key_env = "OPENAI_API_KEY"
 balance = "least_loaded"
 retries = 1
 fallbacks = ["gpt"]
+sticky_header = "X-Session-Id"
 deployments = [
   { base_url = "http://10.0.0.1:8000/v1", max_concurrency = 64 },
   { name = "big", base_url = "http://10.0.0.2:8000", weight = 3 },
@@ -665,6 +679,10 @@ base_url = "https://api.openai.com/v1"
         assert_eq!(m.balance, BalanceStrategy::LeastLoaded);
         assert_eq!(m.retries, Some(1));
         assert_eq!(m.fallbacks, ["gpt"]);
+        assert_eq!(
+            m.sticky_header.as_ref().map(|h| h.as_str()),
+            Some("x-session-id")
+        );
         let names: Vec<_> = m.deployments.iter().map(|d| d.name.as_str()).collect();
         assert_eq!(names, ["llama/0", "llama/big"]);
         assert_eq!(
@@ -812,6 +830,11 @@ base_url = "https://api.openai.com/v1"
             &format!("{model}base_url = \"http://h\"\nfallbacks = [\"m\"]\n"),
             5,
             "not another",
+        );
+        refused(
+            &format!("{model}base_url = \"http://h\"\nsticky_header = \"a b\"\n"),
+            5,
+            "not a header name",
         );
     }
 }

@@ -334,6 +334,9 @@ fn model_table(
         if let Some(shared) = &shared {
             pool = pool.redis(shared);
         }
+        if let Some(header) = &model.sticky_header {
+            pool = pool.sticky(tower_ai_core::key::Header::new(header.clone()));
+        }
         for deployment in &model.deployments {
             let key = (deployment.base_url.clone(), deployment.tls_ca_file.clone());
             let client = match clients.get(&key) {

@@ -11,10 +11,11 @@ use tokio::time::Instant;
 use crate::config::{ConfigError, MAX_ENDPOINTS, Settings, Strategy};
 use crate::endpoint::Endpoint;
 use crate::load::{Load, Permit, State};
-use crate::prefix::PrefixIndex;
-use crate::prompt::Prompt;
+use crate::prefix::{PrefixIndex, StickyIndex};
+use crate::prompt::{Prompt, sticky_digest};
 #[cfg(feature = "redis")]
 use crate::store::redis::{Link, SharedMask};
+use tower_ai_core::key::{ClientKey, KeyExtractor, RequestHead};
 
 /// A set of endpoints that serve the same model, and what the balancer
 /// knows of them: permits and tokens in flight, failures and cooldowns, and
@@ -55,11 +56,27 @@ struct Shared<T> {
     state: Arc<State>,
     settings: Settings,
     index: Mutex<PrefixIndex>,
+    sticky: Option<Sticky>,
     /// Advances on every pick: round-robin's turn and p2c's random draws.
     turn: AtomicU64,
     /// The state shared with other replicas, when there is one.
     #[cfg(feature = "redis")]
     remote: Option<Arc<Link>>,
+}
+
+/// Session stickiness: requests with the same key go to the same endpoint
+/// while it can take them and the load is in balance.
+struct Sticky {
+    key: StickyKey,
+    index: Mutex<StickyIndex>,
+}
+
+type StickyKey = Arc<dyn Fn(RequestHead<'_>) -> Option<ClientKey> + Send + Sync>;
+
+impl std::fmt::Debug for Sticky {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sticky").finish_non_exhaustive()
+    }
 }
 
 /// Why no endpoint could be picked.
@@ -87,6 +104,7 @@ impl<T> Pool<T> {
             name: name.into(),
             endpoints: Vec::new(),
             settings: Settings::default(),
+            sticky: None,
             #[cfg(feature = "redis")]
             redis: None,
         }
@@ -136,6 +154,13 @@ impl<T> Pool<T> {
                 }
             })
             .collect()
+    }
+
+    /// The digest of the request's sticky key, when the pool has a sticky
+    /// extractor and the request a key.
+    pub(crate) fn sticky_key(&self, head: RequestHead<'_>) -> Option<u64> {
+        let sticky = self.shared.sticky.as_ref()?;
+        (sticky.key)(head).map(|key| sticky_digest(&key.to_bytes()))
     }
 
     pub(crate) fn settings(&self) -> &Settings {
@@ -253,6 +278,9 @@ impl<T: Clone> Pool<T> {
                 if matches!(shared.settings.strategy, Strategy::CacheAware(_)) {
                     shared.index.lock().record(&prompt.blocks, i);
                 }
+                if let (Some(sticky), Some(key)) = (&shared.sticky, prompt.sticky) {
+                    sticky.index.lock().record(key, i);
+                }
                 return Ok(Picked {
                     endpoint: shared.endpoints[i].clone(),
                     permit,
@@ -267,6 +295,9 @@ impl<T: Clone> Pool<T> {
     fn choose(&self, candidates: u64, prompt: &Prompt, others: &[u64]) -> (usize, u32) {
         let shared = &*self.shared;
         let turn = shared.turn.fetch_add(1, Ordering::Relaxed);
+        if let Some(held) = self.sticky_choice(candidates, prompt, turn) {
+            return (held, 0);
+        }
         match shared.settings.strategy {
             Strategy::RoundRobin => {
                 let n = shared.endpoints.len();
@@ -317,6 +348,26 @@ impl<T: Clone> Pool<T> {
         }
     }
 
+    /// The endpoint the request's sticky key last went to, if it is a
+    /// candidate and not out of balance with the least loaded one (judged
+    /// with the cache-aware thresholds: the pool's, else their defaults).
+    fn sticky_choice(&self, candidates: u64, prompt: &Prompt, turn: u64) -> Option<usize> {
+        let sticky = self.shared.sticky.as_ref()?;
+        let held = sticky.index.lock().get(prompt.sticky?)?;
+        if held >= 64 || candidates & (1 << held) == 0 {
+            return None;
+        }
+        let thresholds = match self.shared.settings.strategy {
+            Strategy::CacheAware(thresholds) => thresholds,
+            _ => crate::config::CacheAware::new(),
+        };
+        let (_, low, _) = self.spread(candidates, turn);
+        let load = self.score(held).0;
+        let out_of_balance = load - low > thresholds.balance_abs_tokens as f64
+            && load > low * thresholds.balance_rel;
+        (!out_of_balance).then_some(held)
+    }
+
     /// Tokens in flight per unit of weight, requests in flight breaking
     /// ties.
     fn score(&self, i: usize) -> (f64, u32) {
@@ -358,14 +409,25 @@ enum Wait {
 }
 
 /// Builds a [`Pool`].
-#[derive(Debug)]
 #[must_use]
 pub struct PoolBuilder<T> {
     name: Arc<str>,
     endpoints: Vec<Endpoint<T>>,
     settings: Settings,
+    sticky: Option<StickyKey>,
     #[cfg(feature = "redis")]
     redis: Option<Link>,
+}
+
+impl<T: std::fmt::Debug> std::fmt::Debug for PoolBuilder<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field("name", &self.name)
+            .field("endpoints", &self.endpoints)
+            .field("settings", &self.settings)
+            .field("sticky", &self.sticky.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl<T> PoolBuilder<T> {
@@ -384,6 +446,17 @@ impl<T> PoolBuilder<T> {
     /// How endpoints are picked; [`Strategy::CacheAware`] by default.
     pub fn strategy(mut self, strategy: Strategy) -> Self {
         self.settings.strategy = strategy;
+        self
+    }
+
+    /// Session stickiness: requests whose `key` (a header, the caller's
+    /// key, a session id) is the same go to the endpoint the last one went
+    /// to, while it has room, isn't cooling down and the load is in balance
+    /// (the cache-aware thresholds); otherwise the strategy picks and the
+    /// key follows. Keys are kept as digests, at most `index_capacity` of
+    /// them, in this replica only.
+    pub fn sticky<K: KeyExtractor>(mut self, key: K) -> Self {
+        self.sticky = Some(Arc::new(move |head| key.extract_head(head)));
         self
     }
 
@@ -518,6 +591,10 @@ impl<T> PoolBuilder<T> {
                 endpoints: self.endpoints.into_boxed_slice(),
                 state,
                 index: Mutex::new(PrefixIndex::new(self.settings.index_capacity)),
+                sticky: self.sticky.map(|key| Sticky {
+                    key,
+                    index: Mutex::new(StickyIndex::new(self.settings.index_capacity)),
+                }),
                 settings: self.settings,
                 turn: AtomicU64::new(first_turn),
                 #[cfg(feature = "redis")]

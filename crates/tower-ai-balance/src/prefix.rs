@@ -106,6 +106,45 @@ fn for_each_bit(mut bits: u64, mut f: impl FnMut(usize)) {
     }
 }
 
+/// Sticky key digest → the endpoint that last served it; bounded like the
+/// prefix index (two generations).
+#[derive(Debug)]
+pub(crate) struct StickyIndex {
+    current: HashMap<u64, u8, foldhash::fast::RandomState>,
+    previous: HashMap<u64, u8, foldhash::fast::RandomState>,
+    generation: usize,
+}
+
+impl StickyIndex {
+    pub(crate) fn new(capacity: usize) -> Self {
+        Self {
+            current: HashMap::default(),
+            previous: HashMap::default(),
+            generation: (capacity / 2).max(1),
+        }
+    }
+
+    pub(crate) fn get(&self, key: u64) -> Option<usize> {
+        self.current
+            .get(&key)
+            .or_else(|| self.previous.get(&key))
+            .map(|e| usize::from(*e))
+    }
+
+    pub(crate) fn record(&mut self, key: u64, endpoint: usize) {
+        let endpoint = u8::try_from(endpoint).unwrap_or(u8::MAX);
+        if let Some(held) = self.current.get_mut(&key) {
+            *held = endpoint;
+            return;
+        }
+        self.previous.remove(&key);
+        if self.current.len() >= self.generation {
+            self.previous = std::mem::take(&mut self.current);
+        }
+        self.current.insert(key, endpoint);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -151,6 +190,20 @@ mod tests {
         // Another replica sent blocks 1, 2, 3 to endpoint 1.
         let m = index.matches(&[1, 2, 3, 4], 2, &[0b10, 0b10, 0b10]);
         assert_eq!(&m[..2], &[2, 3]);
+    }
+
+    #[test]
+    fn the_sticky_index_keeps_the_last_endpoint_and_is_bounded() {
+        let mut sticky = StickyIndex::new(10);
+        sticky.record(1, 3);
+        sticky.record(1, 2);
+        assert_eq!(sticky.get(1), Some(2));
+        for key in 2..100 {
+            sticky.record(key, 1);
+            assert!(sticky.current.len() + sticky.previous.len() <= 10);
+        }
+        assert_eq!(sticky.get(1), None);
+        assert_eq!(sticky.get(99), Some(1));
     }
 
     #[test]

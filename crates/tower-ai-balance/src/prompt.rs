@@ -41,6 +41,9 @@ pub(crate) struct Prompt {
     /// Tokens the call holds while it runs: the prompt's estimate plus its
     /// output limit (or the default) for each choice.
     pub(crate) tokens: u64,
+    /// The digest of the request's sticky key, when the pool has a sticky
+    /// extractor and the request a key.
+    pub(crate) sticky: Option<u64>,
 }
 
 impl Prompt {
@@ -52,6 +55,7 @@ impl Prompt {
             return Self {
                 blocks: Vec::new(),
                 tokens: (body.len() as u64).div_ceil(4) + default_output,
+                sticky: None,
             };
         };
         let tokens = ChatRequest::from_json(body)
@@ -66,8 +70,15 @@ impl Prompt {
         Self {
             blocks: chain.blocks,
             tokens,
+            sticky: None,
         }
     }
+}
+
+/// The digest of a sticky key (foldhash with the chain's fixed seed: every
+/// replica of one build agrees).
+pub(crate) fn sticky_digest(key: &[u8]) -> u64 {
+    foldhash::fast::FixedState::with_seed(SEED ^ 0x5354_4943_4b59).hash_one(key)
 }
 
 /// Hashes text into chained blocks as it is fed, without keeping it.
@@ -188,5 +199,6 @@ mod tests {
         assert_eq!(without.tokens - with_limit.tokens, 156);
         let raw = Prompt::read(b"not json at all", 64, 256);
         assert_eq!((raw.blocks.len(), raw.tokens), (0, 4 + 256));
+        assert_eq!(raw.sticky, None);
     }
 }

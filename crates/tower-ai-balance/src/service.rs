@@ -107,6 +107,7 @@ where
     ReqBody::Error: Into<BoxError>,
 {
     let settings = pool.settings();
+    let sticky = pool.sticky_key(tower_ai_core::key::RequestHead::of(&req));
     let (parts, body) = req.into_parts();
     let bytes = match read_limited(body, settings.max_body).await {
         Ok(bytes) => bytes,
@@ -122,7 +123,8 @@ where
                 .map(BalanceBody::own));
         }
     };
-    let prompt = Prompt::read(&bytes, settings.block_bytes, settings.default_output_tokens);
+    let mut prompt = Prompt::read(&bytes, settings.block_bytes, settings.default_output_tokens);
+    prompt.sticky = sticky;
     let mut tried = 0u64;
     let mut attempt = 0;
     // The last failed answer, returned when no retry can be made.

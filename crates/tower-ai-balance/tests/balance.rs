@@ -645,3 +645,52 @@ async fn concurrent_requests_never_exceed_an_endpoint_permits() {
     let requests: u64 = pool.status().iter().map(|e| e.requests).sum();
     assert_eq!(requests, 400);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_sticky_key_keeps_its_endpoint_while_the_load_allows() {
+    let fleet = Fleet::default();
+    let pool = Pool::builder("model")
+        .strategy(Strategy::RoundRobin)
+        .endpoints([
+            Endpoint::new("a", "a"),
+            Endpoint::new("b", "b"),
+            Endpoint::new("c", "c"),
+        ])
+        .sticky(tower_ai_core::key::Header::new(
+            http::HeaderName::from_static("x-session-id"),
+        ))
+        .build()
+        .unwrap();
+    let mut svc = BalanceLayer::new(pool.clone()).layer(fleet.service());
+    let with = |session: &str| {
+        let mut req = chat("x");
+        req.headers_mut()
+            .insert("x-session-id", session.parse().unwrap());
+        req
+    };
+    let mut served = Vec::new();
+    for session in ["s1", "s2", "s1", "s2", "s1", "s3"] {
+        let res = svc
+            .ready()
+            .await
+            .unwrap()
+            .call(with(session))
+            .await
+            .unwrap();
+        served.push(text(res).await);
+    }
+    // Round robin places each new session; a known one keeps its endpoint.
+    assert_eq!(served, ["a", "b", "a", "b", "a", "c"]);
+    // Without a key, round robin as usual.
+    let res = svc.ready().await.unwrap().call(chat("x")).await.unwrap();
+    assert_ne!(text(res).await, "");
+
+    // An endpoint cooling down loses its sessions to the next pick, and the
+    // session follows.
+    fleet.next("a", Reply::Status(503, Some("30")));
+    let res = svc.ready().await.unwrap().call(with("s1")).await.unwrap();
+    let moved = text(res).await;
+    assert_ne!(moved, "a");
+    let res = svc.ready().await.unwrap().call(with("s1")).await.unwrap();
+    assert_eq!(text(res).await, moved);
+}
