@@ -1,7 +1,9 @@
 //! What every model route does before it answers, in this order: count the request, read the
 //! body, record what it carried, stall for [`Fault::latency_ms`], refuse a malformed request
 //! with `400`, and draw [`Fault::fail_rate`]'s `500`. Then the route answers through
-//! [`Admitted`], which keeps the counters.
+//! [`Admitted`], which keeps the counters; in simulate mode, a route that has a simulated
+//! prompt ([`Generating::simulated_prompt`]) is submitted to the simulator only now, after the
+//! faults.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering::Relaxed;
@@ -9,12 +11,13 @@ use std::time::Duration;
 
 use axum::extract::Request;
 use axum::response::Response;
-use http::HeaderMap;
+use http::{HeaderMap, StatusCode};
 use serde_json::Value;
 
 use crate::error::Dialect;
 use crate::fault::Fault;
 use crate::generate::Generated;
+use crate::simulate::{Simulated, Stop};
 use crate::stats::{Counters, Endpoint, InFlight, LastRequest};
 use crate::stream::{self, Plan};
 use crate::{Inner, MockLlm, shutdown_requested};
@@ -31,6 +34,8 @@ pub(crate) struct Admitted<T> {
     pub(crate) fault: Fault,
     dialect: Dialect,
     in_flight: InFlight,
+    /// Its sequence on the simulator, in simulate mode.
+    simulated: Option<Simulated>,
 }
 
 /// Runs the checks for a request to `endpoint`; `parse` reads the route's request from the JSON
@@ -94,6 +99,7 @@ pub(crate) async fn admit<T>(
         fault,
         dialect,
         in_flight,
+        simulated: None,
     })
 }
 
@@ -105,10 +111,20 @@ pub(crate) trait Generating {
     fn streams(&self) -> bool;
     /// The answer.
     fn answer(&self) -> &Generated;
+    /// The prompt a simulated server gets in simulate mode; `None` (the default) for a route
+    /// the simulator does not serve, which stays paced by the token delay.
+    fn simulated_prompt(&self) -> Option<&str> {
+        None
+    }
 }
 
 /// A generating route: the checks of [`admit`], then the `plan`ned stream,
 /// or, one token delay later, the JSON `answer`, counted as sent.
+///
+/// In simulate mode, a route with a [simulated prompt](Generating::simulated_prompt) is paced by
+/// the simulator instead: the stream as [`stream`] says, and the JSON answer once the sequence
+/// is done. `answer` gets the prompt tokens the simulator's prefix cache served then (`None`
+/// otherwise). A sequence the simulator rejects is answered `503`.
 pub(crate) async fn generate<T: Generating>(
     mock: &MockLlm,
     endpoint: Endpoint,
@@ -116,9 +132,9 @@ pub(crate) async fn generate<T: Generating>(
     request: Request,
     parse: impl FnOnce(&Value) -> Result<T, String>,
     plan: impl FnOnce(&Admitted<T>) -> Plan,
-    answer: impl FnOnce(&T) -> Response,
+    answer: impl FnOnce(&T, Option<u32>) -> Response,
 ) -> Response {
-    let admitted = match admit(mock, endpoint, dialect, request, parse).await {
+    let mut admitted = match admit(mock, endpoint, dialect, request, parse).await {
         Ok(admitted) => admitted,
         Err(response) => return response,
     };
@@ -131,14 +147,49 @@ pub(crate) async fn generate<T: Generating>(
         tokens = output_tokens,
         "mock-llm: answering"
     );
+    if let Some(prompt) = request.simulated_prompt()
+        && let Some(server) = mock.simulator()
+    {
+        match Simulated::start(server, prompt, output_tokens) {
+            Ok(simulated) => admitted.simulated = Some(simulated),
+            Err(needed_blocks) => {
+                tracing::debug!(?endpoint, needed_blocks, "mock-llm: simulator rejected");
+                let message = format!(
+                    "The request needs {needed_blocks} KV-cache blocks of 16 tokens (prompt and \
+                     answer), more than the simulated server's {} (mock-llm simulate).",
+                    server.config().kv_blocks
+                );
+                return dialect.error(StatusCode::SERVICE_UNAVAILABLE, "server_error", &message);
+            }
+        }
+    }
     if request.streams() {
         let plan = plan(&admitted);
         return admitted.stream(plan);
     }
-    if let Err(response) = admitted.pause().await {
-        return response;
-    }
-    let response = answer(&admitted.request);
+    let cached_tokens = match admitted.simulated.take() {
+        Some(mut simulated) => {
+            let mut shutdown = admitted.in_flight.inner().shutdown.subscribe();
+            match simulated.done(&mut shutdown).await {
+                Ok(cached_tokens) => Some(cached_tokens),
+                Err(Stop::Shutdown) => return dialect.shutting_down(),
+                Err(Stop::Lost) => {
+                    return dialect.error(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "server_error",
+                        "The simulated server ended the sequence (mock-llm simulate).",
+                    );
+                }
+            }
+        }
+        None => {
+            if let Err(response) = admitted.pause().await {
+                return response;
+            }
+            None
+        }
+    };
+    let response = answer(&admitted.request, cached_tokens);
     admitted.answered(output_tokens, response)
 }
 
@@ -148,9 +199,10 @@ impl<T> Admitted<T> {
         Plan::new(self.token_delay(), &self.fault, tokens)
     }
 
-    /// Sends the planned stream; it counts as started now.
+    /// Sends the planned stream, paced by the simulator in simulate mode; it counts as started
+    /// now.
     pub(crate) fn stream(self, plan: Plan) -> Response {
-        stream::respond(plan, self.in_flight)
+        stream::respond(plan, self.in_flight, self.simulated)
     }
 
     /// Waits before a non-streaming answer: one token delay. `Err` is the `503` to send if the

@@ -98,6 +98,32 @@ pub fn answer_for(api: Api, request: &Value) -> Option<Answer> {
     })
 }
 
+/// The prompt the simulated server gets for a chat completion request body in
+/// [simulate mode](crate#simulate-mode), or `None` if the mock would refuse the request with
+/// `400`: each message's content text, in order, joined with `\n` (a line feed). A content's
+/// text is the string itself, or the `text` of its parts of type `"text"` concatenated with
+/// nothing between them; any other content (`null`, tool calls) is empty. Roles and every other
+/// field are left out, so a conversation's prompt extends the prompt of its earlier turns.
+///
+/// The simulator counts 4 bytes of UTF-8 per token (a last partial one counts), caches it in
+/// blocks of 16 tokens, and never serves the last token from the cache: a prompt of `T` tokens
+/// sent again while its blocks are cached reports `16 × ⌊(T − 1) / 16⌋` cached tokens.
+///
+/// ```
+/// use serde_json::json;
+///
+/// let request = json!({"model": "m", "messages": [
+///     {"role": "system", "content": "Be brief."},
+///     {"role": "user", "content": [{"type": "text", "text": "Hi"}, {"type": "text", "text": "!"}]},
+/// ]});
+/// assert_eq!(mock_llm::simulated_prompt(&request).as_deref(), Some("Be brief.\nHi!"));
+/// ```
+pub fn simulated_prompt(request: &Value) -> Option<String> {
+    ChatRequest::parse(request)
+        .ok()
+        .map(|parsed| parsed.simulated_prompt)
+}
+
 /// The vector `POST /v1/embeddings` returns for `input` with `dimensions` (the route's default
 /// is 16): values from a PRNG seeded with a hash of the text, scaled to unit length. It depends
 /// on the text alone, not on the model. A token-id input `[1, 2, 3]` is embedded as the text

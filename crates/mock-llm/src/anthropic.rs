@@ -111,7 +111,7 @@ pub(crate) async fn messages(State(mock): State<MockLlm>, request: Request) -> R
         request,
         MessagesRequest::parse,
         plan,
-        |request| {
+        |request, _| {
             let id = request.id();
             let text = request.answer.text();
             let output_tokens = request.answer.output_tokens();

@@ -37,6 +37,8 @@ pub(crate) struct ChatRequest {
     pub(crate) answer: Generated,
     /// Per message, 4 plus the words of its content (a string or its `text` parts).
     pub(crate) prompt_tokens: u64,
+    /// The prompt a simulated server gets: see [`simulated_prompt`].
+    pub(crate) simulated_prompt: String,
 }
 
 impl ChatRequest {
@@ -50,6 +52,7 @@ impl ChatRequest {
             None => return Err("Missing required parameter: 'messages'.".to_owned()),
         };
         let prompt_tokens = generate::messages_tokens(messages, &["text"])?;
+        let simulated_prompt = simulated_prompt(messages);
         let stream = generate::flag(object, "stream")?;
         let include_usage = generate::include_usage(object);
         // `max_completion_tokens` replaced `max_tokens`; it wins when both are present.
@@ -63,6 +66,7 @@ impl ChatRequest {
             include_usage,
             answer: Generated::new(object, &NOT_HASHED, max_tokens),
             prompt_tokens,
+            simulated_prompt,
         })
     }
 
@@ -81,6 +85,17 @@ impl ChatRequest {
     }
 }
 
+/// The prompt of a (valid) `messages` array as a simulated server sees it: each message's
+/// content text (a string, or its `text` parts concatenated; nothing for any other content),
+/// in order, joined with `\n`. Roles and names are left out.
+fn simulated_prompt(messages: &[Value]) -> String {
+    let texts: Vec<String> = messages
+        .iter()
+        .map(|message| generate::content_text(message.get("content"), &["text"]))
+        .collect();
+    texts.join("\n")
+}
+
 /// `POST /v1/chat/completions`.
 pub(crate) async fn chat_completions(State(mock): State<MockLlm>, request: Request) -> Response {
     generate(
@@ -90,7 +105,7 @@ pub(crate) async fn chat_completions(State(mock): State<MockLlm>, request: Reque
         request,
         ChatRequest::parse,
         plan,
-        |request| {
+        |request, cached_tokens| {
             let id = request.id();
             let content = request.answer.text();
             let completion_tokens = request.answer.output_tokens();
@@ -107,7 +122,7 @@ pub(crate) async fn chat_completions(State(mock): State<MockLlm>, request: Reque
                     },
                     finish_reason: request.finish_reason(),
                 }],
-                usage: Usage::new(request.prompt_tokens, completion_tokens),
+                usage: Usage::new(request.prompt_tokens, completion_tokens).cached(cached_tokens),
             };
             Json(completion).into_response()
         },
@@ -169,14 +184,17 @@ fn plan(admitted: &Admitted<ChatRequest>) -> stream::Plan {
             plan.event(chunk(Delta::default(), Some(request.finish_reason())));
             if request.include_usage {
                 let usage = Usage::new(request.prompt_tokens, request.answer.output_tokens());
-                plan.event(stream::data(&Chunk {
-                    id: &id,
-                    object: "chat.completion.chunk",
-                    created,
-                    model,
-                    choices: &[],
-                    usage: Some(Some(usage)),
-                }));
+                let model = model.to_owned();
+                plan.deferred(move |cached_tokens| {
+                    stream::data(&Chunk {
+                        id: &id,
+                        object: "chat.completion.chunk",
+                        created,
+                        model: &model,
+                        choices: &[],
+                        usage: Some(Some(usage.cached(cached_tokens))),
+                    })
+                });
             }
             plan.complete(Bytes::from_static(b"data: [DONE]\n\n"));
         }
@@ -195,5 +213,9 @@ impl Generating for ChatRequest {
 
     fn answer(&self) -> &Generated {
         &self.answer
+    }
+
+    fn simulated_prompt(&self) -> Option<&str> {
+        Some(&self.simulated_prompt)
     }
 }

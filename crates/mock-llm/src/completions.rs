@@ -100,7 +100,7 @@ pub(crate) async fn completions(State(mock): State<MockLlm>, request: Request) -
         request,
         CompletionRequest::parse,
         plan,
-        |request| {
+        |request, _| {
             let id = request.id();
             let text = request.answer.text();
             let completion_tokens = request.answer.output_tokens();

@@ -207,6 +207,24 @@ pub(crate) fn content_words(content: Option<&Value>, text_types: &[&str]) -> u64
     }
 }
 
+/// The text of a message content: a string, or the `text` of its parts whose `type` is one of
+/// `text_types`, concatenated in order. Any other shape has no text.
+pub(crate) fn content_text(content: Option<&Value>, text_types: &[&str]) -> String {
+    match content {
+        Some(Value::String(text)) => text.clone(),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .filter(|part| {
+                part.get("type")
+                    .and_then(Value::as_str)
+                    .is_some_and(|kind| text_types.contains(&kind))
+            })
+            .filter_map(|part| part.get("text").and_then(Value::as_str))
+            .collect(),
+        _ => String::new(),
+    }
+}
+
 /// The texts of an OpenAI `input`/`prompt` field: a string, an array of strings, an array of
 /// token ids, or an array of token id arrays. A token array becomes one text of its ids
 /// separated by spaces, so it counts one word per token.

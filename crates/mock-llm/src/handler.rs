@@ -4,7 +4,8 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
-use http::{HeaderMap, Method, StatusCode, Uri};
+use http::header::CONTENT_TYPE;
+use http::{HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use serde::Serialize;
 
 use crate::MockLlm;
@@ -94,6 +95,21 @@ pub(crate) async fn set_fault(State(mock): State<MockLlm>, body: Bytes) -> Respo
 pub(crate) async fn reset(State(mock): State<MockLlm>) -> Response {
     mock.reset_stats();
     Json(mock.report()).into_response()
+}
+
+/// The content type of the Prometheus text exposition format.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4";
+
+/// `GET /metrics`, in simulate mode only: the simulator's metrics as vLLM's Prometheus text.
+pub(crate) async fn metrics(State(mock): State<MockLlm>, method: Method, uri: Uri) -> Response {
+    match mock.simulator() {
+        Some(server) => (
+            [(CONTENT_TYPE, HeaderValue::from_static(PROMETHEUS_TEXT))],
+            server.metrics_text(),
+        )
+            .into_response(),
+        None => not_found(method, uri).await,
+    }
 }
 
 /// Unknown routes.

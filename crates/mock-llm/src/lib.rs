@@ -3,9 +3,11 @@
 //! Every generating route answers with text derived from the request alone (a hash of its
 //! canonical JSON seeds a small PRNG that picks 8 to 40 words), so the same request always gets
 //! the same answer, with or without `stream: true`. Streams send one token every
-//! [`Config::token_delay`], in the exact event format of the API the route imitates. Faults
-//! (errors, latency, broken streams, in-band error events) can be switched on at run time, and
-//! counters tell a test what the upstream saw, down to the credentials of the last request.
+//! [`Config::token_delay`] (or as a simulated vLLM server decodes them, in
+//! [simulate mode](#simulate-mode)), in the exact event format of the API the route imitates.
+//! Faults (errors, latency, broken streams, in-band error events) can be switched on at run
+//! time, and counters tell a test what the upstream saw, down to the credentials of the last
+//! request.
 //!
 //! | route | what |
 //! |---|---|
@@ -19,6 +21,7 @@
 //! | `POST /admin/fault` | set the [`Fault`] (JSON body; `{}` clears); answers the fault now in force |
 //! | `GET /admin/fault` | the [`Fault`] in force |
 //! | `POST /admin/reset` | zero the counters (not `in_flight`) and forget the last request; answers the zeroed [`StatsReport`] |
+//! | `GET /metrics` | only in [simulate mode](#simulate-mode): the simulator's vLLM-style Prometheus text ([`SimServer::metrics_text`](fleet::SimServer::metrics_text), `text/plain; version=0.0.4`); `404` otherwise |
 //! | anything else | `404` (or `405`) with an OpenAI-style error |
 //!
 //! [`answer_for`] predicts what a generating route will say to a request, and [`embedding`]
@@ -65,6 +68,53 @@
 //! assert_eq!(mock.endpoints().messages, 0);
 //! # Ok(()) }
 //! ```
+//!
+//! # Simulate mode
+//!
+//! With [`Config::simulate`] set, the mock is served by one simulated vLLM server of its own
+//! ([`fleet::SimServer`], spawned on the first request that needs it, see
+//! [`MockLlm::simulator`]), so a load balancer can be tested end to end over real sockets
+//! against a fleet of mocks that queue, batch and cache prefixes like vLLM:
+//!
+//! * `POST /v1/chat/completions` (streamed or not) is paced by the simulator instead of
+//!   [`Config::token_delay`]. The request is submitted once the checks and the faults have
+//!   passed (`latency_ms`, then a `fail_rate` `500`, as usual), with the prompt given by
+//!   [`simulated_prompt`] (each message's content text, joined with `\n`) and an answer of as
+//!   many tokens as the mock's answer has (cut at `max_tokens`/`max_completion_tokens`). The
+//!   simulator counts 4 bytes of that prompt per token; the usage keeps the mock's own counts.
+//! * A stream sends its first chunk (the role) with the first answer token, when the simulator
+//!   has admitted and prefilled the sequence, then each token chunk as the simulator decodes
+//!   that token, and its final chunks once the sequence is done; the chunks are the usual
+//!   ones. `break_after_tokens` still cuts it (when the next token is decoded) and
+//!   `error_event` still ends it. A non-streamed answer is sent when the sequence is done. A
+//!   client that drops a stream cancels its sequence, which frees its slot.
+//! * The usage (the JSON answer's, and the usage chunk of a stream with
+//!   `stream_options.include_usage`) adds vLLM's `"prompt_tokens_details": {"cached_tokens": N}`,
+//!   `N` being the prompt tokens the simulator's prefix cache served for this request: the
+//!   prompt's leading 16-token blocks already resident, never its last token (so a prompt of
+//!   `T` tokens sent again while its blocks are still cached hits `16 × ⌊(T − 1) / 16⌋` of
+//!   them). Without simulate mode there is no `prompt_tokens_details`.
+//! * A sequence larger than the simulator's whole KV cache is answered `503` (OpenAI's error
+//!   shape, type `server_error`; counted in [`Stats::requests`] only), as is a request still
+//!   waiting when the mock shuts down.
+//! * `GET /metrics` serves the simulator's metrics.
+//! * The other routes (completions, responses, messages, embeddings) are not simulated: they
+//!   stay paced by [`Config::token_delay`] and have no `prompt_tokens_details`.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use mock_llm::fleet::{Costs, SimConfig};
+//! use mock_llm::{Config, MockLlm};
+//!
+//! let simulate = SimConfig { costs: Costs::default().scaled(0.5), ..SimConfig::default() };
+//! let mock = MockLlm::spawn("127.0.0.1:0", Config {
+//!     simulate: Some(simulate),
+//!     ..Config::default()
+//! })
+//! .await?;
+//! // ... chat requests to `mock.base_url()`, `GET /metrics` for the load ...
+//! # Ok(()) }
+//! ```
 
 mod admit;
 mod answer;
@@ -79,12 +129,13 @@ mod generate;
 mod handle;
 mod handler;
 mod responses;
+mod simulate;
 mod stats;
 mod stream;
 mod wire;
 
 use std::io;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::Router;
@@ -92,22 +143,28 @@ use axum::routing::{get, post};
 use tokio::net::{TcpListener, ToSocketAddrs};
 use tokio::sync::watch;
 
-pub use answer::{Answer, Api, answer, answer_for, embedding};
+pub use answer::{Answer, Api, answer, answer_for, embedding, simulated_prompt};
 pub use fault::Fault;
 pub use handle::MockHandle;
 pub use stats::{EndpointStats, LastRequest, Stats, StatsReport};
 
 use fault::FaultState;
+use fleet::{SimConfig, SimServer};
 use stats::Counters;
 
 /// How a [`MockLlm`] behaves.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
     /// Time between two token chunks of a stream; a non-streaming answer waits this long once.
-    /// Default 20 ms.
+    /// Default 20 ms. In [simulate mode](crate#simulate-mode) the simulator paces chat
+    /// completions instead; the other routes still use this.
     pub token_delay: Duration,
     /// Faults in force from the start. Default: none.
     pub fault: Fault,
+    /// Serve chat completions by a simulated vLLM server with this configuration (see
+    /// [simulate mode](crate#simulate-mode)), and its metrics on `GET /metrics`. Default
+    /// `None`: paced by `token_delay`, no `/metrics`.
+    pub simulate: Option<SimConfig>,
 }
 
 impl Default for Config {
@@ -115,6 +172,7 @@ impl Default for Config {
         Self {
             token_delay: Duration::from_millis(20),
             fault: Fault::default(),
+            simulate: None,
         }
     }
 }
@@ -135,6 +193,8 @@ pub(crate) struct Inner {
     fault: Mutex<FaultState>,
     /// Flips to `true` once, on [`MockLlm::shutdown`].
     pub(crate) shutdown: watch::Sender<bool>,
+    /// The simulated server of [`Config::simulate`], once spawned.
+    simulator: OnceLock<SimServer>,
 }
 
 impl MockLlm {
@@ -147,6 +207,7 @@ impl MockLlm {
                 stats: Counters::default(),
                 fault,
                 shutdown: watch::Sender::new(false),
+                simulator: OnceLock::new(),
             }),
         }
     }
@@ -156,9 +217,35 @@ impl MockLlm {
         &self.inner.config
     }
 
+    /// The simulated server that serves this mock in [simulate mode](crate#simulate-mode), or
+    /// `None` without [`Config::simulate`]. Every call (and every clone of the mock) gives the
+    /// same server; the first call spawns it, on the current tokio runtime. A test can read
+    /// its [`metrics`](SimServer::metrics) directly.
+    ///
+    /// # Panics
+    ///
+    /// On the call that spawns the server, if it is made outside a tokio runtime (requests are
+    /// always handled inside one).
+    pub fn simulator(&self) -> Option<&SimServer> {
+        let config = self.inner.config.simulate.as_ref()?;
+        Some(
+            self.inner
+                .simulator
+                .get_or_init(|| SimServer::spawn(config.clone())),
+        )
+    }
+
     /// The routes (see the [crate docs](crate)), with this mock as their state.
     pub fn router(&self) -> Router {
-        Router::new()
+        let router = Router::new();
+        // Without simulate mode the route does not exist: `/metrics` is a 404 as any unknown
+        // path (a `POST` too).
+        let router = if self.inner.config.simulate.is_some() {
+            router.route("/metrics", get(handler::metrics))
+        } else {
+            router
+        };
+        router
             .route("/v1/chat/completions", post(chat::chat_completions))
             .route("/v1/completions", post(completions::completions))
             .route("/v1/embeddings", post(embeddings::embeddings))

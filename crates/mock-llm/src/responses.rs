@@ -293,7 +293,7 @@ pub(crate) async fn responses(State(mock): State<MockLlm>, request: Request) -> 
         request,
         ResponsesRequest::parse,
         plan,
-        |request| {
+        |request, _| {
             let id = request.id();
             let item_id = request.item_id();
             let text = request.answer.text();

@@ -3,6 +3,12 @@
 //!
 //! A route writes its events into a plan (what a chunk looks like is the route's business);
 //! [`respond`] plays it, keeps the counters and ends the stream on shutdown.
+//!
+//! In simulate mode the simulator paces the plan instead of the clock: the first event waits
+//! for the sequence's first token (admission and prefill, as vLLM sends nothing before its
+//! first output), each token event (and a `break_after_tokens` abort) is sent when the
+//! simulator decodes a token, and the event that completes the stream waits until the
+//! sequence is done. The other events follow the one before them at once.
 
 use std::io;
 use std::time::Duration;
@@ -19,6 +25,7 @@ use tokio::time::Instant;
 
 use crate::fault::Fault;
 use crate::shutdown_requested;
+use crate::simulate::{Simulated, Stop};
 use crate::stats::{Counters, InFlight, Outcome, StreamGuard};
 
 /// The message of every in-band error event.
@@ -84,6 +91,19 @@ impl Plan {
         self.push(bytes, false, None);
     }
 
+    /// An [`event`](Self::event) built when it is sent, from the prompt tokens the simulator's
+    /// prefix cache served (`None` when the stream is not simulated).
+    pub(crate) fn deferred(&mut self, build: impl FnOnce(Option<u32>) -> Bytes + Send + 'static) {
+        self.steps.push(Step {
+            at: self.at,
+            kind: Kind::Data {
+                payload: Payload::Deferred(Deferred(Box::new(build))),
+                token: false,
+                outcome: None,
+            },
+        });
+    }
+
     /// An event carrying one token, due one token delay after the previous token; it counts in
     /// [`Stats::tokens_sent`](crate::Stats::tokens_sent) when sent.
     pub(crate) fn token(&mut self, bytes: Bytes) {
@@ -113,7 +133,7 @@ impl Plan {
         self.steps.push(Step {
             at: self.at,
             kind: Kind::Data {
-                bytes,
+                payload: Payload::Ready(bytes),
                 token,
                 outcome,
             },
@@ -132,7 +152,7 @@ struct Step {
 enum Kind {
     /// Bytes to send; `token` if they carry one answer token; `outcome` if they end the stream.
     Data {
-        bytes: Bytes,
+        payload: Payload,
         token: bool,
         outcome: Option<Outcome>,
     },
@@ -140,15 +160,87 @@ enum Kind {
     Abort,
 }
 
+/// The bytes of an event: at hand, or built when sent.
+#[derive(Debug)]
+enum Payload {
+    Ready(Bytes),
+    Deferred(Deferred),
+}
+
+/// Builds an event from the simulator's cached prompt tokens.
+struct Deferred(Box<dyn FnOnce(Option<u32>) -> Bytes + Send>);
+
+impl std::fmt::Debug for Deferred {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Deferred")
+    }
+}
+
 struct State {
     steps: std::vec::IntoIter<Step>,
     start: Instant,
     guard: StreamGuard,
     shutdown: watch::Receiver<bool>,
+    pacer: Option<SimPacer>,
 }
 
-/// Builds the `text/event-stream` response that plays `plan`; the stream counts as started now.
-pub(crate) fn respond(plan: Plan, in_flight: InFlight) -> Response {
+/// The simulator's pacing of a stream.
+struct SimPacer {
+    sequence: Simulated,
+    /// Whether the first event was sent (it waits for the first token).
+    started: bool,
+    /// Tokens decoded but not sent yet.
+    banked: u32,
+}
+
+impl SimPacer {
+    /// Waits until the simulator allows an event that is `due` to be sent.
+    async fn wait(&mut self, due: Due, shutdown: &mut watch::Receiver<bool>) -> Result<(), Stop> {
+        if !self.started {
+            self.started = true;
+            self.sequence.token(shutdown).await?;
+            self.banked += 1;
+        }
+        match due {
+            Due::Token if self.banked > 0 => {
+                self.banked -= 1;
+                Ok(())
+            }
+            Due::Token => self.sequence.token(shutdown).await,
+            Due::Done => self.sequence.done(shutdown).await.map(|_| ()),
+            Due::Now => Ok(()),
+        }
+    }
+}
+
+/// What an event waits for in a simulated stream.
+#[derive(Debug, Clone, Copy)]
+enum Due {
+    /// The next decoded token (a token event, or the abort due in its place).
+    Token,
+    /// The end of the sequence (the event that completes the stream).
+    Done,
+    /// Nothing: it follows the event before it.
+    Now,
+}
+
+impl Kind {
+    /// What this event waits for in a simulated stream.
+    fn due(&self) -> Due {
+        match self {
+            Self::Data { token: true, .. } | Self::Abort => Due::Token,
+            Self::Data {
+                outcome: Some(Outcome::Completed),
+                ..
+            } => Due::Done,
+            Self::Data { .. } => Due::Now,
+        }
+    }
+}
+
+/// Builds the `text/event-stream` response that plays `plan`, paced by the clock or, with
+/// `simulated`, by the simulator; the stream counts as started now.
+pub(crate) fn respond(plan: Plan, in_flight: InFlight, simulated: Option<Simulated>) -> Response {
     let guard = StreamGuard::start(in_flight);
     let shutdown = guard.inner().shutdown.subscribe();
     let state = State {
@@ -156,28 +248,55 @@ pub(crate) fn respond(plan: Plan, in_flight: InFlight) -> Response {
         start: Instant::now(),
         guard,
         shutdown,
+        pacer: simulated.map(|sequence| SimPacer {
+            sequence,
+            started: false,
+            banked: 0,
+        }),
     };
     let body = stream::unfold(state, |mut state| async move {
         let step = state.steps.next()?;
-        let deadline = state.start + step.at;
-        if Instant::now() < deadline {
-            let stopped = tokio::select! {
-                biased;
-                () = shutdown_requested(&mut state.shutdown) => true,
-                () = tokio::time::sleep_until(deadline) => false,
-            };
-            if stopped {
-                state.guard.finish(Outcome::Broken);
-                state.steps = Vec::new().into_iter();
-                return Some((Err(io::Error::other("mock-llm is shutting down")), state));
+        let waited = match state.pacer.as_mut() {
+            Some(pacer) => pacer.wait(step.kind.due(), &mut state.shutdown).await,
+            None => {
+                let deadline = state.start + step.at;
+                if Instant::now() < deadline {
+                    tokio::select! {
+                        biased;
+                        () = shutdown_requested(&mut state.shutdown) => Err(Stop::Shutdown),
+                        () = tokio::time::sleep_until(deadline) => Ok(()),
+                    }
+                } else {
+                    Ok(())
+                }
             }
+        };
+        if let Err(stop) = waited {
+            state.guard.finish(Outcome::Broken);
+            state.steps = Vec::new().into_iter();
+            // Frees the simulator's slot now rather than when the body is dropped.
+            state.pacer = None;
+            let error = match stop {
+                Stop::Shutdown => io::Error::other("mock-llm is shutting down"),
+                Stop::Lost => io::Error::other("mock-llm: the simulator ended the sequence"),
+            };
+            return Some((Err(error), state));
         }
         match step.kind {
             Kind::Data {
-                bytes,
+                payload,
                 token,
                 outcome,
             } => {
+                let bytes = match payload {
+                    Payload::Ready(bytes) => bytes,
+                    Payload::Deferred(Deferred(build)) => build(
+                        state
+                            .pacer
+                            .as_ref()
+                            .and_then(|pacer| pacer.sequence.cached_tokens()),
+                    ),
+                };
                 if token {
                     Counters::bump(&state.guard.inner().stats.tokens_sent);
                 }
@@ -191,6 +310,7 @@ pub(crate) fn respond(plan: Plan, in_flight: InFlight) -> Response {
                 // sees the error and drops the connection.
                 tokio::task::yield_now().await;
                 state.guard.finish(Outcome::Broken);
+                state.pacer = None;
                 let error = io::Error::new(
                     io::ErrorKind::ConnectionAborted,
                     "mock-llm fault: break_after_tokens",

@@ -8,6 +8,9 @@ pub(crate) struct Usage {
     pub(crate) prompt_tokens: u64,
     pub(crate) completion_tokens: u64,
     pub(crate) total_tokens: u64,
+    /// Only in simulate mode: the prompt tokens the simulator's prefix cache served.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) prompt_tokens_details: Option<PromptTokensDetails>,
 }
 
 impl Usage {
@@ -16,8 +19,23 @@ impl Usage {
             prompt_tokens,
             completion_tokens,
             total_tokens: prompt_tokens + completion_tokens,
+            prompt_tokens_details: None,
         }
     }
+
+    /// With `prompt_tokens_details.cached_tokens` when `cached_tokens` is known (simulate
+    /// mode); unchanged otherwise.
+    pub(crate) fn cached(mut self, cached_tokens: Option<u32>) -> Self {
+        self.prompt_tokens_details =
+            cached_tokens.map(|cached_tokens| PromptTokensDetails { cached_tokens });
+        self
+    }
+}
+
+/// `{"cached_tokens": N}`, as vLLM reports prefix cache hits.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub(crate) struct PromptTokensDetails {
+    pub(crate) cached_tokens: u32,
 }
 
 #[derive(Debug, Serialize)]

@@ -7,8 +7,7 @@ use std::task::{Context, Poll};
 
 use futures_util::Stream;
 use tokio::sync::mpsc::UnboundedReceiver;
-
-use super::server::LoopGuard;
+use tokio::task::AbortHandle;
 
 /// One event of a sequence, in this order: `Admitted`, then `max_tokens` × `Token`, then
 /// `Done`; or `Rejected` alone.
@@ -82,6 +81,15 @@ impl Generation {
         self.observe(event)
     }
 
+    /// The next event if one is already there, without waiting; `None` if there is none yet
+    /// or the stream has ended. A [`SimEvent::Rejected`] is there as soon as
+    /// [`SimServer::generate`](super::SimServer::generate) returns, so a caller can refuse the
+    /// request before it answers anything.
+    pub fn try_recv(&mut self) -> Option<SimEvent> {
+        let event = self.events.try_recv().ok();
+        self.observe(event)
+    }
+
     fn observe(&mut self, event: Option<SimEvent>) -> Option<SimEvent> {
         if let Some(SimEvent::Admitted { cached_tokens }) = event {
             self.cached_tokens = Some(cached_tokens);
@@ -96,5 +104,16 @@ impl Stream for Generation {
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<SimEvent>> {
         let polled = self.events.poll_recv(cx);
         polled.map(|event| self.observe(event))
+    }
+}
+
+/// Stops a server's step loop when the last handle or generation holding it
+/// is dropped.
+#[derive(Debug)]
+pub(crate) struct LoopGuard(pub(crate) AbortHandle);
+
+impl Drop for LoopGuard {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }

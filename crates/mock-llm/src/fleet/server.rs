@@ -4,11 +4,11 @@ use std::fmt;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::{Notify, mpsc};
-use tokio::task::AbortHandle;
+
 use tokio::time::Instant;
 
 use super::config::SimConfig;
-use super::generation::Generation;
+use super::generation::{Generation, LoopGuard};
 use super::kv::Prompt;
 use super::metrics::SimMetrics;
 use super::scheduler::{Request, Scheduler};
@@ -37,16 +37,6 @@ struct Shared {
     scheduler: Mutex<Scheduler>,
     /// Wakes an idle loop when a request is queued.
     wake: Notify,
-}
-
-/// Stops the step loop when the last handle or generation holding it is dropped.
-#[derive(Debug)]
-pub(crate) struct LoopGuard(AbortHandle);
-
-impl Drop for LoopGuard {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 impl SimServer {

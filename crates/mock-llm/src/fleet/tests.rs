@@ -309,6 +309,22 @@ async fn a_sequence_larger_than_the_cache_is_rejected() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn try_recv_sees_a_rejection_at_once_and_nothing_else_early() {
+    let server = server(4, 4);
+    let mut rejected = server.generate(&short('a'), 50);
+    assert_eq!(
+        rejected.try_recv(),
+        Some(SimEvent::Rejected { needed_blocks: 5 })
+    );
+    assert_eq!(rejected.try_recv(), None);
+    // An accepted sequence has nothing to say before the step loop runs.
+    let mut accepted = server.generate(&short('a'), 2);
+    assert_eq!(accepted.try_recv(), None);
+    assert_eq!(accepted.recv().await, Some(Admitted { cached_tokens: 0 }));
+    assert_eq!(accepted.cached_tokens(), Some(0));
+}
+
+#[tokio::test(start_paused = true)]
 async fn a_zero_token_answer_is_admitted_and_done() {
     let server = server(4, 1000);
     let start = Instant::now();
