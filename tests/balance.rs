@@ -368,3 +368,74 @@ deployments = [{{ base_url = "{}" }}, {{ base_url = "{}" }}]
         "{before:?} -> {after:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pull_mode_model_is_served_by_its_deployments_pullers() {
+    let (a, b) = (
+        mock(Duration::from_millis(1)).await,
+        mock(Duration::from_millis(1)).await,
+    );
+    let redis = test_support::shared::redis();
+    let gateway = gateway(&format!(
+        r#"
+redis = ["{}"]
+
+[[models]]
+name = "pulled-{}"
+provider = "openai"
+balance = "pull"
+deployments = [{{ base_url = "{}", max_concurrency = 2 }}, {{ base_url = "{}", max_concurrency = 2 }}]
+"#,
+        redis.url(),
+        std::process::id(),
+        a.base_url(),
+        b.base_url()
+    ))
+    .await;
+    let model = format!("pulled-{}", std::process::id());
+    let doc = balance(&gateway).await;
+    assert_eq!(doc["models"][0]["balance"], "pull", "{doc}");
+
+    let mut answers = Vec::new();
+    for i in 0..6 {
+        let res = chat(&gateway, &format!("pull-{i}"), &model, false).await;
+        assert_eq!(res.status(), 200);
+        let body: Value = res.json().await.expect("JSON");
+        assert!(
+            body["usage"]["completion_tokens"]
+                .as_u64()
+                .is_some_and(|n| n > 0),
+            "{body}"
+        );
+        answers.push(body);
+    }
+    let res = chat(&gateway, "pull-stream", &model, true).await;
+    assert_eq!(res.status(), 200);
+    assert!(
+        res.headers().get("x-stream-id").is_some(),
+        "through the relay"
+    );
+    let events = SseReader::new(res).rest().await;
+    assert_eq!(events.last().map(|e| e.data.as_str()), Some("[DONE]"));
+    assert_eq!(
+        a.stats().requests + b.stats().requests,
+        7,
+        "each request ran once, on a deployment's puller"
+    );
+
+    // Without Redis, pull mode is refused at start.
+    let mut config = Config::default();
+    config.listen = SocketAddr::from(([127, 0, 0, 1], 0));
+    config
+        .read_toml(
+            &format!(
+                "[[models]]\nname = \"m\"\nprovider = \"openai\"\nbalance = \"pull\"\nbase_url = \"{}\"\n",
+                a.base_url()
+            ),
+            Path::new("test.toml"),
+            |_| None,
+        )
+        .expect("a valid file");
+    let err = Gateway::start(config).await.expect_err("refused");
+    assert!(err.to_string().contains("needs redis"), "{err}");
+}

@@ -253,6 +253,9 @@ pub enum BalanceStrategy {
     LeastLoaded,
     /// Each deployment in turn.
     RoundRobin,
+    /// Requests wait in a Redis Stream for the model; each deployment's
+    /// puller takes one when it has a free slot (needs `redis`).
+    Pull,
 }
 
 /// `[otel]`: where traces go.

@@ -274,11 +274,12 @@ pub(crate) fn apply(
                 "cache_aware" => BalanceStrategy::CacheAware,
                 "least_loaded" => BalanceStrategy::LeastLoaded,
                 "round_robin" => BalanceStrategy::RoundRobin,
+                "pull" => BalanceStrategy::Pull,
                 other => {
                     return Err(fail(
                         value.span(),
                         format!(
-                            "balance {other:?}: expected \"cache_aware\", \"least_loaded\" or \"round_robin\""
+                            "balance {other:?}: expected \"cache_aware\", \"least_loaded\", \"round_robin\" or \"pull\""
                         ),
                     ));
                 }

@@ -233,21 +233,17 @@ pub(crate) fn balance(upstream: GuardedUpstream) -> BalancedUpstream {
     tower_ai_balance::BalanceLayer::per_request().layer(upstream)
 }
 
-/// The upstream behind the balancer, behind the relay.
-pub(crate) type RelayedUpstream =
-    tower_sse_relay::SseRelay<BalancedUpstream, tower_sse_relay::AnyStore>;
-
 /// Streamed answers go through the relay in resumable mode: each event gets
 /// an id, the generation goes on if the client drops, and
 /// `GET /v1/streams/{id}` re-attaches with `Last-Event-ID`, on any replica
 /// sharing the gateway's Redis.
-pub(crate) fn relay(
-    upstream: BalancedUpstream,
+pub(crate) fn relay<S>(
+    upstream: S,
     heartbeat: Duration,
     redis: Option<&RedisState>,
 ) -> Result<
     (
-        RelayedUpstream,
+        tower_sse_relay::SseRelay<S, tower_sse_relay::AnyStore>,
         tower_sse_relay::streams::StreamsService<tower_sse_relay::AnyStore>,
     ),
     tower_sse_relay::ConfigError,

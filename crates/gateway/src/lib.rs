@@ -30,6 +30,7 @@ mod metrics;
 mod models;
 mod owners;
 mod proxy;
+mod pull;
 mod respond;
 mod routes;
 pub mod telemetry;
@@ -66,6 +67,8 @@ pub struct Gateway {
     mock: Option<MockHandle>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<io::Result<()>>>,
+    /// The pull-mode models' pullers, stopped with the gateway.
+    _pullers: Vec<tower_ai_balance::pull::PullerHandle>,
 }
 
 /// What the request handlers share.
@@ -76,10 +79,10 @@ pub(crate) struct AppState {
     pub(crate) budgets: budget::Budgets,
     pub(crate) owners: owners::Owners,
     /// Streamed answers: through the relay, resumable.
-    pub(crate) upstream: layers::RelayedUpstream,
+    pub(crate) upstream: pull::RelayedUpstream,
     /// Answers that aren't streamed: past the relay, which has nothing to
     /// keep of them.
-    pub(crate) direct: layers::BalancedUpstream,
+    pub(crate) direct: pull::Dispatch,
     pub(crate) streams: tower_sse_relay::streams::StreamsService<tower_sse_relay::AnyStore>,
     pub(crate) circuits: tower_circuit::CircuitHandle,
     pub(crate) cache: tower_ai_cache::CacheLayer,
@@ -154,7 +157,8 @@ impl Gateway {
             redis.as_ref(),
         )
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-        let upstream = layers::balance(upstream);
+        let pullers = pull::pullers(&models, &upstream);
+        let upstream = pull::Dispatch::new(layers::balance(upstream));
         let direct = upstream.clone();
         let (upstream, streams) = layers::relay(upstream, config.sse_heartbeat, redis.as_ref())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
@@ -194,6 +198,7 @@ impl Gateway {
             mock,
             shutdown: Some(tx),
             task: Some(task),
+            _pullers: pullers,
         })
     }
 
@@ -322,9 +327,11 @@ fn model_table(
     for model in &config.models {
         let mut pool = tower_ai_balance::Pool::builder(model.name.as_str())
             .strategy(match model.balance {
-                BalanceStrategy::CacheAware => tower_ai_balance::Strategy::cache_aware(),
-                BalanceStrategy::LeastLoaded => tower_ai_balance::Strategy::LeastLoaded,
+                BalanceStrategy::LeastLoaded | BalanceStrategy::Pull => {
+                    tower_ai_balance::Strategy::LeastLoaded
+                }
                 BalanceStrategy::RoundRobin => tower_ai_balance::Strategy::RoundRobin,
+                _ => tower_ai_balance::Strategy::cache_aware(),
             })
             .retries(
                 model
@@ -378,6 +385,19 @@ fn model_table(
             .iter()
             .map(|f| Arc::from(f.as_str()))
             .collect();
+        if model.balance == BalanceStrategy::Pull {
+            let Some(redis) = redis else {
+                return Err(invalid(format!(
+                    "model {}: balance = \"pull\" needs redis (its queue is a Redis Stream)",
+                    model.name
+                )));
+            };
+            route.queue = Some(
+                tower_ai_balance::pull::PullQueue::builder(redis.client.clone(), &model.name)
+                    .degrade(redis.degrade.clone())
+                    .build(),
+            );
+        }
         routes.push(route);
     }
     Ok(models::Models::new(routes))

@@ -17,6 +17,9 @@ pub(crate) struct ModelRoute {
     pub(crate) provider: Provider,
     /// Its deployments, and the balancer's state over them.
     pub(crate) pool: Pool<Arc<Deployment>>,
+    /// In pull mode, the queue its requests wait in for a deployment's
+    /// puller.
+    pub(crate) queue: Option<tower_ai_balance::pull::PullQueue>,
     /// Models tried in order when this one can't answer.
     pub(crate) fallbacks: Vec<Arc<str>>,
     /// The name sent upstream, when it differs from `name`.
@@ -55,6 +58,7 @@ impl ModelRoute {
             name: name.into(),
             provider,
             pool,
+            queue: None,
             fallbacks: Vec::new(),
             upstream_model: None,
             price: None,
@@ -76,6 +80,15 @@ impl ModelRoute {
             .retries(0)
             .build()?;
         Ok(Self::new(name, provider, pool))
+    }
+
+    /// How the route picks a deployment, as the config names it.
+    pub(crate) fn balance(&self) -> &'static str {
+        if self.queue.is_some() {
+            "pull"
+        } else {
+            self.pool.strategy().name()
+        }
     }
 
     /// The deployment a request goes to when nothing was picked for it (a

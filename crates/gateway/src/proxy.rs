@@ -195,7 +195,12 @@ impl Call<'_> {
             started,
         });
         parts.extensions.insert(Target(route.clone()));
-        parts.extensions.insert(route.pool.clone());
+        // A pull-mode model's queue, else its pool for the balancer.
+        if let Some(queue) = &route.queue {
+            parts.extensions.insert(queue.clone());
+        } else {
+            parts.extensions.insert(route.pool.clone());
+        }
         let req = Request::from_parts(parts, body);
         // Only a stream can be re-attached to: only its owner is worth a digest.
         let owner = request.stream.then(|| owner(&req, caller));

@@ -178,7 +178,7 @@ async fn admin_balance(State(state): State<AppState>) -> Response {
                 .collect();
             json!({
                 "model": m.name.as_ref(),
-                "balance": m.pool.strategy().name(),
+                "balance": m.balance(),
                 "fallbacks": m.fallbacks.iter().map(AsRef::as_ref).collect::<Vec<&str>>(),
                 "deployments": deployments,
             })
@@ -202,7 +202,7 @@ async fn admin_config(State(state): State<AppState>) -> Response {
                     "base_url": format!("{:?}", d.target().endpoint),
                     "credential": d.target().credential.is_some(),
                 })).collect::<Vec<_>>(),
-                "balance": m.pool.strategy().name(),
+                "balance": m.balance(),
                 "fallbacks": m.fallbacks.iter().map(AsRef::as_ref).collect::<Vec<&str>>(),
                 "upstream_model": m.upstream_model.as_deref(),
                 "price": m.price.map(|p| json!({
