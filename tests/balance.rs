@@ -439,3 +439,82 @@ deployments = [{{ base_url = "{}", max_concurrency = 2 }}, {{ base_url = "{}", m
     let err = Gateway::start(config).await.expect_err("refused");
     assert!(err.to_string().contains("needs redis"), "{err}");
 }
+
+/// A mock served by a simulated vLLM server (its costs cut 20-fold).
+async fn simulated() -> MockHandle {
+    mock_llm::MockLlm::spawn(
+        SocketAddr::from(([127, 0, 0, 1], 0)),
+        mock_llm::Config {
+            simulate: Some(mock_llm::fleet::SimConfig {
+                costs: mock_llm::fleet::Costs::default().scaled(0.05),
+                ..mock_llm::fleet::SimConfig::default()
+            }),
+            ..mock_llm::Config::default()
+        },
+    )
+    .await
+    .expect("the mock starts")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_aware_sends_each_conversation_back_to_the_server_holding_its_cache() {
+    let servers = [simulated().await, simulated().await, simulated().await];
+    let gateway = gateway(&format!(
+        r#"
+[[models]]
+name = "llama"
+provider = "openai"
+balance = "cache_aware"
+deployments = [{{ base_url = "{}" }}, {{ base_url = "{}" }}, {{ base_url = "{}" }}]
+"#,
+        servers[0].base_url(),
+        servers[1].base_url(),
+        servers[2].base_url()
+    ))
+    .await;
+    let client = reqwest::Client::new();
+    let mut conversations: Vec<Vec<Value>> = (0..4)
+        .map(|c| {
+            vec![json!({
+                "role": "system",
+                "content": format!("You are assistant number {c}, with a long and particular brief. ").repeat(12),
+            })]
+        })
+        .collect();
+    let mut request = 0;
+    for turn in 0..3 {
+        for (c, messages) in conversations.iter_mut().enumerate() {
+            messages.push(json!({"role": "user", "content": format!("Question {turn} of conversation {c}, asked at some length.")}));
+            request += 1;
+            let res = client
+                .post(format!("{}/v1/chat/completions", gateway.url()))
+                .bearer_auth(format!("conversation-{request}"))
+                .json(&json!({"model": "llama", "messages": messages}))
+                .send()
+                .await
+                .expect("a response");
+            assert_eq!(res.status(), 200);
+            let body: Value = res.json().await.expect("JSON");
+            let cached = body["usage"]["prompt_tokens_details"]["cached_tokens"]
+                .as_u64()
+                .expect("cached_tokens");
+            if turn == 0 {
+                assert_eq!(cached, 0, "conversation {c} is new");
+            } else {
+                // The whole conversation so far is cached where it was
+                // served: at least the system prompt's 700 bytes.
+                assert!(cached >= 160, "conversation {c}, turn {turn}: {cached} cached tokens");
+            }
+            let answer = body["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_owned();
+            messages.push(json!({"role": "assistant", "content": answer}));
+        }
+    }
+    let doc = balance(&gateway).await;
+    let hits: Vec<f64> = doc["models"][0]["deployments"]
+        .as_array()
+        .expect("deployments")
+        .iter()
+        .filter_map(|d| d["prefix_hit_rate"].as_f64())
+        .collect();
+    assert!(hits.iter().filter(|h| **h > 0.5).count() >= 2, "{doc}");
+}
