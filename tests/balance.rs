@@ -503,9 +503,15 @@ deployments = [{{ base_url = "{}" }}, {{ base_url = "{}" }}, {{ base_url = "{}" 
             } else {
                 // The whole conversation so far is cached where it was
                 // served: at least the system prompt's 700 bytes.
-                assert!(cached >= 160, "conversation {c}, turn {turn}: {cached} cached tokens");
+                assert!(
+                    cached >= 160,
+                    "conversation {c}, turn {turn}: {cached} cached tokens"
+                );
             }
-            let answer = body["choices"][0]["message"]["content"].as_str().unwrap_or_default().to_owned();
+            let answer = body["choices"][0]["message"]["content"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
             messages.push(json!({"role": "assistant", "content": answer}));
         }
     }
@@ -517,4 +523,67 @@ deployments = [{{ base_url = "{}" }}, {{ base_url = "{}" }}, {{ base_url = "{}" 
         .filter_map(|d| d["prefix_hit_rate"].as_f64())
         .collect();
     assert!(hits.iter().filter(|h| **h > 0.5).count() >= 2, "{doc}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_without_pullers_is_served_by_a_worker() {
+    let upstream = mock(Duration::from_millis(1)).await;
+    let redis = test_support::shared::redis();
+    let model = format!("worked-{}", std::process::id());
+    let toml = format!(
+        r#"
+redis = ["{}"]
+pullers = false
+
+[[models]]
+name = "{model}"
+provider = "openai"
+balance = "pull"
+base_url = "{}"
+"#,
+        redis.url(),
+        upstream.base_url()
+    );
+    let gateway = gateway(&toml).await;
+    let mut config = Config::default();
+    config
+        .read_toml(&toml, Path::new("worker.toml"), |_| None)
+        .expect("a valid file");
+    // The gateway only queues: a request waits until a worker starts.
+    let pending = tokio::spawn({
+        let url = gateway.url();
+        let model = model.clone();
+        async move {
+            reqwest::Client::new()
+                .post(format!("{url}/v1/chat/completions"))
+                .bearer_auth("queued")
+                .json(&json!({"model": model, "messages": [{"role": "user", "content": "Hi"}]}))
+                .send()
+                .await
+        }
+    });
+    let client = redis.client().await;
+    let queue = format!("tower-ai:balance:{{{model}}}:queue");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let queued: u64 = fred::interfaces::StreamsInterface::xlen(&client, &queue)
+            .await
+            .unwrap_or(0);
+        if queued == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the request was never queued");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Nothing in the gateway takes it.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!pending.is_finished());
+    assert_eq!(upstream.stats().requests, 0);
+    let worker = tower_ai_gateway::Worker::start(config)
+        .await
+        .expect("a worker");
+    assert_eq!(worker.models(), std::slice::from_ref(&model));
+    let res = pending.await.expect("the task").expect("a response");
+    assert_eq!(res.status(), 200);
+    assert_eq!(upstream.stats().requests, 1);
 }

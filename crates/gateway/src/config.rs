@@ -46,6 +46,9 @@ pub struct Config {
     /// default because the gateway itself serves plain HTTP; turn it on
     /// behind a TLS-terminating proxy.
     pub secure_cookies: bool,
+    /// Whether this process runs the pullers of pull-mode models (default
+    /// `true`); `false` leaves them to `worker` processes.
+    pub pullers: bool,
     /// How long a relayed stream may stay silent before a heartbeat comment
     /// (default 15 s).
     pub sse_heartbeat: Duration,
@@ -76,6 +79,7 @@ impl Default for Config {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             circuit_open_wait: Duration::from_secs(30),
             secure_cookies: false,
+            pullers: true,
             sse_heartbeat: Duration::from_secs(15),
             models: Vec::new(),
             keys: Vec::new(),

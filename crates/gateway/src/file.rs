@@ -33,6 +33,7 @@ struct File {
     circuit_open_wait_ms: Option<u64>,
     sse_heartbeat_ms: Option<u64>,
     secure_cookies: Option<bool>,
+    pullers: Option<bool>,
     mock_token_delay_ms: Option<u64>,
 }
 
@@ -513,6 +514,9 @@ pub(crate) fn apply(
     }
     if let Some(v) = file.mock_token_delay_ms {
         config.mock_token_delay = millis(v);
+    }
+    if let Some(v) = file.pullers {
+        config.pullers = v;
     }
     if let Some(v) = file.secure_cookies {
         config.secure_cookies = v;

@@ -99,6 +99,64 @@ pub(crate) struct RedisState {
     pub(crate) urls: usize,
 }
 
+/// The pullers of a configuration's pull-mode models, without the rest of
+/// the gateway: a worker beside the deployments, taking requests that
+/// gateway replicas (`pullers = false`) queue. Stops when dropped.
+#[derive(Debug)]
+pub struct Worker {
+    models: Vec<String>,
+    _pullers: Vec<tower_ai_balance::pull::PullerHandle>,
+}
+
+impl Worker {
+    /// Connects to the configuration's Redis and starts a puller per
+    /// deployment of every model whose `balance` is `"pull"`, each calling
+    /// its deployment through a circuit breaker.
+    pub async fn start(config: Config) -> io::Result<Self> {
+        let invalid = |e: String| io::Error::new(io::ErrorKind::InvalidInput, e);
+        let redis = match config.redis.as_slice() {
+            [] => {
+                return Err(invalid(
+                    "a worker needs redis: its queues are Redis Streams".into(),
+                ));
+            }
+            urls => connect_redis(urls).await?,
+        };
+        let models = model_table(&config, "", Some(&redis))?;
+        let names: Vec<String> = models
+            .named()
+            .iter()
+            .filter(|m| m.queue.is_some())
+            .map(|m| m.name.to_string())
+            .collect();
+        if names.is_empty() {
+            return Err(invalid(
+                "no model has balance = \"pull\": nothing to pull".into(),
+            ));
+        }
+        let cache =
+            layers::cache(Some(&redis), &config.cache).map_err(|e| invalid(e.to_string()))?;
+        let (guarded, _) = layers::circuit_breakers(
+            Upstream::routed(),
+            config.circuit_open_wait,
+            &cache.handle(),
+            Some(&redis),
+        )
+        .map_err(|e| invalid(e.to_string()))?;
+        let pullers = pull::pullers(&models, &guarded);
+        tracing::info!(models = ?names, pullers = pullers.len(), "worker pulling");
+        Ok(Self {
+            models: names,
+            _pullers: pullers,
+        })
+    }
+
+    /// The pull-mode models this worker serves.
+    pub fn models(&self) -> &[String] {
+        &self.models
+    }
+}
+
 impl Gateway {
     /// Starts a gateway: connects to Redis when configured (a Redis that is
     /// down at start is not fatal: the layers run on their local fallback
@@ -157,7 +215,11 @@ impl Gateway {
             redis.as_ref(),
         )
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-        let pullers = pull::pullers(&models, &upstream);
+        let pullers = if config.pullers {
+            pull::pullers(&models, &upstream)
+        } else {
+            Vec::new()
+        };
         let upstream = pull::Dispatch::new(layers::balance(upstream));
         let direct = upstream.clone();
         let (upstream, streams) = layers::relay(upstream, config.sse_heartbeat, redis.as_ref())
