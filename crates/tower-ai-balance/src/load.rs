@@ -59,6 +59,8 @@ pub(crate) struct Load {
 struct Meters {
     in_flight: metrics::Gauge,
     cooldowns: metrics::Counter,
+    blocks_matched: metrics::Counter,
+    blocks_missed: metrics::Counter,
 }
 
 impl Load {
@@ -80,6 +82,22 @@ impl Load {
             meters: Meters {
                 in_flight: metrics::gauge!("tower_ai_balance_in_flight", &labels),
                 cooldowns: metrics::counter!("tower_ai_balance_cooldowns_total", &labels),
+                blocks_matched: metrics::counter!(
+                    "tower_ai_balance_prefix_blocks_total",
+                    &[
+                        ("pool", pool.to_string()),
+                        ("endpoint", name.to_string()),
+                        ("outcome", "matched".to_owned()),
+                    ]
+                ),
+                blocks_missed: metrics::counter!(
+                    "tower_ai_balance_prefix_blocks_total",
+                    &[
+                        ("pool", pool.to_string()),
+                        ("endpoint", name.to_string()),
+                        ("outcome", "missed".to_owned()),
+                    ]
+                ),
             },
             name,
             pool,
@@ -95,6 +113,16 @@ impl Load {
                 (n.saturating_add(others) < self.max_concurrency).then_some(n + 1)
             })
             .is_ok()
+    }
+
+    /// Counts a request's prompt blocks sent here, `matched` of which the
+    /// prefix index said this endpoint held.
+    pub(crate) fn count_blocks(&self, blocks: u64, matched: u64) {
+        let matched = matched.min(blocks);
+        self.blocks.fetch_add(blocks, Ordering::Relaxed);
+        self.blocks_matched.fetch_add(matched, Ordering::Relaxed);
+        self.meters.blocks_matched.increment(matched);
+        self.meters.blocks_missed.increment(blocks - matched);
     }
 
     pub(crate) fn has_room(&self) -> bool {

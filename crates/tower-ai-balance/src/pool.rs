@@ -270,11 +270,7 @@ impl<T: Clone> Pool<T> {
             let candidates = if fresh != 0 { fresh } else { open };
             let (i, matched) = self.choose(candidates, prompt, others);
             if let Some(permit) = state.acquire(i, prompt.tokens) {
-                let load = &state.loads[i];
-                load.blocks
-                    .fetch_add(prompt.blocks.len() as u64, Ordering::Relaxed);
-                load.blocks_matched
-                    .fetch_add(u64::from(matched), Ordering::Relaxed);
+                state.loads[i].count_blocks(prompt.blocks.len() as u64, u64::from(matched));
                 if matches!(shared.settings.strategy, Strategy::CacheAware(_)) {
                     shared.index.lock().record(&prompt.blocks, i);
                 }
