@@ -587,3 +587,33 @@ base_url = "{}"
     assert_eq!(res.status(), 200);
     assert_eq!(upstream.stats().requests, 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_deployments_own_metrics_are_read() {
+    let servers = [simulated().await, simulated().await];
+    let plain = mock(Duration::from_millis(1)).await;
+    let gateway = gateway(&format!(
+        r#"
+[[models]]
+name = "llama"
+provider = "openai"
+balance = "least_loaded"
+metrics_interval_ms = 20
+deployments = [{{ base_url = "{}/v1" }}, {{ base_url = "{}" }}, {{ base_url = "{}" }}]
+"#,
+        servers[0].base_url(),
+        servers[1].base_url(),
+        plain.base_url()
+    ))
+    .await;
+    // The simulated vLLM servers' metrics are read (from /metrics at their
+    // root, though the base URL ends in /v1); the plain mock has none.
+    let now = until(&gateway, "llama", |d| {
+        d[0]["kv_usage"].is_number() && d[1]["kv_usage"].is_number()
+    })
+    .await;
+    assert_eq!(now[0]["reported_waiting"], 0);
+    assert!(now[2]["kv_usage"].is_null(), "{now:?}");
+    let res = chat(&gateway, "metrics", "llama", false).await;
+    assert_eq!(res.status(), 200);
+}

@@ -218,6 +218,9 @@ pub struct ModelConfig {
     /// A request header whose value keeps a client on one deployment (a
     /// session or conversation id), while the load allows.
     pub sticky_header: Option<http::HeaderName>,
+    /// How often each deployment's `/metrics` (vLLM or SGLang) is read for
+    /// its own queue and KV-cache usage; `None`: never.
+    pub metrics_interval: Option<Duration>,
     /// The name sent upstream, when it differs.
     pub upstream_model: Option<String>,
     /// USD per million tokens, for budgets and the spend metric.

@@ -103,6 +103,16 @@ impl Endpoint {
         self.authority.host()
     }
 
+    /// The server's metrics: `/metrics` at its root (where vLLM and SGLang
+    /// serve them), whatever its base path.
+    pub(crate) fn metrics_uri(&self) -> Result<Uri, http::Error> {
+        Uri::builder()
+            .scheme(self.scheme.clone())
+            .authority(self.authority.clone())
+            .path_and_query("/metrics")
+            .build()
+    }
+
     /// The upstream URI for a client's path: the base path, then the
     /// client's path, without doubling a `/v1` the base URL already ends
     /// with.

@@ -60,6 +60,7 @@ struct ModelFile {
     #[serde(default)]
     fallbacks: Vec<Spanned<String>>,
     sticky_header: Option<Spanned<String>>,
+    metrics_interval_ms: Option<u64>,
 }
 
 /// One of a model's `deployments`; what it leaves out, it takes from the
@@ -324,6 +325,10 @@ pub(crate) fn apply(
                 .map(|f| f.get_ref().clone())
                 .collect(),
             sticky_header,
+            metrics_interval: model
+                .metrics_interval_ms
+                .filter(|ms| *ms > 0)
+                .map(Duration::from_millis),
             upstream_model: model.upstream_model,
             price,
         });

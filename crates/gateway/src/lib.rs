@@ -33,6 +33,7 @@ mod proxy;
 mod pull;
 mod respond;
 mod routes;
+mod scrape;
 pub mod telemetry;
 mod upstream;
 
@@ -69,6 +70,8 @@ pub struct Gateway {
     task: Option<JoinHandle<io::Result<()>>>,
     /// The pull-mode models' pullers, stopped with the gateway.
     _pullers: Vec<tower_ai_balance::pull::PullerHandle>,
+    /// The deployments' metrics readers, stopped with the gateway.
+    _scrapers: scrape::Scrapers,
 }
 
 /// What the request handlers share.
@@ -215,6 +218,7 @@ impl Gateway {
             redis.as_ref(),
         )
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let scrapers = scrape::start(&models);
         let pullers = if config.pullers {
             pull::pullers(&models, &upstream)
         } else {
@@ -261,6 +265,7 @@ impl Gateway {
             shutdown: Some(tx),
             task: Some(task),
             _pullers: pullers,
+            _scrapers: scrapers,
         })
     }
 
@@ -447,6 +452,7 @@ fn model_table(
             .iter()
             .map(|f| Arc::from(f.as_str()))
             .collect();
+        route.metrics_interval = model.metrics_interval;
         if model.balance == BalanceStrategy::Pull {
             let Some(redis) = redis else {
                 return Err(invalid(format!(

@@ -20,6 +20,8 @@ pub(crate) struct ModelRoute {
     /// In pull mode, the queue its requests wait in for a deployment's
     /// puller.
     pub(crate) queue: Option<tower_ai_balance::pull::PullQueue>,
+    /// How often its deployments' `/metrics` are read, if they are.
+    pub(crate) metrics_interval: Option<std::time::Duration>,
     /// Models tried in order when this one can't answer.
     pub(crate) fallbacks: Vec<Arc<str>>,
     /// The name sent upstream, when it differs from `name`.
@@ -59,6 +61,7 @@ impl ModelRoute {
             provider,
             pool,
             queue: None,
+            metrics_interval: None,
             fallbacks: Vec::new(),
             upstream_model: None,
             price: None,

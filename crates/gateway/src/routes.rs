@@ -173,6 +173,8 @@ async fn admin_balance(State(state): State<AppState>) -> Response {
                         "cooldowns": d.cooldowns,
                         "cooling_for_ms": d.cooling_for.map(|c| c.as_millis() as u64),
                         "prefix_hit_rate": d.prefix_hit_rate,
+                        "reported_waiting": d.reported_waiting,
+                        "kv_usage": d.kv_usage,
                     })
                 })
                 .collect();

@@ -13,6 +13,7 @@ mod prompt;
 pub mod pull;
 mod retry;
 mod service;
+pub mod signals;
 mod store;
 
 pub use body::BalanceBody;

@@ -49,6 +49,11 @@ pub(crate) struct Load {
     /// sync through Redis (zero without it).
     pub(crate) remote_in_flight: AtomicU32,
     pub(crate) remote_tokens: AtomicU64,
+    /// What the endpoint last reported of itself: requests waiting in its
+    /// own queue, and its KV-cache usage in millionths (`u32::MAX`: no
+    /// report).
+    pub(crate) reported_waiting: AtomicU32,
+    pub(crate) reported_kv: AtomicU32,
     pub(crate) name: Arc<str>,
     pool: Arc<str>,
     meters: Meters,
@@ -79,6 +84,8 @@ impl Load {
             blocks_matched: AtomicU64::new(0),
             remote_in_flight: AtomicU32::new(0),
             remote_tokens: AtomicU64::new(0),
+            reported_waiting: AtomicU32::new(0),
+            reported_kv: AtomicU32::new(u32::MAX),
             meters: Meters {
                 in_flight: metrics::gauge!("tower_ai_balance_in_flight", &labels),
                 cooldowns: metrics::counter!("tower_ai_balance_cooldowns_total", &labels),
@@ -126,7 +133,28 @@ impl Load {
     }
 
     pub(crate) fn has_room(&self) -> bool {
-        self.in_flight_everywhere() < self.max_concurrency
+        self.in_flight_everywhere() < self.max_concurrency && !self.kv_full()
+    }
+
+    /// Whether the endpoint reported its KV cache (nearly) full.
+    fn kv_full(&self) -> bool {
+        self.kv_usage()
+            .is_some_and(|kv| kv >= crate::signals::KV_FULL)
+    }
+
+    /// The KV-cache usage the endpoint last reported.
+    pub(crate) fn kv_usage(&self) -> Option<f64> {
+        let kv = self.reported_kv.load(Ordering::Relaxed);
+        (kv != u32::MAX).then(|| f64::from(kv) / 1e6)
+    }
+
+    /// Records what the endpoint reports of itself (`None`: nothing known).
+    pub(crate) fn report(&self, signals: Option<crate::signals::Signals>) {
+        let (waiting, kv) = signals.map_or((0, u32::MAX), |s| {
+            (s.waiting, (s.kv_usage.clamp(0.0, 1.0) * 1e6) as u32)
+        });
+        self.reported_waiting.store(waiting, Ordering::Relaxed);
+        self.reported_kv.store(kv, Ordering::Relaxed);
     }
 
     /// Requests in flight here, from every replica.
@@ -136,11 +164,14 @@ impl Load {
             .saturating_add(self.remote_in_flight.load(Ordering::Acquire))
     }
 
-    /// Tokens in flight here, from every replica.
+    /// Tokens in flight here, from every replica, plus the endpoint's own
+    /// queue as it reports it.
     pub(crate) fn tokens_everywhere(&self) -> u64 {
+        let waiting = u64::from(self.reported_waiting.load(Ordering::Relaxed));
         self.tokens
             .load(Ordering::Acquire)
             .saturating_add(self.remote_tokens.load(Ordering::Acquire))
+            .saturating_add(waiting.saturating_mul(crate::signals::WAITING_TOKENS))
     }
 
     pub(crate) fn consecutive_failures(&self) -> u32 {

@@ -13,6 +13,7 @@ use crate::endpoint::Endpoint;
 use crate::load::{Load, Permit, State};
 use crate::prefix::{PrefixIndex, StickyIndex};
 use crate::prompt::{Prompt, sticky_digest};
+use crate::signals::Signals;
 #[cfg(feature = "redis")]
 use crate::store::redis::{Link, SharedMask};
 use tower_ai_core::key::{ClientKey, KeyExtractor, RequestHead};
@@ -120,6 +121,24 @@ impl<T> Pool<T> {
         &self.shared.endpoints
     }
 
+    /// Records what the endpoint named `endpoint` reports of its own load
+    /// (from its `/metrics`, see [`signals`](crate::signals)); `None` when
+    /// it can't be read. Its waiting requests count as tokens in flight, and
+    /// a full KV cache as no room. `false` when no endpoint has that name.
+    pub fn report(&self, endpoint: &str, signals: Option<Signals>) -> bool {
+        let Some(i) = self
+            .shared
+            .endpoints
+            .iter()
+            .position(|e| e.name() == endpoint)
+        else {
+            return false;
+        };
+        self.shared.state.loads[i].report(signals);
+        self.shared.state.freed.notify_waiters();
+        true
+    }
+
     /// The pool's strategy.
     pub fn strategy(&self) -> Strategy {
         self.shared.settings.strategy
@@ -146,6 +165,8 @@ impl<T> Pool<T> {
                     requests: load.requests.load(Ordering::Relaxed),
                     failures: load.failures.load(Ordering::Relaxed),
                     cooldowns: load.cooldowns.load(Ordering::Relaxed),
+                    reported_waiting: load.reported_waiting.load(Ordering::Relaxed),
+                    kv_usage: load.kv_usage(),
                     prefix_hit_rate: if blocks == 0 {
                         0.0
                     } else {
@@ -647,6 +668,10 @@ pub struct EndpointStatus {
     pub failures: u64,
     /// Times it was cooled down.
     pub cooldowns: u64,
+    /// Requests waiting in its own queue, as it last reported.
+    pub reported_waiting: u32,
+    /// Its KV-cache usage (0 to 1), as it last reported, if it did.
+    pub kv_usage: Option<f64>,
     /// The share of prompt blocks sent to it that the prefix index said it
     /// already held (0 to 1): the cache hits the balancer aimed for.
     pub prefix_hit_rate: f64,

@@ -694,3 +694,40 @@ async fn a_sticky_key_keeps_its_endpoint_while_the_load_allows() {
     let res = svc.ready().await.unwrap().call(with("s1")).await.unwrap();
     assert_eq!(text(res).await, moved);
 }
+
+#[tokio::test(start_paused = true)]
+async fn what_an_endpoint_reports_of_its_own_load_counts() {
+    let fleet = Fleet::default();
+    let pool = pool(Strategy::LeastLoaded, &["a", "b"], 64);
+    let mut svc = BalanceLayer::new(pool.clone()).layer(fleet.service());
+    let signals = |text: &str| tower_ai_balance::signals::Signals::parse(text);
+
+    // `a` has its own queue (other clients'): everything goes to `b`.
+    assert!(pool.report("a", signals("vllm:num_requests_waiting 40\n")));
+    for _ in 0..10 {
+        drop(svc.ready().await.unwrap().call(chat("x")).await.unwrap());
+    }
+    assert!(
+        fleet.calls().iter().all(|c| *c == "b"),
+        "{:?}",
+        fleet.calls()
+    );
+
+    // `b`'s KV cache is full: it has no room, whatever `a`'s queue.
+    assert!(pool.report("b", signals("vllm:gpu_cache_usage_perc 0.99\n")));
+    let res = svc.ready().await.unwrap().call(chat("x")).await.unwrap();
+    assert_eq!(text(res).await, "a");
+    let status = pool.status();
+    assert_eq!(status[0].reported_waiting, 40);
+    assert!(status[1].kv_usage.is_some_and(|kv| kv > 0.98));
+
+    // Reports that can't be read any more count for nothing.
+    assert!(pool.report("a", None));
+    assert!(pool.report("b", None));
+    assert!(!pool.report("nope", None));
+    for _ in 0..10 {
+        drop(svc.ready().await.unwrap().call(chat("x")).await.unwrap());
+    }
+    let recent = &fleet.calls()[11..];
+    assert!(recent.contains(&"a") && recent.contains(&"b"), "{recent:?}");
+}
