@@ -17,8 +17,8 @@
 //! the same arrivals at 90% and 95% of it through each policy:
 //! `tower-ai-balance`'s least loaded and cache aware (max concurrency out
 //! of the way), `tower::balance::p2c` over `PendingRequests`, and pull mode
-//! (a `PullQueue` per run, one `Puller` a server) with 64, 48 and 32 slots
-//! a puller.
+//! (a `PullQueue` per run, one `Puller` a server with 64 slots): plain,
+//! and with `max_starting_tokens` of 2,048 and 4,096.
 //!
 //! ```sh
 //! cargo bench --bench pull             # 3 seeds, medians
@@ -309,8 +309,13 @@ enum Policy {
     LeastLoaded,
     CacheAware,
     P2c,
-    /// Pull mode, with this many slots a puller.
-    Pull(u32),
+    /// Pull mode: this many slots a puller, and at most `starting` of its
+    /// requests' prompt tokens without a first token
+    /// (`Puller::max_starting_tokens`).
+    Pull {
+        slots: u32,
+        starting: Option<u64>,
+    },
 }
 
 impl Policy {
@@ -319,7 +324,14 @@ impl Policy {
             Self::LeastLoaded => "least loaded (push)".into(),
             Self::CacheAware => "cache aware (push)".into(),
             Self::P2c => "p2c (tower, push)".into(),
-            Self::Pull(slots) => format!("pull, {slots} slots"),
+            Self::Pull {
+                slots,
+                starting: None,
+            } => format!("pull, {slots} slots"),
+            Self::Pull {
+                slots,
+                starting: Some(n),
+            } => format!("pull, {slots} slots, {n} tokens starting"),
         }
     }
 }
@@ -384,6 +396,7 @@ async fn pull(
     redis: &str,
     prefix: String,
     slots: u32,
+    starting: Option<u64>,
     servers: &Arc<[SimServer]>,
     stamps: &Arc<Stamps>,
 ) -> (PullQueue, Vec<PullerHandle>) {
@@ -410,7 +423,11 @@ async fn pull(
                 fixed: Some(i),
                 stamps: Arc::clone(stamps),
             };
-            Puller::new(queue.clone(), format!("sim-{i}"), slots, sim).spawn()
+            let puller = Puller::new(queue.clone(), format!("sim-{i}"), slots, sim);
+            match starting {
+                Some(n) => puller.max_starting_tokens(n).spawn(),
+                None => puller.spawn(),
+            }
         })
         .collect();
     (queue, pullers)
@@ -552,9 +569,10 @@ fn run(redis: &str, workload: &Workload, rate: f64, policy: Policy, tag: usize) 
         let servers = fleet();
         let stamps = Arc::new(Stamps::default());
         let (client, _pullers) = match policy {
-            Policy::Pull(slots) => {
+            Policy::Pull { slots, starting } => {
                 let prefix = format!("bench-pull-{}-{tag}", std::process::id());
-                let (queue, pullers) = pull(redis, prefix, slots, &servers, &stamps).await;
+                let (queue, pullers) =
+                    pull(redis, prefix, slots, starting, &servers, &stamps).await;
                 (Client::Pull(queue), pullers)
             }
             _ => (Client::Push(push(policy, &servers, &stamps)), Vec::new()),
@@ -721,9 +739,18 @@ fn main() {
         Policy::LeastLoaded,
         Policy::CacheAware,
         Policy::P2c,
-        Policy::Pull(SLOTS as u32),
-        Policy::Pull(48),
-        Policy::Pull(32),
+        Policy::Pull {
+            slots: SLOTS as u32,
+            starting: None,
+        },
+        Policy::Pull {
+            slots: SLOTS as u32,
+            starting: Some(2_048),
+        },
+        Policy::Pull {
+            slots: SLOTS as u32,
+            starting: Some(4_096),
+        },
     ];
     let redis = test_support::RedisServer::start();
     let url = redis.url();
@@ -784,7 +811,7 @@ fn main() {
     for (l, load) in LOADS.iter().enumerate() {
         let p99 = |p: usize| pick(&outcomes[l][p], &|o| o.ttft[2]);
         let (best, best_p99) = (0..policies.len())
-            .filter(|&p| matches!(policies[p], Policy::Pull(_)))
+            .filter(|&p| matches!(policies[p], Policy::Pull { .. }))
             .map(|p| (p, p99(p)))
             .min_by(|a, b| a.1.total_cmp(&b.1))
             .expect("a pull policy");
@@ -794,7 +821,7 @@ fn main() {
             policies[best].name()
         );
         for (p, policy) in policies.iter().enumerate() {
-            if matches!(policy, Policy::Pull(_)) {
+            if matches!(policy, Policy::Pull { .. }) {
                 continue;
             }
             let push_p99 = p99(p);

@@ -1,5 +1,5 @@
 //! Pull mode over real Redis, standalone and Cluster: pullers claim only
-//! what their slots allow, a request whose puller dies is finished by
+//! what their slots (and starting budget) allow, a request whose puller dies is finished by
 //! another with the client seeing one answer, a heartbeating puller keeps
 //! its request, and failures end a body with an error, never a clean end.
 #![cfg(feature = "redis")]
@@ -330,6 +330,85 @@ async fn a_puller_claims_only_with_a_free_slot() {
         .await
         .is_some()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_puller_with_a_starting_budget_waits_for_a_first_byte_not_for_a_slot() {
+    let client = test_support::shared::redis().client().await;
+    let prefix = test_support::shared::prefix("pull-starting");
+    let queue = queue(&client, &prefix, Duration::from_millis(300));
+    let meter = Meter::default();
+    let (first_byte, finish) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let service = {
+        let meter = meter.clone();
+        let (first_byte, finish) = (Arc::clone(&first_byte), Arc::clone(&finish));
+        service_fn(move |req: Request<Full<Bytes>>| {
+            let meter = meter.clone();
+            let (first_byte, finish) = (Arc::clone(&first_byte), Arc::clone(&finish));
+            async move {
+                let body = req.into_body().collect().await?.to_bytes();
+                // The head at once; the body when told (the first request).
+                Ok::<_, Infallible>(answer(&meter, move |mut tx| async move {
+                    if body == "first" {
+                        first_byte.notified().await;
+                        let _ = tx.send_data(Bytes::from_static(b"fir")).await;
+                        finish.notified().await;
+                        let _ = tx.send_data(Bytes::from_static(b"st")).await;
+                    } else {
+                        let _ = tx.send_data(body).await;
+                    }
+                }))
+            }
+        })
+    };
+    // Four slots, and a budget of one token: one request starting at once.
+    let _puller = Puller::new(queue.clone(), "only", 4, service)
+        .max_starting_tokens(1)
+        .spawn();
+
+    let first = tokio::spawn({
+        let queue = queue.clone();
+        async move { read(&queue, "first".into()).await }
+    });
+    let key = queue_key(&prefix);
+    assert!(
+        test_support::eventually_async(Duration::from_secs(5), || async { meter.calls() == 1 })
+            .await
+            .is_some(),
+        "the first request is called"
+    );
+    let second = tokio::spawn({
+        let queue = queue.clone();
+        async move { read(&queue, "second".into()).await }
+    });
+    assert!(
+        test_support::eventually_async(Duration::from_secs(5), || async {
+            xlen(&client, &key).await == 2
+        })
+        .await
+        .is_some(),
+        "the second request is enqueued"
+    );
+    // Several of the puller's read rounds: with free slots, it must still
+    // leave the second request while the first has no byte of its answer.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(pending(&client, &key).await, 1, "one request claimed");
+    assert_eq!(meter.calls(), 1, "the second isn't called");
+
+    // The first byte: the second is taken while the first still runs.
+    first_byte.notify_one();
+    let second = tokio::time::timeout(Duration::from_secs(5), second)
+        .await
+        .expect("the second answer once the first one answers")
+        .expect("the task")
+        .expect("an answer");
+    assert_eq!(second.2.expect("a body"), "second");
+    assert!(!first.is_finished(), "the first still runs");
+
+    finish.notify_one();
+    let first = first.await.expect("the task").expect("an answer");
+    assert_eq!(first.2.expect("a body"), "first");
+    assert_eq!(meter.calls(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,21 +3,24 @@
 
 use std::fmt;
 use std::future::{Future, poll_fn};
+use std::pin::Pin;
 use std::pin::pin;
 use std::sync::Arc;
-use std::task::Poll;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use fred::interfaces::StreamsInterface;
 use fred::types::Value;
 use http::{Request, Response};
-use http_body::Body;
+use http_body::{Body, Frame};
 use http_body_util::{BodyExt, Full};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio::time::Instant;
 use tower::{BoxError, Service};
+use tower_ai_core::llm::ChatRequest;
 use tower_ai_core::redis::Unavailable;
 
 use super::conn::Dedicated;
@@ -51,6 +54,7 @@ pub struct Puller<S> {
     queue: PullQueue,
     consumer: Arc<str>,
     slots: u32,
+    max_starting: Option<u64>,
     service: S,
 }
 
@@ -60,6 +64,7 @@ impl<S> fmt::Debug for Puller<S> {
             .field("queue", &self.queue)
             .field("consumer", &self.consumer)
             .field("slots", &self.slots)
+            .field("max_starting", &self.max_starting)
             .finish_non_exhaustive()
     }
 }
@@ -74,8 +79,28 @@ impl<S> Puller<S> {
             queue,
             consumer: Arc::from(consumer.into()),
             slots: slots.max(1),
+            max_starting: None,
             service,
         }
+    }
+
+    /// Takes a new request only while its requests still starting (called,
+    /// with no byte of their answer's body yet: an inference server's queue
+    /// and prefill) hold fewer than `tokens` prompt tokens, as estimated
+    /// from their bodies (a chat request's messages, else a token per 4
+    /// bytes). A request is taken whatever its size when none is starting.
+    ///
+    /// An endpoint busy with long prefills then leaves the next request in
+    /// the queue for whichever endpoint is free first, instead of taking it
+    /// into its own queue behind them: near saturation, the
+    /// time-to-first-token tail narrows. It suits streamed answers, whose
+    /// first byte is the first token; a whole answer's first byte is its
+    /// end, so unstreamed requests would be held back until others end.
+    /// Off by default (only `slots` limit the puller).
+    #[must_use]
+    pub fn max_starting_tokens(mut self, tokens: u64) -> Self {
+        self.max_starting = Some(tokens.max(1));
+        self
     }
 }
 
@@ -101,6 +126,7 @@ where
             Arc::clone(&self.queue.shared),
             self.consumer,
             self.slots,
+            self.max_starting,
             self.service,
         ));
         PullerHandle { task }
@@ -133,8 +159,13 @@ impl Drop for PullerHandle {
 
 /// The puller's main loop: a permit, then a recovered request or a new one.
 /// Its attempts live in a `JoinSet` it owns, so they stop with it.
-async fn pull<S, B>(shared: Arc<Shared>, consumer: Arc<str>, slots: u32, service: S)
-where
+async fn pull<S, B>(
+    shared: Arc<Shared>,
+    consumer: Arc<str>,
+    slots: u32,
+    max_starting: Option<u64>,
+    service: S,
+) where
     S: Service<Request<Full<Bytes>>, Response = Response<B>> + Clone + Send + 'static,
     S::Future: Send,
     S::Error: Into<BoxError>,
@@ -146,6 +177,7 @@ where
             .unwrap_or(usize::MAX)
             .min(Semaphore::MAX_PERMITS),
     ));
+    let starting = max_starting.map(|budget| Arc::new(Starting::new(budget)));
     let mut attempts = JoinSet::new();
     let mut connection: Option<Dedicated> = None;
     let mut group_ready = false;
@@ -156,8 +188,17 @@ where
     let degrade = &shared.degrade;
     loop {
         while attempts.try_join_next().is_some() {}
-        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+        let Ok(slot) = Arc::clone(&permits).acquire_owned().await else {
             return;
+        };
+        if let Some(starting) = &starting {
+            starting.room().await;
+        }
+        // Counted at once (its size once it's read), so the next round
+        // sees it.
+        let permit = Permits {
+            slot,
+            started: starting.clone().map(|starting| starting.enter(1)),
         };
         if !group_ready {
             match shared.create_group().await {
@@ -268,6 +309,94 @@ where
     }
 }
 
+/// What an attempt holds: a slot to its end, and (with
+/// [`Puller::max_starting_tokens`]) its place among the starting requests.
+struct Permits {
+    slot: OwnedSemaphorePermit,
+    started: Option<Started>,
+}
+
+/// The prompt tokens of a puller's requests still starting, against its
+/// budget.
+#[derive(Debug)]
+struct Starting {
+    budget: u64,
+    tokens: AtomicU64,
+    /// Wakes the puller's loop when a request stops starting.
+    freed: Notify,
+}
+
+impl Starting {
+    fn new(budget: u64) -> Self {
+        Self {
+            budget,
+            tokens: AtomicU64::new(0),
+            freed: Notify::new(),
+        }
+    }
+
+    /// Waits until the starting requests hold fewer tokens than the budget.
+    async fn room(&self) {
+        loop {
+            let freed = self.freed.notified();
+            if self.tokens.load(Ordering::Acquire) < self.budget {
+                return;
+            }
+            freed.await;
+        }
+    }
+
+    /// Counts `tokens` as starting until the guard is dropped.
+    fn enter(self: Arc<Self>, tokens: u64) -> Started {
+        self.tokens.fetch_add(tokens, Ordering::AcqRel);
+        Started {
+            starting: self,
+            tokens,
+        }
+    }
+}
+
+/// One request's tokens among the starting ones, until dropped.
+struct Started {
+    starting: Arc<Starting>,
+    tokens: u64,
+}
+
+impl Started {
+    /// Counts `tokens` instead.
+    fn set(&mut self, tokens: u64) {
+        if tokens > self.tokens {
+            self.starting
+                .tokens
+                .fetch_add(tokens - self.tokens, Ordering::AcqRel);
+        } else {
+            self.starting
+                .tokens
+                .fetch_sub(self.tokens - tokens, Ordering::AcqRel);
+            self.starting.freed.notify_one();
+        }
+        self.tokens = tokens;
+    }
+}
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        self.starting
+            .tokens
+            .fetch_sub(self.tokens, Ordering::AcqRel);
+        self.starting.freed.notify_one();
+    }
+}
+
+/// A request body's prompt tokens: a chat request's estimate, else a token
+/// per 4 bytes.
+fn prompt_tokens(body: &[u8]) -> u64 {
+    ChatRequest::from_json(body).map_or_else(
+        |_| (body.len() as u64).div_ceil(4),
+        |request| request.estimated_prompt_tokens(),
+    )
+}
+
 /// Waits between failed calls: while Redis is marked down, until its next
 /// probe; otherwise 50 ms doubling to 2 s.
 #[derive(Debug)]
@@ -375,7 +504,7 @@ async fn attempt<S, B>(
     consumer: Arc<str>,
     claimed: Claimed,
     service: S,
-    _permit: OwnedSemaphorePermit,
+    permits: Permits,
 ) where
     S: Service<Request<Full<Bytes>>, Response = Response<B>> + Send,
     S::Future: Send,
@@ -383,6 +512,10 @@ async fn attempt<S, B>(
     B: Body<Data = Bytes> + Send,
     B::Error: Into<BoxError>,
 {
+    let Permits {
+        slot: _slot,
+        mut started,
+    } = permits;
     let Claimed {
         entry_id,
         attempt,
@@ -413,9 +546,18 @@ async fn attempt<S, B>(
                 } else {
                     Ok(())
                 };
+                if let Some(started) = &mut started {
+                    started.set(prompt_tokens(request.body()));
+                }
                 match restarted {
                     Err(stop) => stop.outcome(),
-                    Ok(()) => race(serve(&writer, service, request), heartbeat(&writer)).await,
+                    Ok(()) => {
+                        race(
+                            serve(&writer, service, request, started),
+                            heartbeat(&writer),
+                        )
+                        .await
+                    }
                 }
             }
         }
@@ -431,7 +573,13 @@ fn outcome(written: Result<(), Stop>, done: &'static str) -> &'static str {
 }
 
 /// Calls the service and writes its answer: the head, the chunks, the end.
-async fn serve<S, B>(writer: &Writer<'_>, mut service: S, request: Request<Bytes>) -> &'static str
+/// `started` is let go at the body's first frame (or its end).
+async fn serve<S, B>(
+    writer: &Writer<'_>,
+    mut service: S,
+    request: Request<Bytes>,
+    mut started: Option<Started>,
+) -> &'static str
 where
     S: Service<Request<Full<Bytes>>, Response = Response<B>>,
     S::Error: Into<BoxError>,
@@ -458,12 +606,18 @@ where
     }
     let mut body = pin!(body);
     let mut offset = 0u64;
+    // A frame read while gathering data, to handle next.
+    let mut ahead: Option<Option<Result<Frame<Bytes>, BoxError>>> = None;
     loop {
-        let frame = body
-            .frame()
-            .await
-            .map(|frame| frame.map_err(Into::<BoxError>::into));
-        match frame {
+        let frame = match ahead.take() {
+            Some(frame) => frame,
+            None => body
+                .frame()
+                .await
+                .map(|frame| frame.map_err(Into::<BoxError>::into)),
+        };
+        drop(started.take());
+        let data = match frame {
             None => {
                 return outcome(
                     writer.put(Some(Kind::End), offset, Bytes::new()).await,
@@ -471,22 +625,60 @@ where
                 );
             }
             Some(Err(error)) => return outcome(writer.fail(offset, error).await, "error"),
-            Some(Ok(frame)) => {
-                // Trailers aren't carried.
-                let Ok(mut data) = frame.into_data() else {
-                    continue;
-                };
-                while !data.is_empty() {
-                    let piece = data.split_to(data.len().min(MAX_CHUNK));
-                    let len = piece.len() as u64;
-                    if let Err(stop) = writer.put(Some(Kind::Data), offset, piece).await {
-                        return stop.outcome();
-                    }
-                    offset += len;
-                }
+            // Trailers aren't carried.
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => data,
+                Err(_) => continue,
+            },
+        };
+        // What else the body has ready goes in the same write: one write a
+        // round trip, however fast the tokens come.
+        let mut data = gather(body.as_mut(), data, &mut ahead);
+        while !data.is_empty() {
+            let piece = data.split_to(data.len().min(MAX_CHUNK));
+            let len = piece.len() as u64;
+            if let Err(stop) = writer.put(Some(Kind::Data), offset, piece).await {
+                return stop.outcome();
+            }
+            offset += len;
+        }
+    }
+}
+
+/// `first`, then the data frames `body` has ready now, up to [`MAX_CHUNK`]
+/// bytes in all; a frame that isn't data (or the end) is left in `ahead`.
+fn gather<B>(
+    mut body: Pin<&mut B>,
+    first: Bytes,
+    ahead: &mut Option<Option<Result<Frame<Bytes>, BoxError>>>,
+) -> Bytes
+where
+    B: Body<Data = Bytes>,
+    B::Error: Into<BoxError>,
+{
+    let mut waker = Context::from_waker(Waker::noop());
+    let mut gathered: Option<BytesMut> = None;
+    let mut len = first.len();
+    while len < MAX_CHUNK {
+        let frame = match body.as_mut().poll_frame(&mut waker) {
+            Poll::Pending => break,
+            Poll::Ready(frame) => frame.map(|frame| frame.map_err(Into::<BoxError>::into)),
+        };
+        match frame {
+            Some(Ok(frame)) if frame.is_data() => {
+                let Ok(data) = frame.into_data() else { break };
+                len += data.len();
+                gathered
+                    .get_or_insert_with(|| BytesMut::from(&first[..]))
+                    .extend_from_slice(&data);
+            }
+            other => {
+                *ahead = Some(other);
+                break;
             }
         }
     }
+    gathered.map_or(first, BytesMut::freeze)
 }
 
 /// Heartbeats the attempt's request until the attempt no longer owns it.
