@@ -14,6 +14,9 @@ pub use tower_ai_balance as balance;
 #[cfg(feature = "cache")]
 #[doc(inline)]
 pub use tower_ai_cache as cache;
+#[cfg(feature = "context")]
+#[doc(inline)]
+pub use tower_ai_context as context;
 #[cfg(feature = "ratelimit")]
 #[doc(inline)]
 pub use tower_ai_ratelimit as ratelimit;
