@@ -24,9 +24,11 @@
 
 pub mod chat;
 mod eventually;
+pub mod postgres;
 #[cfg(feature = "http")]
 pub mod proxy;
 mod redis;
+pub mod search;
 pub mod shared;
 pub mod sse;
 #[cfg(feature = "tls")]

@@ -36,8 +36,13 @@
 //! # }
 //! ```
 
+pub mod durable;
+pub mod embed;
 mod index;
 mod memory;
+#[cfg(feature = "redis")]
+pub mod redis;
 
+pub use embed::{EmbedError, Embedder};
 pub use index::{BoxFuture, Hit, IndexError, Query, Record, VectorIndex};
 pub use memory::{MemoryIndex, MemoryIndexBuilder};

@@ -1,0 +1,1 @@
+//! Redis with vector search (being written).

@@ -1,0 +1,1 @@
+//! [`HttpEmbedder`]: (being written)

@@ -1,0 +1,1 @@
+//! The Redis vector search backend (being written).
