@@ -220,6 +220,8 @@ pub(crate) struct Recorder {
     plan: Plan,
     #[cfg(feature = "redis")]
     remote: Option<Remote>,
+    #[cfg(feature = "semantic")]
+    semantic: Option<crate::semantic::Probe>,
 }
 
 /// The Redis side of a recording.
@@ -261,6 +263,9 @@ pub(crate) struct RecordingParts {
     pub(crate) plan: Plan,
     #[cfg(feature = "redis")]
     pub(crate) remote: Option<Remote>,
+    /// Indexes the stored answer for semantic lookups.
+    #[cfg(feature = "semantic")]
+    pub(crate) semantic: Option<crate::semantic::Probe>,
 }
 
 impl Recorder {
@@ -281,6 +286,8 @@ impl Recorder {
             plan: parts.plan,
             #[cfg(feature = "redis")]
             remote: parts.remote,
+            #[cfg(feature = "semantic")]
+            semantic: parts.semantic,
         });
         #[cfg(feature = "redis")]
         if recorder.head.is_stream()
@@ -376,6 +383,10 @@ impl Recorder {
             .increment(entry.body.len() as u64);
         tracing::debug!(key = %self.key.short(), bytes = entry.body.len(), stream = entry.is_stream(), "cache: stored");
         self.store_remote(&entry);
+        #[cfg(feature = "semantic")]
+        if let Some(probe) = self.semantic.take() {
+            probe.index(self.key, self.plan.ttl);
+        }
         guard.finish(End::Stored(entry, Source::Upstream));
     }
 

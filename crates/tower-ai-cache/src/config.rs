@@ -39,6 +39,8 @@ pub(crate) struct Shared {
     pub(crate) flights: Arc<Flights>,
     #[cfg(feature = "redis")]
     pub(crate) l2: Option<Arc<crate::store::redis::L2>>,
+    #[cfg(feature = "semantic")]
+    pub(crate) semantic: Option<Arc<crate::semantic::SemanticCache>>,
 }
 
 impl Shared {

@@ -143,6 +143,8 @@ pub(crate) struct Status {
     pub(crate) fwd_status: Option<StatusCode>,
     pub(crate) key: Option<CacheKey>,
     pub(crate) detail: Option<&'static str>,
+    /// A semantic hit's cosine similarity.
+    pub(crate) similarity: Option<f32>,
 }
 
 impl Status {
@@ -154,6 +156,7 @@ impl Status {
             fwd_status: None,
             key: None,
             detail: None,
+            similarity: None,
         }
     }
 
@@ -186,6 +189,9 @@ impl Status {
         if let Some(detail) = self.detail {
             s.push_str("; detail=");
             s.push_str(detail);
+        }
+        if let Some(similarity) = self.similarity {
+            s.push_str(&format!("; similarity={similarity:.3}"));
         }
         s
     }

@@ -103,6 +103,8 @@ impl CacheLayer {
                 l1,
                 #[cfg(feature = "redis")]
                 l2,
+                #[cfg(feature = "semantic")]
+                semantic: b.semantic.map(Arc::new),
             }),
         }
     }
@@ -153,6 +155,8 @@ pub struct CacheBuilder {
     follow_timeout: Duration,
     #[cfg(feature = "redis")]
     redis: Option<RedisStore>,
+    #[cfg(feature = "semantic")]
+    semantic: Option<crate::semantic::SemanticCache>,
 }
 
 impl fmt::Debug for CacheBuilder {
@@ -193,6 +197,8 @@ impl CacheBuilder {
             follow_timeout: Duration::from_secs(120),
             #[cfg(feature = "redis")]
             redis: None,
+            #[cfg(feature = "semantic")]
+            semantic: None,
         }
     }
 
@@ -324,6 +330,14 @@ impl CacheBuilder {
     #[cfg(feature = "redis")]
     pub fn redis(mut self, store: RedisStore) -> Self {
         self.redis = Some(store);
+        self
+    }
+
+    /// The semantic cache of the routes marked
+    /// [`Route::semantic`](crate::Route::semantic) (feature `semantic`).
+    #[cfg(feature = "semantic")]
+    pub fn semantic(mut self, semantic: crate::semantic::SemanticCache) -> Self {
+        self.semantic = Some(semantic);
         self
     }
 

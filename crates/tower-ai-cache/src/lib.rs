@@ -56,6 +56,13 @@
 //!   matches gets no `Cache-Status`.
 //! - **Invalidation** ([`CacheHandle`]): by key or by [`CacheTag`] (a model, a
 //!   tenant, a route), across replicas through Redis pub/sub.
+//! - **Semantic** (feature `semantic`, [`SemanticCache`]): on a route marked
+//!   [`Route::semantic`], a chat request whose exact key misses is looked up
+//!   by the embedding of its last user turn, among the answers to requests
+//!   identical in everything else (same tenant, model, parameters and
+//!   earlier turns); it answers at a cosine similarity of 0.95 or more, when
+//!   the [`HitGuard`] accepts the two questions (by default, not when only
+//!   one is negated), with `detail=semantic; similarity=…`.
 //! - **Metrics** (`tower_ai_cache_*`, labelled by route): `hits_total`
 //!   (`layer`), `misses_total`, `collapsed_total`, `stores_total`,
 //!   `bypasses_total` (`reason`), `not_stored_total` (`reason`),
@@ -151,6 +158,8 @@ mod miss;
 mod remote;
 mod respond;
 mod route;
+#[cfg(feature = "semantic")]
+mod semantic;
 mod service;
 mod store;
 mod tag;
@@ -162,6 +171,8 @@ pub use crate::key::{CacheKey, IgnoreList, KeyScope, canonical_json};
 pub use crate::layer::{CacheBuilder, CacheLayer};
 pub use crate::respond::FromCache;
 pub use crate::route::Route;
+#[cfg(feature = "semantic")]
+pub use crate::semantic::{HitGuard, NegationGuard, SemanticCache};
 pub use crate::service::Cache;
 #[cfg(feature = "redis")]
 pub use crate::store::redis::{RedisStore, RedisStoreBuilder};

@@ -188,6 +188,14 @@ where
 {
     let directives = ctx.directives;
     let route = ctx.route;
+    #[cfg(feature = "semantic")]
+    let mut probe = if bypassed {
+        None
+    } else {
+        crate::semantic::Probe::new(&ctx.shared, route, &ctx.parts, &ctx.scope, &ctx.bytes)
+    };
+    #[cfg(not(feature = "semantic"))]
+    let probe = Semantic;
     if bypassed {
         metrics::counter!("tower_ai_cache_bypasses_total", "route" => ctx.label(), "reason" => "nondeterministic")
             .increment(1);
@@ -201,7 +209,7 @@ where
             .increment(1);
         let guard = ctx.shared.flights.detached();
         let lock = unlocked(&ctx);
-        return lead(&ctx, inner, guard, lock, Outcome::Request, None).await;
+        return lead(&ctx, inner, guard, lock, Outcome::Request, None, probe).await;
     }
 
     let mut stale: Option<Arc<Entry>> = None;
@@ -238,6 +246,17 @@ where
                 }
             }
         };
+
+        // Then the same question in other words (once).
+        #[cfg(feature = "semantic")]
+        if !retried
+            && let Some(probe) = probe.as_mut()
+            && let Some((key, entry, left, similarity)) = probe
+                .lookup(&ctx.shared, |entry| directives.accepts(entry))
+                .await
+        {
+            return Ok(semantic_hit(&ctx, key, &entry, left, similarity));
+        }
 
         let guard = match ctx.shared.flights.join(ctx.key) {
             Join::Follow(flight) => match follow(&ctx, &flight).await {
@@ -281,8 +300,43 @@ where
                 .for_request::<ResBody, _>(&Request::from_parts(ctx.parts.clone(), ()))
                 .map(CacheBody::from_response_body));
         }
-        return lead(&ctx, inner, guard, lock, Outcome::Miss, stale).await;
+        return lead(&ctx, inner, guard, lock, Outcome::Miss, stale, probe).await;
     }
+}
+
+/// What a request takes to its recording for the semantic index: nothing
+/// without the feature.
+#[cfg(not(feature = "semantic"))]
+#[derive(Clone, Copy)]
+struct Semantic;
+
+#[cfg(feature = "semantic")]
+type Semantic = Option<crate::semantic::Probe>;
+
+/// The answer stored for the same question in other words.
+#[cfg(feature = "semantic")]
+fn semantic_hit<B>(
+    ctx: &Ctx,
+    key: CacheKey,
+    entry: &Entry,
+    left: Duration,
+    similarity: f32,
+) -> Response<CacheBody<B>> {
+    metrics::counter!("tower_ai_cache_hits_total", "route" => ctx.label(), "layer" => "semantic")
+        .increment(1);
+    if entry.tokens > 0 {
+        metrics::counter!("tower_ai_cache_tokens_saved_total", "route" => ctx.label())
+            .increment(entry.tokens);
+    }
+    tracing::debug!(route = %ctx.rule().name, key = %key.short(), similarity, "cache: semantic hit");
+    let mut status = Status::new(Outcome::Hit);
+    status.ttl = Some(secs(left));
+    status.detail = Some("semantic");
+    status.similarity = Some(similarity);
+    if ctx.shared.expose_key {
+        status.key = Some(key);
+    }
+    answer(&ctx.shared, key, entry, status)
 }
 
 /// A refresh stores its answer in L2 too, without taking the lock.
@@ -416,12 +470,15 @@ async fn lead<S, ReqBody, ResBody>(
     lock: RemoteLock,
     outcome: Outcome,
     stale: Option<Arc<Entry>>,
+    semantic: Semantic,
 ) -> Result<Response<CacheBody<ResBody>>, S::Error>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     ReqBody: From<Bytes>,
     ResBody: Body<Data = Bytes>,
 {
+    #[cfg(not(feature = "semantic"))]
+    let Semantic = semantic;
     metrics::counter!("tower_ai_cache_misses_total", "route" => ctx.label()).increment(1);
     let result = inner.call(ctx.request()).await;
     if let Some(res) = stale_instead(ctx, &result, stale) {
@@ -477,6 +534,8 @@ where
             RemoteLock::Held(l2, owner) => Some(crate::body::Remote::new(l2, owner)),
             RemoteLock::None => None,
         },
+        #[cfg(feature = "semantic")]
+        semantic,
     });
     if body.is_end_stream() {
         // An empty body is never polled: it ends here.

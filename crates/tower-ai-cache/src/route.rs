@@ -38,6 +38,10 @@ pub struct Route {
     public: bool,
     deterministic_only: bool,
     store_length: bool,
+    #[cfg(feature = "semantic")]
+    semantic: bool,
+    #[cfg(feature = "semantic")]
+    similarity: Option<f32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +80,10 @@ impl Route {
             public: false,
             deterministic_only: false,
             store_length: true,
+            #[cfg(feature = "semantic")]
+            semantic: false,
+            #[cfg(feature = "semantic")]
+            similarity: None,
         }
     }
 
@@ -147,6 +155,25 @@ impl Route {
         self
     }
 
+    /// Answers a chat request whose last user turn says the same as a
+    /// stored one's in other words (feature `semantic`; needs
+    /// [`CacheBuilder::semantic`](crate::CacheBuilder::semantic)); see
+    /// [`SemanticCache`](crate::SemanticCache).
+    #[cfg(feature = "semantic")]
+    pub fn semantic(mut self) -> Self {
+        self.semantic = true;
+        self
+    }
+
+    /// [`semantic`](Self::semantic), answering from a cosine similarity of
+    /// `similarity` up (instead of the cache's).
+    #[cfg(feature = "semantic")]
+    pub fn similarity(mut self, similarity: f32) -> Self {
+        self.semantic = true;
+        self.similarity = Some(similarity);
+        self
+    }
+
     pub(crate) fn resolve(self, defaults: &RouteDefaults) -> Result<RouteRule, ConfigError> {
         let name: Arc<str> = match self.name {
             Some(name) => name,
@@ -177,6 +204,10 @@ impl Route {
             public: self.public || defaults.public,
             deterministic_only: self.deterministic_only,
             store_length: self.store_length,
+            #[cfg(feature = "semantic")]
+            semantic: self.semantic,
+            #[cfg(feature = "semantic")]
+            similarity: self.similarity,
         })
     }
 }
@@ -201,6 +232,10 @@ pub(crate) struct RouteRule {
     pub(crate) deterministic_only: bool,
     pub(crate) store_length: bool,
     pub(crate) tag: TagId,
+    #[cfg(feature = "semantic")]
+    pub(crate) semantic: bool,
+    #[cfg(feature = "semantic")]
+    pub(crate) similarity: Option<f32>,
 }
 
 impl RouteRule {
