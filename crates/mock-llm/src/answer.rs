@@ -125,9 +125,45 @@ pub fn simulated_prompt(request: &Value) -> Option<String> {
 }
 
 /// The vector `POST /v1/embeddings` returns for `input` with `dimensions` (the route's default
-/// is 16): values from a PRNG seeded with a hash of the text, scaled to unit length. It depends
-/// on the text alone, not on the model. A token-id input `[1, 2, 3]` is embedded as the text
-/// `"1 2 3"`.
+/// is 16): a unit vector that depends on the text alone, not on the model. A token-id input
+/// `[1, 2, 3]` is embedded as the text `"1 2 3"`. Computed in `f64`, sent as `f32`.
+///
+/// * **Bag of words** (the default). The text's words are its whitespace-separated pieces,
+///   lowercased, with every character that is not alphanumeric removed (`"Tower-AI,"` is
+///   `towerai`; a piece left empty is no word). Each word has a fixed unit vector (values from a
+///   PRNG seeded with the word's hash); the text's vector is their sum, normalized. So word
+///   order, case and punctuation don't matter (`"The fox jumps."` and `"jumps the FOX"` get the
+///   same vector), and texts that share most of their words are close. A text without words
+///   (`"?!"`) gets a vector seeded with its own hash.
+/// * **`{{embed:KEY}}`**, anywhere in the text: the unit vector of `KEY`, whatever the rest of
+///   the text says. Texts with the same key get the same vector; two keys get unrelated ones.
+/// * **`{{embed:KEY~SIM~SALT}}`**: a unit vector whose cosine with `KEY`'s vector is exactly
+///   `SIM` (a number from -1 to 1, to within 1e-6 after the `f32` rounding):
+///   `SIM·u + sqrt(1 − SIM²)·w`, `u` being `KEY`'s vector and `w` `SALT`'s vector (the vector
+///   of `{{embed:SALT}}`) made orthogonal to `u` and normalized. Different salts at the same
+///   similarity give different vectors; the same salt, the same vector. With one dimension
+///   there is no room for a salt: the vector is `KEY`'s, or its opposite for a negative `SIM`.
+///
+/// `KEY` is any non-empty text without `~` and `}}`; `SALT` any non-empty text without `~`
+/// and `}}`. Only the first `{{embed:` of a text counts; if it does not start a directive of
+/// one of these two shapes, the route refuses the request with `400` (this function then
+/// falls back to the bag of words).
+///
+/// ```
+/// let cosine = |a: &[f32], b: &[f32]| -> f64 {
+///     a.iter().zip(b).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum()
+/// };
+/// let question = mock_llm::embedding("{{embed:refunds}} How do I get my money back?", 64);
+/// let passage = mock_llm::embedding("{{embed:refunds~0.96~policy}} Refunds take 5 days.", 64);
+/// let other = mock_llm::embedding("{{embed:refunds~0.96~faq}}", 64);
+/// assert!((cosine(&question, &passage) - 0.96).abs() < 1e-6);
+/// assert!((cosine(&question, &other) - 0.96).abs() < 1e-6);
+/// assert_ne!(passage, other);
+/// assert_eq!(
+///     mock_llm::embedding("The quick fox.", 16),
+///     mock_llm::embedding("fox QUICK the", 16),
+/// );
+/// ```
 ///
 /// With `encoding_format: "base64"` the route sends the base64 of these `f32`s, little-endian.
 pub fn embedding(input: &str, dimensions: usize) -> Vec<f32> {

@@ -12,7 +12,7 @@ use serde_json::Value;
 use crate::MockLlm;
 use crate::admit::{Admitted, Generating, generate};
 use crate::error::{AnthropicError, AnthropicErrorDetail, Dialect};
-use crate::generate::{self, Generated, TOKENS_PER_MESSAGE};
+use crate::generate::{self, ECHO_SEPARATOR, Generated, TOKENS_PER_MESSAGE};
 use crate::stats::Endpoint;
 use crate::stream::{self, ERROR_EVENT_MESSAGE, Ending};
 
@@ -33,6 +33,12 @@ pub(crate) struct MessagesRequest {
 impl MessagesRequest {
     /// Reads a request body; `Err` carries the message of the 400.
     pub(crate) fn parse(value: &Value) -> Result<Self, String> {
+        Self::parse_with(value, false)
+    }
+
+    /// [`parse`](Self::parse), answering with the echo of `system` when `echo_system` is set
+    /// (see [`Config::echo_system`](crate::Config::echo_system)).
+    pub(crate) fn parse_with(value: &Value, echo_system: bool) -> Result<Self, String> {
         let object = generate::object(value)?;
         let model = generate::model(object)?;
         let max_tokens = generate::limit(object, "max_tokens")?
@@ -43,7 +49,8 @@ impl MessagesRequest {
             None => return Err("messages: Field required".to_owned()),
         };
         let mut input_tokens = generate::messages_tokens(messages, &["text"])?;
-        match object.get("system") {
+        let system = object.get("system");
+        match system {
             None | Some(Value::Null) => {}
             Some(system @ (Value::String(_) | Value::Array(_))) => {
                 input_tokens +=
@@ -53,9 +60,14 @@ impl MessagesRequest {
                 return Err("system: Input should be a string or a list of text blocks".to_owned());
             }
         }
+        let answer = if echo_system {
+            Generated::echo(object, &NOT_HASHED, &system_text(system), Some(max_tokens))
+        } else {
+            Generated::new(object, &NOT_HASHED, Some(max_tokens))
+        };
         Ok(Self {
             stream: generate::flag(object, "stream")?,
-            answer: Generated::new(object, &NOT_HASHED, Some(max_tokens)),
+            answer,
             input_tokens,
             model,
         })
@@ -102,14 +114,32 @@ struct Usage {
     output_tokens: u64,
 }
 
+/// The text of a (valid) `system` field: a string itself, or the `text` of each of its blocks
+/// of type `text`, joined with [`ECHO_SEPARATOR`]; nothing when there is none.
+fn system_text(system: Option<&Value>) -> String {
+    match system {
+        Some(Value::String(text)) => text.clone(),
+        Some(Value::Array(blocks)) => {
+            let texts: Vec<&str> = blocks
+                .iter()
+                .filter(|block| block.get("type").and_then(Value::as_str) == Some("text"))
+                .filter_map(|block| block.get("text").and_then(Value::as_str))
+                .collect();
+            texts.join(ECHO_SEPARATOR)
+        }
+        _ => String::new(),
+    }
+}
+
 /// `POST /v1/messages`.
 pub(crate) async fn messages(State(mock): State<MockLlm>, request: Request) -> Response {
+    let echo_system = mock.config().echo_system;
     generate(
         &mock,
         Endpoint::Messages,
         Dialect::Anthropic,
         request,
-        MessagesRequest::parse,
+        |value| MessagesRequest::parse_with(value, echo_system),
         plan,
         |request, _| {
             let id = request.id();

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use crate::admit::{Admitted, Generating, generate};
 use crate::error::Dialect;
-use crate::generate::{self, Generated};
+use crate::generate::{self, ECHO_SEPARATOR, Generated};
 use crate::stats::Endpoint;
 use crate::stream::{self, ERROR_EVENT_MESSAGE, Ending};
 use crate::wire::{
@@ -44,6 +44,12 @@ pub(crate) struct ChatRequest {
 impl ChatRequest {
     /// Reads a request body; `Err` carries the message of the 400.
     pub(crate) fn parse(value: &Value) -> Result<Self, String> {
+        Self::parse_with(value, false)
+    }
+
+    /// [`parse`](Self::parse), answering with the echo of the system messages when
+    /// `echo_system` is set (see [`Config::echo_system`](crate::Config::echo_system)).
+    pub(crate) fn parse_with(value: &Value, echo_system: bool) -> Result<Self, String> {
         let object = generate::object(value)?;
         let model = generate::model(object)?;
         let messages = match object.get("messages") {
@@ -60,11 +66,16 @@ impl ChatRequest {
             Some(max) => Some(max),
             None => generate::limit(object, "max_tokens")?,
         };
+        let answer = if echo_system {
+            Generated::echo(object, &NOT_HASHED, &system_text(messages), max_tokens)
+        } else {
+            Generated::new(object, &NOT_HASHED, max_tokens)
+        };
         Ok(Self {
             model,
             stream,
             include_usage,
-            answer: Generated::new(object, &NOT_HASHED, max_tokens),
+            answer,
             prompt_tokens,
             simulated_prompt,
         })
@@ -96,14 +107,31 @@ fn simulated_prompt(messages: &[Value]) -> String {
     texts.join("\n")
 }
 
+/// The content text of every message whose role is `system` or `developer`, in order, joined
+/// with [`ECHO_SEPARATOR`].
+fn system_text(messages: &[Value]) -> String {
+    let texts: Vec<String> = messages
+        .iter()
+        .filter(|message| {
+            message
+                .get("role")
+                .and_then(Value::as_str)
+                .is_some_and(|role| role == "system" || role == "developer")
+        })
+        .map(|message| generate::content_text(message.get("content"), &["text"]))
+        .collect();
+    texts.join(ECHO_SEPARATOR)
+}
+
 /// `POST /v1/chat/completions`.
 pub(crate) async fn chat_completions(State(mock): State<MockLlm>, request: Request) -> Response {
+    let echo_system = mock.config().echo_system;
     generate(
         &mock,
         Endpoint::Chat,
         Dialect::OpenAi,
         request,
-        ChatRequest::parse,
+        |value| ChatRequest::parse_with(value, echo_system),
         plan,
         |request, cached_tokens| {
             let id = request.id();

@@ -62,6 +62,9 @@ impl EmbeddingRequest {
         if let Some(index) = inputs.iter().position(String::is_empty) {
             return Err(format!("Invalid 'input[{index}]': it must not be empty."));
         }
+        for (index, text) in inputs.iter().enumerate() {
+            check_directive(text).map_err(|message| format!("'input[{index}]': {message}"))?;
+        }
         let encoding = match object.get("encoding_format") {
             None | Some(Value::Null) => Encoding::Float,
             Some(Value::String(format)) if format == "float" => Encoding::Float,
@@ -96,28 +99,171 @@ impl EmbeddingRequest {
     }
 }
 
-/// The embedding of `text`: `dimensions` values from a PRNG seeded with the text's hash,
-/// scaled to unit length. A shorter vector of the same text is a prefix of a longer one before
-/// scaling.
-pub(crate) fn embedding(text: &str, dimensions: usize) -> Vec<f32> {
-    let mut rng = SplitMix64(generate::text_hash(text));
-    // The top 24 bits, exact in an f32, spread over [-1, 1).
-    let mut vector: Vec<f32> = (0..dimensions)
-        .map(|_| (rng.next() >> 40) as f32 / (1u32 << 23) as f32 - 1.0)
-        .collect();
-    let norm = vector
-        .iter()
-        .map(|x| f64::from(*x) * f64::from(*x))
-        .sum::<f64>()
-        .sqrt();
-    if norm > 0.0 {
-        for x in &mut vector {
-            *x = (f64::from(*x) / norm) as f32;
+/// Where a control directive starts.
+const DIRECTIVE_OPEN: &str = "{{embed:";
+/// Where it ends.
+const DIRECTIVE_CLOSE: &str = "}}";
+
+/// A control directive: the vector of `key`, or one at cosine `similarity` from it in the
+/// direction `salt` picks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Directive<'a> {
+    key: &'a str,
+    near: Option<(f64, &'a str)>,
+}
+
+/// The first control directive of `text`: `Ok(None)` if it has none, `Err` (the message of the
+/// 400) if `{{embed:` starts one that is not `{{embed:KEY}}` or `{{embed:KEY~SIM~SALT}}`.
+fn directive(text: &str) -> Result<Option<Directive<'_>>, String> {
+    let Some(open) = text.find(DIRECTIVE_OPEN) else {
+        return Ok(None);
+    };
+    let rest = &text[open + DIRECTIVE_OPEN.len()..];
+    let invalid = |why: &str| {
+        format!(
+            "Invalid embed directive: {why} (expected '{{{{embed:KEY}}}}' or \
+             '{{{{embed:KEY~SIMILARITY~SALT}}}}')."
+        )
+    };
+    let Some(close) = rest.find(DIRECTIVE_CLOSE) else {
+        return Err(invalid("no closing '}}'"));
+    };
+    let body = &rest[..close];
+    let mut parts = body.split('~');
+    let key = parts.next().unwrap_or_default();
+    if key.is_empty() {
+        return Err(invalid("the key is empty"));
+    }
+    let near = match (parts.next(), parts.next(), parts.next()) {
+        (None, _, _) => None,
+        (Some(similarity), Some(salt), None) => {
+            let similarity = similarity
+                .trim()
+                .parse::<f64>()
+                .ok()
+                .filter(|s| (-1.0..=1.0).contains(s))
+                .ok_or_else(|| invalid("the similarity is not a number from -1 to 1"))?;
+            if salt.is_empty() {
+                return Err(invalid("the salt is empty"));
+            }
+            Some((similarity, salt))
         }
-    } else if let Some(first) = vector.first_mut() {
-        *first = 1.0;
+        _ => return Err(invalid("expected a key, or a key, a similarity and a salt")),
+    };
+    Ok(Some(Directive { key, near }))
+}
+
+/// Checks the control directive of `text`, if any; `Err` is the message of the 400.
+pub(crate) fn check_directive(text: &str) -> Result<(), String> {
+    directive(text).map(|_| ())
+}
+
+/// The embedding of `text`, as [`crate::embedding`] documents it.
+pub(crate) fn embedding(text: &str, dimensions: usize) -> Vec<f32> {
+    if dimensions == 0 {
+        return Vec::new();
+    }
+    let vector = match directive(text) {
+        Ok(Some(directive)) => directed(directive, dimensions),
+        Ok(None) | Err(_) => bag_of_words(text, dimensions),
+    };
+    vector.into_iter().map(|x| x as f32).collect()
+}
+
+/// The vector a directive asks for.
+fn directed(directive: Directive<'_>, dimensions: usize) -> Vec<f64> {
+    let key = unit_vector(&["key", directive.key], dimensions);
+    let Some((similarity, salt)) = directive.near else {
+        return key;
+    };
+    // The salt's own vector, less its component along the key's; if that leaves nothing (the
+    // salt is the key, or by chance), further vectors of the salt are tried.
+    let orthogonal = (0..16u32).find_map(|attempt| {
+        let attempt = attempt.to_string();
+        let parts: &[&str] = if attempt == "0" {
+            &["key", salt]
+        } else {
+            &["salt", salt, &attempt]
+        };
+        let mut w = unit_vector(parts, dimensions);
+        let along = dot(&w, &key);
+        for (w, k) in w.iter_mut().zip(&key) {
+            *w -= along * k;
+        }
+        let norm = dot(&w, &w).sqrt();
+        (norm > 1e-6).then(|| w.into_iter().map(|x| x / norm).collect::<Vec<f64>>())
+    });
+    match orthogonal {
+        Some(w) => {
+            let across = (1.0 - similarity * similarity).max(0.0).sqrt();
+            key.iter()
+                .zip(&w)
+                .map(|(k, w)| similarity * k + across * w)
+                .collect()
+        }
+        // One dimension has no direction apart from the key's: the nearest vector is the
+        // key's, or its opposite.
+        None if similarity < 0.0 => key.into_iter().map(|k| -k).collect(),
+        None => key,
+    }
+}
+
+/// The normalized sum of the words' vectors; a text without words gets a vector of its own.
+fn bag_of_words(text: &str, dimensions: usize) -> Vec<f64> {
+    let mut sum = vec![0.0; dimensions];
+    let mut any = false;
+    for word in text.split_whitespace() {
+        let word: String = word
+            .chars()
+            .filter(|c| c.is_alphanumeric())
+            .flat_map(char::to_lowercase)
+            .collect();
+        if word.is_empty() {
+            continue;
+        }
+        any = true;
+        for (sum, x) in sum
+            .iter_mut()
+            .zip(unit_vector(&["word", &word], dimensions))
+        {
+            *sum += x;
+        }
+    }
+    if !any {
+        return unit_vector(&["text", text], dimensions);
+    }
+    normalized(sum, dimensions)
+}
+
+/// A deterministic unit vector named by `parts`: values from a PRNG seeded with their hash,
+/// scaled to unit length.
+fn unit_vector(parts: &[&str], dimensions: usize) -> Vec<f64> {
+    let mut rng = SplitMix64(generate::texts_hash(parts));
+    // The top 53 bits, exact in an f64, spread over [-1, 1).
+    let vector = (0..dimensions)
+        .map(|_| (rng.next() >> 11) as f64 / (1u64 << 52) as f64 - 1.0)
+        .collect();
+    normalized(vector, dimensions)
+}
+
+/// `vector` scaled to unit length; the first axis if it is zero.
+fn normalized(mut vector: Vec<f64>, dimensions: usize) -> Vec<f64> {
+    let norm = dot(&vector, &vector).sqrt();
+    if norm > 1e-12 {
+        for x in &mut vector {
+            *x /= norm;
+        }
+    } else {
+        vector = vec![0.0; dimensions];
+        if let Some(first) = vector.first_mut() {
+            *first = 1.0;
+        }
     }
     vector
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(a, b)| a * b).sum()
 }
 
 #[derive(Debug, Serialize)]

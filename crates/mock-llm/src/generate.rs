@@ -82,12 +82,14 @@ pub(crate) const MAX_TOKENS: u64 = 40;
 /// Estimated prompt tokens added per message (role and framing).
 pub(crate) const TOKENS_PER_MESSAGE: u64 = 4;
 
-/// The words of one answer, already cut at the request's limit.
+/// The tokens of one answer, already cut at the request's limit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Generated {
     /// The request hash: seeds the words and names the answer (`chatcmpl-<hash>`, ...).
     pub(crate) hash: u64,
-    pub(crate) words: Vec<&'static str>,
+    /// The tokens, each sent as one chunk: a word with its leading space, or a piece of an
+    /// [echoed](Self::echo) text.
+    tokens: Vec<String>,
     /// The limit cut the answer short.
     pub(crate) truncated: bool,
 }
@@ -103,38 +105,80 @@ impl Generated {
         let hash = request_hash(object, not_hashed);
         let mut rng = SplitMix64(hash);
         let len = MIN_TOKENS + rng.next() % (MAX_TOKENS - MIN_TOKENS + 1);
-        let mut words: Vec<&'static str> = (0..len)
-            .map(|_| WORDS[(rng.next() % WORDS.len() as u64) as usize])
+        let tokens = (0..len)
+            .map(|_| format!(" {}", WORDS[(rng.next() % WORDS.len() as u64) as usize]))
             .collect();
+        Self::cut(hash, tokens, max_tokens)
+    }
+
+    /// An answer whose text is `text` itself (the echo of the system messages), named by the
+    /// hash of the request `object` as [`new`](Self::new) names it, cut at `max_tokens`. Its
+    /// tokens are the [`echo_tokens`] of the text.
+    pub(crate) fn echo(
+        object: &Map<String, Value>,
+        not_hashed: &[&str],
+        text: &str,
+        max_tokens: Option<u64>,
+    ) -> Self {
+        let hash = request_hash(object, not_hashed);
+        Self::cut(hash, echo_tokens(text), max_tokens)
+    }
+
+    fn cut(hash: u64, mut tokens: Vec<String>, max_tokens: Option<u64>) -> Self {
         let mut truncated = false;
         if let Some(max) = max_tokens
-            && max < len
+            && max < tokens.len() as u64
         {
-            words.truncate(usize::try_from(max).unwrap_or(usize::MAX));
+            tokens.truncate(usize::try_from(max).unwrap_or(usize::MAX));
             truncated = true;
         }
         Self {
             hash,
-            words,
+            tokens,
             truncated,
         }
     }
 
-    /// The tokens: each word with its leading space.
+    /// The tokens: each word with its leading space (or each piece of an echoed text).
     pub(crate) fn tokens(&self) -> impl Iterator<Item = String> + '_ {
-        self.words.iter().map(|word| format!(" {word}"))
+        self.tokens.iter().cloned()
     }
 
     /// The whole text: the tokens concatenated.
     pub(crate) fn text(&self) -> String {
-        self.tokens().collect()
+        self.tokens.concat()
     }
 
     /// Tokens in the answer.
     pub(crate) fn output_tokens(&self) -> u64 {
-        self.words.len() as u64
+        self.tokens.len() as u64
     }
 }
+
+/// Splits `text` into the tokens of an echoed answer: a new token starts wherever whitespace
+/// follows a non-whitespace character, so each token is a run of whitespace and the word
+/// after it (the first may have no whitespace, the last may be whitespace only), and the
+/// tokens concatenated are `text` exactly. An empty text has no tokens.
+pub(crate) fn echo_tokens(text: &str) -> Vec<String> {
+    let mut tokens = Vec::new();
+    let mut start = 0;
+    let mut previous_is_space = true;
+    for (index, c) in text.char_indices() {
+        let is_space = c.is_whitespace();
+        if is_space && !previous_is_space && index > start {
+            tokens.push(text[start..index].to_owned());
+            start = index;
+        }
+        previous_is_space = is_space;
+    }
+    if start < text.len() {
+        tokens.push(text[start..].to_owned());
+    }
+    tokens
+}
+
+/// The separator between two echoed system messages.
+pub(crate) const ECHO_SEPARATOR: &str = "\n---\n";
 
 /// The request body as an object.
 pub(crate) fn object(value: &Value) -> Result<&Map<String, Value>, String> {
@@ -283,10 +327,12 @@ pub(crate) fn messages_tokens(messages: &[Value], text_types: &[&str]) -> Result
     Ok(tokens)
 }
 
-/// FNV-1a of one string: the seed of an embedding.
-pub(crate) fn text_hash(text: &str) -> u64 {
+/// FNV-1a of a list of strings (each length-prefixed): the seed of an embedding vector.
+pub(crate) fn texts_hash(parts: &[&str]) -> u64 {
     let mut hasher = Fnv1a::new();
-    hasher.string(text);
+    for part in parts {
+        hasher.string(part);
+    }
     hasher.0
 }
 

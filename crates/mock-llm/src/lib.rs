@@ -13,7 +13,7 @@
 //! |---|---|
 //! | `POST /v1/chat/completions` | the chat completion, JSON or SSE (`chat.completion.chunk`s, then `[DONE]`) |
 //! | `POST /v1/completions` | the legacy text completion, JSON or SSE (`text_completion` chunks, then `[DONE]`) |
-//! | `POST /v1/embeddings` | deterministic unit vectors ([`embedding`]), as floats or base64 |
+//! | `POST /v1/embeddings` | deterministic unit vectors ([`embedding`]): a bag of words, or exactly the similarity a `{{embed:…}}` directive asks for; as floats or base64 |
 //! | `POST /v1/responses` | the Responses API: a `response` object, or its named events up to `response.completed` (`response.incomplete` when cut) |
 //! | `POST /v1/messages` | Anthropic's Messages API: a `message`, or its named events up to `message_stop`; errors in Anthropic's shape |
 //! | `GET /v1/models` | a fixed list of model ids (every route accepts any model name) |
@@ -66,6 +66,36 @@
 //! mock.set_fault(Fault { fail_rate: 0.5, ..Fault::default() });
 //! assert_eq!(mock.stats().streams_cancelled, 0);
 //! assert_eq!(mock.endpoints().messages, 0);
+//! # Ok(()) }
+//! ```
+//!
+//! # Echoing the system messages
+//!
+//! With [`Config::echo_system`] set, chat completions and Anthropic messages answer with the
+//! system messages the request carried instead of generated words, so a test can prove what a
+//! layer in front of the mock injected:
+//!
+//! * `POST /v1/chat/completions`: the content of every message whose role is `system` or
+//!   `developer` (a string, or its `text` parts concatenated), in order, joined with
+//!   `"\n---\n"`.
+//! * `POST /v1/messages`: the `system` field (a string, or the `text` of each of its text
+//!   blocks, joined with `"\n---\n"`).
+//! * No system message: the answer is empty.
+//!
+//! Streamed or not, the answer is the same; a stream sends it as the usual chunks, one token
+//! per piece of text that starts where whitespace follows a word (`"Be brief.\n---\nCite"` is
+//! `"Be"`, `" brief."`, `"\n---"`, `"\nCite"`), so the pieces concatenated are the text
+//! exactly. Those pieces are the output tokens: `max_tokens` cuts them as usual, and the usage
+//! counts them. The other routes (completions, responses) and [`answer_for`] are unaffected.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! use mock_llm::{Config, MockLlm};
+//!
+//! let mock = MockLlm::spawn("127.0.0.1:0", Config { echo_system: true, ..Config::default() })
+//!     .await?;
+//! // A chat request with messages [system "Be brief.", user "Hi", system "Cite sources."]
+//! // is answered "Be brief.\n---\nCite sources.".
 //! # Ok(()) }
 //! ```
 //!
@@ -165,6 +195,11 @@ pub struct Config {
     /// [simulate mode](crate#simulate-mode)), and its metrics on `GET /metrics`. Default
     /// `None`: paced by `token_delay`, no `/metrics`.
     pub simulate: Option<SimConfig>,
+    /// Answer every chat completion and every Anthropic message with the system messages the
+    /// request carried instead of the generated words, so a test can see what a layer in front
+    /// of the mock injected (see [echoing the system messages](crate#echoing-the-system-messages)).
+    /// Default `false`.
+    pub echo_system: bool,
 }
 
 impl Default for Config {
@@ -173,6 +208,7 @@ impl Default for Config {
             token_delay: Duration::from_millis(20),
             fault: Fault::default(),
             simulate: None,
+            echo_system: false,
         }
     }
 }

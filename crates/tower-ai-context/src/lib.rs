@@ -38,11 +38,18 @@
 
 pub mod durable;
 pub mod embed;
+mod fit;
 mod index;
+mod layer;
 mod memory;
 #[cfg(feature = "redis")]
 pub mod redis;
+mod retrieve;
+mod sources;
 
-pub use embed::{EmbedError, Embedder};
+pub use embed::{EmbedError, Embedder, HttpEmbedder, HttpEmbedderBuilder};
 pub use index::{BoxFuture, Hit, IndexError, Query, Record, VectorIndex};
+pub use layer::{CONTEXT_HEADER, ContextBuilder, ContextLayer, ContextService};
 pub use memory::{MemoryIndex, MemoryIndexBuilder};
+pub use retrieve::{Chunking, IndexRetriever, PUBLIC, TenantScope};
+pub use sources::{HistorySource, Message, Passage, ProfileSource, Retriever, SourceError};

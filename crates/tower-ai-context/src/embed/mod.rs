@@ -6,6 +6,7 @@ use std::fmt;
 use crate::index::BoxFuture;
 
 mod http;
+pub use self::http::{HttpEmbedder, HttpEmbedderBuilder};
 
 /// Turns texts into vectors, with one model.
 pub trait Embedder: Send + Sync {
