@@ -66,6 +66,47 @@ pub struct Config {
     pub cache: CacheTtls,
     /// Where OpenTelemetry traces go, when anywhere.
     pub otel: Option<OtelConfig>,
+    /// The context layer (`[context]`): history, profile and retrieved
+    /// passages injected into chat requests.
+    pub context: Option<ContextConfig>,
+    /// The semantic cache's similarity threshold on the chat route, when it
+    /// is on (`[cache] semantic = true`; needs `[context]` for its
+    /// embeddings).
+    pub semantic_cache: Option<f32>,
+}
+
+/// The context layer's settings (`[context]` in the config file).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ContextConfig {
+    /// The configured model whose `/v1/embeddings` embeds questions and
+    /// documents.
+    pub embeddings_model: String,
+    /// Its vectors' length (sent as `dimensions`; default 1536).
+    pub dimensions: usize,
+    /// Earlier turns asked for (default 8).
+    pub history_turns: usize,
+    /// The prompt's token budget: the client's messages, then the context
+    /// (default 4096).
+    pub budget_tokens: u64,
+    /// Passages asked for (default 5).
+    pub top_k: usize,
+    /// The lowest similarity a passage may have (default 0.3).
+    pub min_score: f32,
+}
+
+impl ContextConfig {
+    /// The defaults, with `embeddings_model`.
+    pub fn new(embeddings_model: impl Into<String>) -> Self {
+        Self {
+            embeddings_model: embeddings_model.into(),
+            dimensions: 1536,
+            history_turns: 8,
+            budget_tokens: 4096,
+            top_k: 5,
+            min_score: 0.3,
+        }
+    }
 }
 
 impl Default for Config {
@@ -87,6 +128,8 @@ impl Default for Config {
             admin_token: None,
             cache: CacheTtls::default(),
             otel: None,
+            context: None,
+            semantic_cache: None,
         }
     }
 }

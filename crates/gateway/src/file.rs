@@ -10,8 +10,9 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::config::{
-    BalanceStrategy, Bucket, Budget, CacheTtls, Config, ConfigError, DeploymentConfig, KeyConfig,
-    LimitConfig, ModelConfig, OtelConfig, Price, Provider, Secret, key_digest,
+    BalanceStrategy, Bucket, Budget, CacheTtls, Config, ConfigError, ContextConfig,
+    DeploymentConfig, KeyConfig, LimitConfig, ModelConfig, OtelConfig, Price, Provider, Secret,
+    key_digest,
 };
 
 #[derive(Deserialize)]
@@ -27,6 +28,7 @@ struct File {
     #[serde(default)]
     limits: Vec<LimitFile>,
     cache: Option<CacheFile>,
+    context: Option<Spanned<ContextFile>>,
     otel: Option<Spanned<OtelConfig>>,
     upstream_timeout_ms: Option<u64>,
     connect_timeout_ms: Option<u64>,
@@ -112,6 +114,20 @@ struct CacheFile {
     embeddings_ttl_s: Option<u64>,
     responses_ttl_s: Option<u64>,
     messages_ttl_s: Option<u64>,
+    semantic: Option<bool>,
+    similarity: Option<Spanned<f32>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContextFile {
+    embeddings_model: Spanned<String>,
+    dimensions: Option<usize>,
+    history_turns: Option<usize>,
+    budget_tokens: Option<u64>,
+    top_k: Option<usize>,
+    min_score: Option<f32>,
+    backend: Option<Spanned<String>>,
 }
 
 /// Reads a config file over `config`. `env` looks up the environment
@@ -479,6 +495,62 @@ pub(crate) fn apply(
             responses: secs(cache.responses_ttl_s, d.responses),
             messages: secs(cache.messages_ttl_s, d.messages),
         };
+        if cache.semantic == Some(true) {
+            let similarity = match cache.similarity {
+                None => 0.95,
+                Some(s) if (0.0..=1.0).contains(s.get_ref()) => *s.get_ref(),
+                Some(s) => {
+                    return Err(fail(
+                        s.span(),
+                        format!("cache.similarity {}: expected 0 to 1", s.get_ref()),
+                    ));
+                }
+            };
+            config.semantic_cache = Some(similarity);
+        }
+    }
+    if let Some(context) = file.context {
+        let span = context.span();
+        let context = context.into_inner();
+        if let Some(backend) = &context.backend
+            && backend.get_ref() != "memory"
+        {
+            return Err(fail(
+                backend.span(),
+                format!(
+                    "context.backend {:?}: expected \"memory\"",
+                    backend.get_ref()
+                ),
+            ));
+        }
+        let name = context.embeddings_model.get_ref();
+        if !names.contains(name.as_str()) {
+            return Err(fail(
+                context.embeddings_model.span(),
+                format!("context.embeddings_model {name:?}: not a model of [[models]]"),
+            ));
+        }
+        let d = ContextConfig::new(name.clone());
+        let dimensions = context.dimensions.unwrap_or(d.dimensions);
+        if dimensions == 0 || dimensions > 16_384 {
+            return Err(fail(
+                span,
+                format!("context.dimensions {dimensions}: expected 1 to 16384"),
+            ));
+        }
+        config.context = Some(ContextConfig {
+            embeddings_model: name.clone(),
+            dimensions,
+            history_turns: context.history_turns.unwrap_or(d.history_turns),
+            budget_tokens: context.budget_tokens.unwrap_or(d.budget_tokens),
+            top_k: context.top_k.unwrap_or(d.top_k),
+            min_score: context.min_score.unwrap_or(d.min_score),
+        });
+    }
+    if config.semantic_cache.is_some() && config.context.is_none() {
+        return Err(ConfigError::new(format!(
+            "{shown}: cache.semantic needs a [context] section (its embeddings model)"
+        )));
     }
     if let Some(otel) = file.otel {
         let endpoint = &otel.get_ref().endpoint;
@@ -745,6 +817,40 @@ base_url = "https://api.openai.com/v1"
             }
             other => panic!("expected a refusal at line {line}: {other:?}"),
         }
+    }
+
+    #[test]
+    fn context_and_the_semantic_cache_are_checked() {
+        let model = "[[models]]\nname = \"e\"\nprovider = \"openai\"\nbase_url = \"http://h\"\n";
+        refused(
+            &format!("{model}[context]\nembeddings_model = \"nope\"\n"),
+            6,
+            "not a model of [[models]]",
+        );
+        refused(
+            &format!("{model}[context]\nembeddings_model = \"e\"\nbackend = \"disk\"\n"),
+            7,
+            "expected \"memory\"",
+        );
+        refused(
+            &format!("{model}[cache]\nsemantic = true\nsimilarity = 1.5\n"),
+            7,
+            "expected 0 to 1",
+        );
+        assert!(
+            read(&format!("{model}[cache]\nsemantic = true\n")).is_err(),
+            "needs [context]"
+        );
+        let config = read(&format!(
+            "{model}[context]\nembeddings_model = \"e\"\ntop_k = 2\n[cache]\nsemantic = true\n"
+        ))
+        .expect("valid");
+        assert_eq!(config.semantic_cache, Some(0.95));
+        let context = config.context.expect("a context");
+        assert_eq!(
+            (context.top_k, context.dimensions, context.budget_tokens),
+            (2, 1536, 4096)
+        );
     }
 
     #[test]

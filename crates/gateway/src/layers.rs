@@ -74,8 +74,20 @@ pub(crate) type GuardedUpstream = CircuitBreaker<
 pub(crate) fn cache(
     redis: Option<&RedisState>,
     ttls: &CacheTtls,
+    semantic: Option<tower_ai_cache::SemanticCache>,
 ) -> Result<tower_ai_cache::CacheLayer, tower_ai_cache::ConfigError> {
     let mut builder = tower_ai_cache::CacheLayer::builder().scope(ApiKey::new().or(PeerIp::new()));
+    if let Some(semantic) = semantic {
+        builder = builder.semantic(semantic);
+        if !ttls.chat.is_zero() {
+            builder = builder.route(
+                tower_ai_cache::Route::post("/v1/chat/completions")
+                    .name("chat")
+                    .ttl(ttls.chat)
+                    .semantic(),
+            );
+        }
+    }
     for (path, name, ttl) in [
         ("/v1/chat/completions", "chat", ttls.chat),
         ("/v1/completions", "completions", ttls.completions),
@@ -100,6 +112,23 @@ pub(crate) fn cache(
         );
     }
     builder.build()
+}
+
+/// The semantic cache of the chat route: questions embedded by the context
+/// layer's embedder, answers indexed in an embedded index of their own
+/// (100,000 at most, so answers never push documents out).
+pub(crate) fn semantic(
+    similarity: f32,
+    context: &crate::context::ContextState,
+) -> tower_ai_cache::SemanticCache {
+    let index = tower_ai_context::MemoryIndex::builder(
+        context.index.name().to_owned(),
+        context.index.dimensions(),
+    )
+    .max_records(100_000)
+    .build();
+    tower_ai_cache::SemanticCache::new(Arc::clone(&context.embedder), Arc::new(index))
+        .similarity(similarity)
 }
 
 /// One breaker per deployment, as the design sets them: open at a 50%

@@ -22,6 +22,7 @@ mod args;
 mod auth;
 mod budget;
 mod config;
+mod context;
 mod endpoint;
 mod file;
 mod layers;
@@ -51,8 +52,9 @@ use tower_ai_core::redis::{self, ConnectOptions, Degrade, DegradeConfig};
 
 pub use crate::args::USAGE;
 pub use crate::config::{
-    BalanceStrategy, Bucket, Budget, CacheTtls, Config, ConfigError, DeploymentConfig, KeyConfig,
-    LimitConfig, ModelConfig, OtelConfig, Period, Price, Provider, Secret,
+    BalanceStrategy, Bucket, Budget, CacheTtls, Config, ConfigError, ContextConfig,
+    DeploymentConfig, KeyConfig, LimitConfig, ModelConfig, OtelConfig, Period, Price, Provider,
+    Secret,
 };
 pub use crate::upstream::{Upstream, UpstreamError};
 
@@ -89,6 +91,8 @@ pub(crate) struct AppState {
     pub(crate) streams: tower_sse_relay::streams::StreamsService<tower_sse_relay::AnyStore>,
     pub(crate) circuits: tower_circuit::CircuitHandle,
     pub(crate) cache: tower_ai_cache::CacheLayer,
+    /// The context layer, with `[context]`.
+    pub(crate) context: Option<context::ContextState>,
     pub(crate) redis: Option<RedisState>,
     pub(crate) secure_cookies: bool,
     pub(crate) metrics: metrics_exporter_prometheus::PrometheusHandle,
@@ -138,7 +142,7 @@ impl Worker {
             ));
         }
         let cache =
-            layers::cache(Some(&redis), &config.cache).map_err(|e| invalid(e.to_string()))?;
+            layers::cache(Some(&redis), &config.cache, None).map_err(|e| invalid(e.to_string()))?;
         let (guarded, _) = layers::circuit_breakers(
             Upstream::routed(),
             config.circuit_open_wait,
@@ -209,7 +213,16 @@ impl Gateway {
         let auth = auth::Auth::new(&config.keys, config.admin_token.as_ref());
         let budgets = budget::Budgets::new(shared.clone());
         let owners = owners::Owners::new(shared);
-        let cache = layers::cache(redis.as_ref(), &config.cache)
+        let cell = context::StateCell::default();
+        let context = config
+            .context
+            .as_ref()
+            .map(|c| context::ContextState::new(c, &cell));
+        let semantic = config
+            .semantic_cache
+            .zip(context.as_ref())
+            .map(|(similarity, c)| layers::semantic(similarity, c));
+        let cache = layers::cache(redis.as_ref(), &config.cache, semantic)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let (upstream, circuits) = layers::circuit_breakers(
             upstream,
@@ -238,11 +251,13 @@ impl Gateway {
             streams,
             circuits,
             cache,
+            context,
             redis,
             secure_cookies: config.secure_cookies,
             metrics,
             started: Arc::new(tokio::time::Instant::now()),
         };
+        let _ = cell.set(state.clone());
         let app = routes::router(state, &config.limits)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let (tx, rx) = oneshot::channel::<()>();

@@ -5,6 +5,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use fred::prelude::ClientLike;
 use serde_json::{Value, json};
+use tower_ai_context::ContextLayer;
 use tower_ai_core::reject::Refusal;
 use tower_ai_ratelimit::TokenCostLayer;
 use tower_http::trace::TraceLayer;
@@ -32,7 +33,15 @@ pub(crate) fn router(
         .route("/admin/keys", get(admin_keys))
         .route("/admin/balance", get(admin_balance))
         .route("/admin/circuits", get(circuits).post(control_circuit))
-        .route("/admin/cache/invalidate", post(invalidate_cache));
+        .route("/admin/cache/invalidate", post(invalidate_cache))
+        .route(
+            "/admin/context/documents",
+            post(crate::context::put_document),
+        )
+        .route(
+            "/admin/context/documents/{id}",
+            axum::routing::delete(crate::context::delete_document),
+        );
     let limits = crate::layers::rate_limit(state.redis.as_ref(), limits)?;
     let sessions = crate::layers::sessions(state.redis.as_ref(), state.secure_cookies)
         .map_err(|e| crate::config::ConfigError::new(e.to_string()))?;
@@ -53,6 +62,14 @@ pub(crate) fn router(
                 .layer(limits)
                 // Above the cache: a cached answer joins the history too.
                 .layer(tower_session::ChatHistoryLayer::new().max_body(MAX_CHAT_BODY))
+                // Below the history (the client's own turns join it) and
+                // above the cache (what was injected is part of the key).
+                .layer(
+                    state
+                        .context
+                        .as_ref()
+                        .map_or_else(|| ContextLayer::builder().build(), |c| c.layer.clone()),
+                )
                 .layer(state.cache.clone()),
         )
         .merge(session_routes)

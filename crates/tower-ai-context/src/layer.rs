@@ -48,6 +48,8 @@ pub const CONTEXT_HEADER: HeaderName = HeaderName::from_static("x-context-inject
 /// messages (profile, passages, history) placed right after the client's
 /// own leading system messages (for Anthropic, appended to `system`).
 ///
+/// A layer without sources passes every request through untouched.
+///
 /// Every answer to such a request carries [`CONTEXT_HEADER`]; metrics:
 /// `tower_ai_context_injected_total{source}`,
 /// `tower_ai_context_injected_tokens` (histogram),
@@ -236,7 +238,10 @@ where
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        if req.method() != Method::POST {
+        let idle = self.shared.history.is_none()
+            && self.shared.profile.is_none()
+            && self.shared.retriever.is_none();
+        if idle || req.method() != Method::POST {
             return Box::pin(async move { Ok(inner.call(req).await?.map(ResponseBody::inner)) });
         }
         if let Some(key) = (self.shared.tenant)(RequestHead::of(&req)) {
