@@ -29,9 +29,17 @@ async fn mock() -> MockHandle {
 }
 
 async fn gateway(mock: &MockHandle) -> Gateway {
+    gateway_with(mock, "").await
+}
+
+/// With `top` at the top of the file and `context` in `[context]`.
+async fn gateway_with(mock: &MockHandle, extra: &str) -> Gateway {
     let url = mock.base_url();
+    let (top, context) = extra.split_once('|').unwrap_or(("", ""));
     let toml = format!(
         r#"
+{top}
+
 [[models]]
 name = "chat"
 provider = "openai"
@@ -59,6 +67,7 @@ key = "sk-b"
 embeddings_model = "embed"
 dimensions = 64
 top_k = 3
+{context}
 
 [cache]
 semantic = true
@@ -302,4 +311,42 @@ async fn a_paraphrase_is_answered_from_the_semantic_cache_and_a_negation_is_not(
         .unwrap_or("")
         .to_owned();
     assert!(status.contains("fwd=miss"), "{status}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passages_in_redis_vector_search_reach_their_tenant_only() {
+    let mock = mock().await;
+    let redis = test_support::search::shared();
+    let extra = format!("redis = [\"{}\"]|backend = \"redis\"", redis.url());
+    let gateway = gateway_with(&mock, &extra).await;
+    let res = post(
+        &gateway,
+        "/admin/context/documents",
+        Some(ADMIN),
+        &json!({"id": "vault", "text": "{{embed:vault}} The vault code is kept by team A.", "tenant": "team-a"}),
+    )
+    .await;
+    assert_eq!(res.status(), 200, "{:?}", res.text().await);
+    for stream in [false, true] {
+        let (seen, header) = answer(
+            &gateway,
+            "sk-a",
+            "{{embed:vault}} Who keeps the code?",
+            stream,
+        )
+        .await;
+        assert!(seen.contains("The vault code is kept by team A."), "{seen}");
+        assert!(header.starts_with("passages=1,"), "{header}");
+        let (seen, _) = answer(
+            &gateway,
+            "sk-b",
+            "{{embed:vault}} Who keeps the code?",
+            stream,
+        )
+        .await;
+        assert!(
+            !seen.contains("vault code"),
+            "team A's passage reached team B: {seen}"
+        );
+    }
 }

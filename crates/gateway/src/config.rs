@@ -93,6 +93,21 @@ pub struct ContextConfig {
     pub top_k: usize,
     /// The lowest similarity a passage may have (default 0.3).
     pub min_score: f32,
+    /// Where the vectors live: in process (default) or in Redis's vector
+    /// search, shared by every replica.
+    pub backend: ContextBackend,
+}
+
+/// Where the context layer's vectors live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum ContextBackend {
+    /// In process: exact cosine, lost on restart.
+    #[default]
+    Memory,
+    /// Redis's Query Engine (`FT.CREATE … VECTOR HNSW`): the gateway's
+    /// `redis` (Redis 8, or a server with the search module).
+    Redis,
 }
 
 impl ContextConfig {
@@ -105,6 +120,7 @@ impl ContextConfig {
             budget_tokens: 4096,
             top_k: 5,
             min_score: 0.3,
+            backend: ContextBackend::Memory,
         }
     }
 }

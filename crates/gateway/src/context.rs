@@ -25,7 +25,7 @@ use tower_session::history::Role;
 
 use crate::AppState;
 use crate::auth::CallerExt;
-use crate::config::ContextConfig;
+use crate::config::{ContextBackend, ContextConfig};
 use crate::respond::problem;
 
 /// What the gateway keeps of the context machinery.
@@ -52,15 +52,30 @@ impl std::fmt::Debug for ContextState {
 pub(crate) type StateCell = Arc<OnceLock<AppState>>;
 
 impl ContextState {
-    pub(crate) fn new(config: &ContextConfig, cell: &StateCell) -> Self {
+    pub(crate) fn new(
+        config: &ContextConfig,
+        cell: &StateCell,
+        redis: Option<&crate::RedisState>,
+    ) -> Self {
         let embedder: Arc<dyn Embedder> = Arc::new(
             HttpEmbedder::builder(Own(Arc::clone(cell)), config.embeddings_model.clone())
                 .dimensions(Some(config.dimensions))
                 .build(),
         );
-        let index: Arc<dyn VectorIndex> = Arc::new(
-            MemoryIndex::builder(config.embeddings_model.clone(), config.dimensions).build(),
-        );
+        let index: Arc<dyn VectorIndex> = match (config.backend, redis) {
+            (ContextBackend::Redis, Some(redis)) => Arc::new(
+                tower_ai_context::redis::RedisIndex::builder(
+                    redis.client.clone(),
+                    &config.embeddings_model,
+                    config.dimensions,
+                )
+                .degrade(redis.degrade.clone())
+                .build(),
+            ),
+            _ => Arc::new(
+                MemoryIndex::builder(config.embeddings_model.clone(), config.dimensions).build(),
+            ),
+        };
         let retriever = IndexRetriever::new(Arc::clone(&embedder), Arc::clone(&index))
             .min_score(config.min_score);
         let layer = ContextLayer::builder()

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::config::{
-    BalanceStrategy, Bucket, Budget, CacheTtls, Config, ConfigError, ContextConfig,
+    BalanceStrategy, Bucket, Budget, CacheTtls, Config, ConfigError, ContextBackend, ContextConfig,
     DeploymentConfig, KeyConfig, LimitConfig, ModelConfig, OtelConfig, Price, Provider, Secret,
     key_digest,
 };
@@ -512,17 +512,28 @@ pub(crate) fn apply(
     if let Some(context) = file.context {
         let span = context.span();
         let context = context.into_inner();
-        if let Some(backend) = &context.backend
-            && backend.get_ref() != "memory"
-        {
-            return Err(fail(
-                backend.span(),
-                format!(
-                    "context.backend {:?}: expected \"memory\"",
-                    backend.get_ref()
-                ),
-            ));
-        }
+        let backend = match &context.backend {
+            None => ContextBackend::Memory,
+            Some(b) if b.get_ref() == "memory" => ContextBackend::Memory,
+            Some(b) if b.get_ref() == "redis" => {
+                if config.redis.is_empty() {
+                    return Err(fail(
+                        b.span(),
+                        "context.backend \"redis\" needs `redis` URLs".into(),
+                    ));
+                }
+                ContextBackend::Redis
+            }
+            Some(b) => {
+                return Err(fail(
+                    b.span(),
+                    format!(
+                        "context.backend {:?}: expected \"memory\" or \"redis\"",
+                        b.get_ref()
+                    ),
+                ));
+            }
+        };
         let name = context.embeddings_model.get_ref();
         if !names.contains(name.as_str()) {
             return Err(fail(
@@ -545,6 +556,7 @@ pub(crate) fn apply(
             budget_tokens: context.budget_tokens.unwrap_or(d.budget_tokens),
             top_k: context.top_k.unwrap_or(d.top_k),
             min_score: context.min_score.unwrap_or(d.min_score),
+            backend,
         });
     }
     if config.semantic_cache.is_some() && config.context.is_none() {
@@ -830,7 +842,7 @@ base_url = "https://api.openai.com/v1"
         refused(
             &format!("{model}[context]\nembeddings_model = \"e\"\nbackend = \"disk\"\n"),
             7,
-            "expected \"memory\"",
+            "expected \"memory\" or \"redis\"",
         );
         refused(
             &format!("{model}[cache]\nsemantic = true\nsimilarity = 1.5\n"),

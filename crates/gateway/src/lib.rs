@@ -52,7 +52,7 @@ use tower_ai_core::redis::{self, ConnectOptions, Degrade, DegradeConfig};
 
 pub use crate::args::USAGE;
 pub use crate::config::{
-    BalanceStrategy, Bucket, Budget, CacheTtls, Config, ConfigError, ContextConfig,
+    BalanceStrategy, Bucket, Budget, CacheTtls, Config, ConfigError, ContextBackend, ContextConfig,
     DeploymentConfig, KeyConfig, LimitConfig, ModelConfig, OtelConfig, Period, Price, Provider,
     Secret,
 };
@@ -217,7 +217,7 @@ impl Gateway {
         let context = config
             .context
             .as_ref()
-            .map(|c| context::ContextState::new(c, &cell));
+            .map(|c| context::ContextState::new(c, &cell, redis.as_ref()));
         let semantic = config
             .semantic_cache
             .zip(context.as_ref())

@@ -14,11 +14,15 @@ const INSTALL_HINT: &str = "redis-server was not found on PATH. The tests need a
      install it with `sudo apt-get install redis-server redis-tools` \
      (the project's `scripts/test` does this for you).";
 
+/// The `redis-server` on `PATH`.
+const DEFAULT_BINARY: &str = "redis-server";
+
 static NEXT_DIR: AtomicUsize = AtomicUsize::new(0);
 
 /// A `redis-server` process on a loopback port, killed on drop.
 #[derive(Debug)]
 pub struct RedisServer {
+    binary: PathBuf,
     port: u16,
     dir: PathBuf,
     extra_args: Vec<String>,
@@ -40,6 +44,15 @@ impl RedisServer {
     /// # Panics
     /// When `redis-server` is missing or doesn't come up.
     pub fn start_with(extra_args: &[&str]) -> Self {
+        Self::start_from(Path::new(DEFAULT_BINARY), extra_args)
+    }
+
+    /// Starts a server from the `redis-server` binary at `binary` (e.g. one
+    /// with modules to load through `--loadmodule` in `extra_args`).
+    ///
+    /// # Panics
+    /// When the binary is missing or the server doesn't come up.
+    pub fn start_from(binary: &Path, extra_args: &[&str]) -> Self {
         let extra_args: Vec<String> = extra_args.iter().map(|s| (*s).to_owned()).collect();
         let mut last_error = String::new();
         // A free port can be taken between our probe and the server's bind:
@@ -48,6 +61,7 @@ impl RedisServer {
             let port = free_port();
             let dir = temp_dir(port);
             let mut server = Self {
+                binary: binary.to_owned(),
                 port,
                 dir,
                 extra_args: extra_args.clone(),
@@ -146,7 +160,7 @@ impl RedisServer {
 
     fn spawn(&mut self) -> Result<(), String> {
         std::fs::create_dir_all(&self.dir).map_err(|e| e.to_string())?;
-        let mut cmd = Command::new("redis-server");
+        let mut cmd = Command::new(&self.binary);
         cmd.args([
             "--port",
             &self.port.to_string(),
@@ -173,7 +187,12 @@ impl RedisServer {
         .stderr(Stdio::piped());
         let mut child = match cmd.spawn() {
             Ok(child) => child,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => panic!("{INSTALL_HINT}"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                if self.binary == Path::new(DEFAULT_BINARY) {
+                    panic!("{INSTALL_HINT}")
+                }
+                panic!("{} was not found", self.binary.display())
+            }
             Err(e) => return Err(format!("spawning redis-server: {e}")),
         };
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -225,17 +244,27 @@ impl RedisCluster {
     /// When `redis-server` or `redis-cli` is missing or the cluster doesn't
     /// form.
     pub fn start() -> Self {
+        Self::start_from(Path::new(DEFAULT_BINARY), &[])
+    }
+
+    /// Starts the cluster's servers from the `redis-server` binary at
+    /// `binary`, each with `extra_args` too (e.g. `--loadmodule …`).
+    ///
+    /// # Panics
+    /// When the binary or `redis-cli` is missing or the cluster doesn't
+    /// form.
+    pub fn start_from(binary: &Path, extra_args: &[&str]) -> Self {
+        let mut args = vec![
+            "--cluster-enabled",
+            "yes",
+            "--cluster-config-file",
+            "nodes.conf",
+            "--cluster-node-timeout",
+            "2000",
+        ];
+        args.extend_from_slice(extra_args);
         let nodes: Vec<RedisServer> = (0..3)
-            .map(|_| {
-                RedisServer::start_with(&[
-                    "--cluster-enabled",
-                    "yes",
-                    "--cluster-config-file",
-                    "nodes.conf",
-                    "--cluster-node-timeout",
-                    "2000",
-                ])
-            })
+            .map(|_| RedisServer::start_from(binary, &args))
             .collect();
         let mut create = Command::new("redis-cli");
         create.arg("--cluster").arg("create");

@@ -67,7 +67,7 @@ pub fn prefix(name: &str) -> String {
 /// when its stdin closes, that is when this process exits (its descriptors
 /// are closed then, whatever ended it). Keep the returned child, and with
 /// it the write end of that pipe, for as long as the servers should live.
-fn reap_at_exit(servers: &[&RedisServer]) -> Child {
+pub(crate) fn reap_at_exit(servers: &[&RedisServer]) -> Child {
     let pids: Vec<String> = servers
         .iter()
         .filter_map(|s| s.pid())
