@@ -221,7 +221,7 @@ pub(crate) struct Recorder {
     #[cfg(feature = "redis")]
     remote: Option<Remote>,
     #[cfg(feature = "semantic")]
-    semantic: Option<crate::semantic::Probe>,
+    semantic: Option<crate::probe::Probe>,
 }
 
 /// The Redis side of a recording.
@@ -265,7 +265,7 @@ pub(crate) struct RecordingParts {
     pub(crate) remote: Option<Remote>,
     /// Indexes the stored answer for semantic lookups.
     #[cfg(feature = "semantic")]
-    pub(crate) semantic: Option<crate::semantic::Probe>,
+    pub(crate) semantic: Option<crate::probe::Probe>,
 }
 
 impl Recorder {

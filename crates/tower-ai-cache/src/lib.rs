@@ -154,6 +154,8 @@ mod judge;
 mod key;
 mod layer;
 mod miss;
+#[cfg(feature = "semantic")]
+mod probe;
 #[cfg(feature = "redis")]
 mod remote;
 mod respond;

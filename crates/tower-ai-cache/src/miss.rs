@@ -192,7 +192,7 @@ where
     let mut probe = if bypassed {
         None
     } else {
-        crate::semantic::Probe::new(&ctx.shared, route, &ctx.parts, &ctx.scope, &ctx.bytes)
+        crate::probe::Probe::new(&ctx.shared, route, &ctx.parts, &ctx.scope, &ctx.bytes)
     };
     #[cfg(not(feature = "semantic"))]
     let probe = Semantic;
@@ -311,7 +311,7 @@ where
 struct Semantic;
 
 #[cfg(feature = "semantic")]
-type Semantic = Option<crate::semantic::Probe>;
+type Semantic = Option<crate::probe::Probe>;
 
 /// The answer stored for the same question in other words.
 #[cfg(feature = "semantic")]
