@@ -188,12 +188,10 @@ where
 {
     let directives = ctx.directives;
     let route = ctx.route;
+    // Made once the exact key has missed everywhere (its embedding and
+    // its digest are work an exact hit never needs).
     #[cfg(feature = "semantic")]
-    let mut probe = if bypassed {
-        None
-    } else {
-        crate::probe::Probe::new(&ctx.shared, route, &ctx.parts, &ctx.scope, &ctx.bytes)
-    };
+    let mut probe: Semantic = None;
     #[cfg(not(feature = "semantic"))]
     let probe = Semantic;
     if bypassed {
@@ -209,6 +207,8 @@ where
             .increment(1);
         let guard = ctx.shared.flights.detached();
         let lock = unlocked(&ctx);
+        #[cfg(feature = "semantic")]
+        let probe = probe_of(&ctx);
         return lead(&ctx, inner, guard, lock, Outcome::Request, None, probe).await;
     }
 
@@ -249,13 +249,15 @@ where
 
         // Then the same question in other words (once).
         #[cfg(feature = "semantic")]
-        if !retried
-            && let Some(probe) = probe.as_mut()
-            && let Some((key, entry, left, similarity)) = probe
-                .lookup(&ctx.shared, |entry| directives.accepts(entry))
-                .await
-        {
-            return Ok(semantic_hit(&ctx, key, &entry, left, similarity));
+        if !retried {
+            probe = probe_of(&ctx);
+            if let Some(probe) = probe.as_mut()
+                && let Some((key, entry, left, similarity)) = probe
+                    .lookup(&ctx.shared, |entry| directives.accepts(entry))
+                    .await
+            {
+                return Ok(semantic_hit(&ctx, key, &entry, left, similarity));
+            }
         }
 
         let guard = match ctx.shared.flights.join(ctx.key) {
@@ -312,6 +314,11 @@ struct Semantic;
 
 #[cfg(feature = "semantic")]
 type Semantic = Option<crate::probe::Probe>;
+
+#[cfg(feature = "semantic")]
+fn probe_of(ctx: &Ctx) -> Semantic {
+    crate::probe::Probe::new(&ctx.shared, ctx.route, &ctx.parts, &ctx.scope, &ctx.bytes)
+}
 
 /// The answer stored for the same question in other words.
 #[cfg(feature = "semantic")]

@@ -425,17 +425,21 @@ impl Shared {
                     .any(|(role, content)| *role == turn.role && *content == turn.content)
             })
             .collect();
+        let gathered = Gathered {
+            passages,
+            history,
+            profile,
+        };
+        if gathered.passages.is_empty()
+            && gathered.history.is_empty()
+            && gathered.profile.is_empty()
+        {
+            return Fitted::default();
+        }
         let own = ChatRequest::from_json(body)
             .map(|request| request.estimated_prompt_tokens())
             .unwrap_or_else(|_| tower_ai_core::llm::estimated_tokens(body.len()));
-        fit(
-            Gathered {
-                passages,
-                history,
-                profile,
-            },
-            self.budget.saturating_sub(own),
-        )
+        fit(gathered, self.budget.saturating_sub(own))
     }
 
     /// A source's answer, or nothing when it fails or is late.

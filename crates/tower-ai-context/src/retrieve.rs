@@ -2,6 +2,7 @@
 //! documents cut into overlapping chunks.
 
 use std::fmt;
+use std::fmt::Write as _;
 use std::sync::Arc;
 
 use http::request::Parts;
@@ -27,7 +28,7 @@ impl TenantScope {
         let mut scope = String::with_capacity(7 + bytes.len() * 2);
         scope.push_str("tenant:");
         for b in bytes {
-            scope.push_str(&format!("{b:02x}"));
+            let _ = write!(scope, "{b:02x}");
         }
         Self(scope.into())
     }
