@@ -73,6 +73,38 @@ pub struct Config {
     /// is on (`[cache] semantic = true`; needs `[context]` for its
     /// embeddings).
     pub semantic_cache: Option<f32>,
+    /// Where signed-in conversations are copied durably (`[persistence]`).
+    pub persistence: Option<PersistenceConfig>,
+}
+
+/// Durable conversations (`[persistence]` in the config file): each chat
+/// turn of a signed-in session is written to PostgreSQL, off the request's
+/// path.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct PersistenceConfig {
+    /// The PostgreSQL URL (`postgres://user:password@host:port/db`).
+    pub postgres_url: Secret,
+    /// The table (created when missing; default
+    /// `tower_ai_conversation_turns`).
+    pub table: String,
+    /// A conversation's turns are written every this many (default 4), at
+    /// sign-out, and at most `max_delay` after they were recorded.
+    pub every_turns: usize,
+    /// The longest a recorded turn waits to be written (default 30 s).
+    pub max_delay: Duration,
+}
+
+impl PersistenceConfig {
+    /// The defaults, with `postgres_url`.
+    pub fn new(postgres_url: Secret) -> Self {
+        Self {
+            postgres_url,
+            table: "tower_ai_conversation_turns".into(),
+            every_turns: 4,
+            max_delay: Duration::from_secs(30),
+        }
+    }
 }
 
 /// The context layer's settings (`[context]` in the config file).
@@ -146,6 +178,7 @@ impl Default for Config {
             otel: None,
             context: None,
             semantic_cache: None,
+            persistence: None,
         }
     }
 }

@@ -11,8 +11,8 @@ use toml::Spanned;
 
 use crate::config::{
     BalanceStrategy, Bucket, Budget, CacheTtls, Config, ConfigError, ContextBackend, ContextConfig,
-    DeploymentConfig, KeyConfig, LimitConfig, ModelConfig, OtelConfig, Price, Provider, Secret,
-    key_digest,
+    DeploymentConfig, KeyConfig, LimitConfig, ModelConfig, OtelConfig, PersistenceConfig, Price,
+    Provider, Secret, key_digest,
 };
 
 #[derive(Deserialize)]
@@ -29,6 +29,7 @@ struct File {
     limits: Vec<LimitFile>,
     cache: Option<CacheFile>,
     context: Option<Spanned<ContextFile>>,
+    persistence: Option<Spanned<PersistenceFile>>,
     otel: Option<Spanned<OtelConfig>>,
     upstream_timeout_ms: Option<u64>,
     connect_timeout_ms: Option<u64>,
@@ -128,6 +129,16 @@ struct ContextFile {
     top_k: Option<usize>,
     min_score: Option<f32>,
     backend: Option<Spanned<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PersistenceFile {
+    postgres_url: Option<Spanned<String>>,
+    postgres_url_env: Option<Spanned<String>>,
+    table: Option<Spanned<String>>,
+    every_turns: Option<Spanned<usize>>,
+    max_delay_ms: Option<Spanned<u64>>,
 }
 
 /// Reads a config file over `config`. `env` looks up the environment
@@ -559,6 +570,9 @@ pub(crate) fn apply(
             backend,
         });
     }
+    if let Some(persistence) = file.persistence {
+        config.persistence = Some(persistence_of(persistence, env, &fail)?);
+    }
     if config.semantic_cache.is_some() && config.context.is_none() {
         return Err(ConfigError::new(format!(
             "{shown}: cache.semantic needs a [context] section (its embeddings model)"
@@ -656,6 +670,65 @@ fn parse_hex32(hex: &str) -> Option<[u8; 32]> {
         out[i] = u8::from_str_radix(text, 16).ok()?;
     }
     Some(out)
+}
+
+/// `[persistence]`: a PostgreSQL URL (in the file or, with its password,
+/// in an environment variable), the table, how often turns are written.
+fn persistence_of(
+    file: Spanned<PersistenceFile>,
+    env: &dyn Fn(&str) -> Option<String>,
+    fail: &dyn Fn(Range<usize>, String) -> ConfigError,
+) -> Result<PersistenceConfig, ConfigError> {
+    let span = file.span();
+    let file = file.into_inner();
+    let url = match (file.postgres_url, file.postgres_url_env) {
+        (Some(url), None) => url.into_inner(),
+        (None, Some(name)) => env(name.get_ref())
+            .filter(|u| !u.is_empty())
+            .ok_or_else(|| {
+                fail(
+                    name.span(),
+                    format!(
+                        "persistence.postgres_url_env: the environment variable {} is not set",
+                        name.get_ref()
+                    ),
+                )
+            })?,
+        _ => {
+            return Err(fail(
+                span,
+                "[persistence] needs one of postgres_url or postgres_url_env".into(),
+            ));
+        }
+    };
+    let mut persistence = PersistenceConfig::new(Secret::new(url));
+    if let Some(table) = file.table {
+        persistence.table = table.get_ref().clone();
+    }
+    if let Some(n) = file.every_turns {
+        if *n.get_ref() == 0 {
+            return Err(fail(
+                n.span(),
+                "persistence.every_turns is at least 1".into(),
+            ));
+        }
+        persistence.every_turns = *n.get_ref();
+    }
+    if let Some(ms) = file.max_delay_ms {
+        if *ms.get_ref() == 0 {
+            return Err(fail(
+                ms.span(),
+                "persistence.max_delay_ms is at least 1".into(),
+            ));
+        }
+        persistence.max_delay = Duration::from_millis(*ms.get_ref());
+    }
+    // The URL and the table are checked the way the sink will use them.
+    tower_ai_context::durable::PostgresSink::builder(persistence.postgres_url.expose())
+        .table(persistence.table.clone())
+        .build()
+        .map_err(|e| fail(span, format!("[persistence]: {e}")))?;
+    Ok(persistence)
 }
 
 #[cfg(test)]
@@ -863,6 +936,33 @@ base_url = "https://api.openai.com/v1"
             (context.top_k, context.dimensions, context.budget_tokens),
             (2, 1536, 4096)
         );
+    }
+
+    #[test]
+    fn persistence_is_checked() {
+        refused("[persistence]\nevery_turns = 2\n", 1, "one of postgres_url");
+        refused(
+            "[persistence]\npostgres_url_env = \"NOPE\"\n",
+            2,
+            "NOPE is not set",
+        );
+        refused(
+            "[persistence]\npostgres_url = \"postgres://h/db\"\nevery_turns = 0\n",
+            3,
+            "at least 1",
+        );
+        refused(
+            "[persistence]\npostgres_url = \"postgres://h/db\"\ntable = \"x; drop\"\n",
+            1,
+            "table",
+        );
+        let config =
+            read("[persistence]\npostgres_url = \"postgres://u@h:5/db\"\nevery_turns = 2\n")
+                .expect("valid");
+        let persistence = config.persistence.expect("persistence");
+        assert_eq!(persistence.postgres_url.expose(), "postgres://u@h:5/db");
+        assert_eq!(persistence.every_turns, 2);
+        assert_eq!(persistence.table, "tower_ai_conversation_turns");
     }
 
     #[test]

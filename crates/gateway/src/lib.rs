@@ -23,6 +23,7 @@ mod auth;
 mod budget;
 mod config;
 mod context;
+mod conversations;
 mod endpoint;
 mod file;
 mod layers;
@@ -53,8 +54,8 @@ use tower_ai_core::redis::{self, ConnectOptions, Degrade, DegradeConfig};
 pub use crate::args::USAGE;
 pub use crate::config::{
     BalanceStrategy, Bucket, Budget, CacheTtls, Config, ConfigError, ContextBackend, ContextConfig,
-    DeploymentConfig, KeyConfig, LimitConfig, ModelConfig, OtelConfig, Period, Price, Provider,
-    Secret,
+    DeploymentConfig, KeyConfig, LimitConfig, ModelConfig, OtelConfig, Period, PersistenceConfig,
+    Price, Provider, Secret,
 };
 pub use crate::upstream::{Upstream, UpstreamError};
 
@@ -70,6 +71,8 @@ pub struct Gateway {
     mock: Option<MockHandle>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<io::Result<()>>>,
+    /// Durable conversations, flushed at shutdown.
+    conversations: Option<conversations::Conversations>,
     /// The pull-mode models' pullers, stopped with the gateway.
     _pullers: Vec<tower_ai_balance::pull::PullerHandle>,
     /// The deployments' metrics readers, stopped with the gateway.
@@ -93,6 +96,8 @@ pub(crate) struct AppState {
     pub(crate) cache: tower_ai_cache::CacheLayer,
     /// The context layer, with `[context]`.
     pub(crate) context: Option<context::ContextState>,
+    /// Durable conversations, with `[persistence]`.
+    pub(crate) conversations: Option<conversations::Conversations>,
     pub(crate) redis: Option<RedisState>,
     pub(crate) secure_cookies: bool,
     pub(crate) metrics: metrics_exporter_prometheus::PrometheusHandle,
@@ -241,6 +246,12 @@ impl Gateway {
         let direct = upstream.clone();
         let (upstream, streams) = layers::relay(upstream, config.sse_heartbeat, redis.as_ref())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+        let conversations = config
+            .persistence
+            .as_ref()
+            .map(conversations::Conversations::start)
+            .transpose()
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let state = AppState {
             models,
             auth,
@@ -252,6 +263,7 @@ impl Gateway {
             circuits,
             cache,
             context,
+            conversations: conversations.clone(),
             redis,
             secure_cookies: config.secure_cookies,
             metrics,
@@ -279,6 +291,7 @@ impl Gateway {
             mock,
             shutdown: Some(tx),
             task: Some(task),
+            conversations,
             _pullers: pullers,
             _scrapers: scrapers,
         })
@@ -311,15 +324,20 @@ impl Gateway {
         self.mock.as_ref()
     }
 
-    /// Stops accepting connections and waits for open ones to finish.
+    /// Stops accepting connections, waits for open ones to finish, then
+    /// writes the conversation turns still buffered (for at most 10 s).
     pub async fn shutdown(mut self) -> io::Result<()> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
-        match self.task.take() {
+        let served = match self.task.take() {
             Some(task) => task.await.unwrap_or_else(|e| Err(io::Error::other(e))),
             None => Ok(()),
+        };
+        if let Some(conversations) = &self.conversations {
+            conversations.flush(Duration::from_secs(10)).await;
         }
+        served
     }
 
     /// Serves until the server stops (it stops on [`Gateway::shutdown`] or

@@ -41,7 +41,9 @@ pub(crate) fn router(
         .route(
             "/admin/context/documents/{id}",
             axum::routing::delete(crate::context::delete_document),
-        );
+        )
+        .route("/admin/conversations", get(crate::conversations::stats))
+        .route("/admin/conversations/{id}", get(crate::conversations::read));
     let limits = crate::layers::rate_limit(state.redis.as_ref(), limits)?;
     let sessions = crate::layers::sessions(state.redis.as_ref(), state.secure_cookies)
         .map_err(|e| crate::config::ConfigError::new(e.to_string()))?;
@@ -61,7 +63,7 @@ pub(crate) fn router(
                 .layer(TokenCostLayer::with(crate::layers::token_cost()))
                 .layer(limits)
                 // Above the cache: a cached answer joins the history too.
-                .layer(tower_session::ChatHistoryLayer::new().max_body(MAX_CHAT_BODY))
+                .layer(chat_history(&state))
                 // Below the history (the client's own turns join it) and
                 // above the cache (what was injected is part of the key).
                 .layer(
@@ -80,6 +82,16 @@ pub(crate) fn router(
         .layer(axum::middleware::from_fn(crate::metrics::record))
         .layer(TraceLayer::new_for_http())
         .with_state(state))
+}
+
+/// The chat history, each turn also queued for PostgreSQL with
+/// `[persistence]`.
+fn chat_history(state: &AppState) -> tower_session::ChatHistoryLayer {
+    let layer = tower_session::ChatHistoryLayer::new().max_body(MAX_CHAT_BODY);
+    match state.conversations.clone() {
+        Some(conversations) => layer.on_turn(move |turn| conversations.record(&turn)),
+        None => layer,
+    }
 }
 
 #[derive(serde::Deserialize)]
@@ -118,8 +130,12 @@ async fn login(session: Session, body: axum::body::Bytes) -> Response {
     axum::Json(json!({ "user": user })).into_response()
 }
 
-/// `POST /session/logout`: ends the session on every replica at once.
-async fn logout(session: Session) -> Response {
+/// `POST /session/logout`: ends the session on every replica at once (and
+/// its conversation's buffered turns go to PostgreSQL).
+async fn logout(State(state): State<AppState>, session: Session) -> Response {
+    if let (Some(conversations), Some(id)) = (&state.conversations, session.id()) {
+        conversations.end(id);
+    }
     match session.logout().await {
         Ok(()) => axum::Json(json!({ "user": null })).into_response(),
         Err(e) => e.into_response(),
@@ -127,8 +143,8 @@ async fn logout(session: Session) -> Response {
 }
 
 /// `GET /session`: the signed-in user and the last turns of the
-/// conversation.
-async fn session_info(session: Session) -> Response {
+/// conversation (and, with `[persistence]`, its durable id).
+async fn session_info(State(state): State<AppState>, session: Session) -> Response {
     let user = match session.user_id().await {
         Ok(user) => user,
         Err(e) => return e.into_response(),
@@ -141,7 +157,15 @@ async fn session_info(session: Session) -> Response {
     } else {
         Vec::new()
     };
-    axum::Json(json!({ "user": user, "turns": turns })).into_response()
+    let conversation = match (&state.conversations, session.id()) {
+        (Some(_), Some(id)) if user.is_some() => Some(crate::conversations::conversation_id(id)),
+        _ => None,
+    };
+    let mut body = json!({ "user": user, "turns": turns });
+    if let Some(conversation) = conversation {
+        body["conversation"] = json!(conversation);
+    }
+    axum::Json(body).into_response()
 }
 
 async fn content(Path(id): Path<String>) -> Response {

@@ -8,6 +8,10 @@
 //! answer joins the history like any other; a refused or failed one leaves
 //! the history as it was.
 //!
+//! With [`ChatHistoryLayer::on_turn`], each turn recorded is also handed,
+//! with its position in the session's conversation, to a function of yours:
+//! how a conversation is copied to a durable store as it happens.
+//!
 //! # Example
 //! ```
 //! use std::convert::Infallible;
@@ -31,6 +35,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
@@ -43,6 +48,7 @@ use tower_ai_core::reject::Refusal;
 use tower_layer::Layer;
 use tower_service::Service;
 
+use crate::id::Id;
 use crate::session::Session;
 use crate::turn::Turn;
 
@@ -50,6 +56,30 @@ use crate::turn::Turn;
 pub const DEFAULT_MAX_CHAT_BODY: usize = 1 << 20;
 /// The most of an answer kept in the history by default (64 KiB).
 pub const DEFAULT_MAX_ANSWER: usize = 64 << 10;
+/// The session field holding the position of the conversation's next turn,
+/// kept only when [`ChatHistoryLayer::on_turn`] is set.
+pub const POSITION_FIELD: &str = "tower_session.turns";
+
+/// A turn recorded by [`ChatHistoryLayer`], as handed to
+/// [`ChatHistoryLayer::on_turn`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct RecordedTurn<'a> {
+    /// The session's id (a secret: digest it before storing or logging).
+    pub session: Id,
+    /// The signed-in user.
+    pub user: &'a str,
+    /// The turn's 0-based position in the session's conversation: the
+    /// question at an even one, its answer right after. Positions are handed
+    /// out as requests arrive, one pair each (a question whose answer never
+    /// came leaves a gap); two requests answered at the same time in one
+    /// session may be handed the same pair.
+    pub position: u64,
+    /// The turn.
+    pub turn: &'a Turn,
+}
+
+type OnTurn = Arc<dyn Fn(RecordedTurn<'_>) + Send + Sync>;
 
 /// Records each chat exchange of a signed-in session into its history.
 /// See the [module docs](self).
@@ -58,11 +88,22 @@ pub const DEFAULT_MAX_ANSWER: usize = 64 << 10;
 /// session beyond the session's user lookup; for a signed-in chat request,
 /// one read of the body (up to [`ChatHistoryLayer::max_body`]) and a tap on
 /// the answer as it passes.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 #[must_use]
 pub struct ChatHistoryLayer {
     max_body: usize,
     max_answer: usize,
+    on_turn: Option<OnTurn>,
+}
+
+impl fmt::Debug for ChatHistoryLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChatHistoryLayer")
+            .field("max_body", &self.max_body)
+            .field("max_answer", &self.max_answer)
+            .field("on_turn", &self.on_turn.is_some())
+            .finish()
+    }
 }
 
 impl ChatHistoryLayer {
@@ -71,6 +112,7 @@ impl ChatHistoryLayer {
         Self {
             max_body: DEFAULT_MAX_CHAT_BODY,
             max_answer: DEFAULT_MAX_ANSWER,
+            on_turn: None,
         }
     }
 
@@ -83,6 +125,17 @@ impl ChatHistoryLayer {
     /// The most of an answer kept in the history (the rest is cut off).
     pub const fn max_answer(mut self, bytes: usize) -> Self {
         self.max_answer = bytes;
+        self
+    }
+
+    /// Hands each turn that joins the history, with its position in the
+    /// conversation, to `f`: the question when the answer's head passes, the
+    /// answer when its body ends. `f` runs on the request's task (for the
+    /// answer, inside the body's `poll_frame`): it must not block, e.g. it
+    /// queues the turn for a durable store. The position is kept in the
+    /// session's [`POSITION_FIELD`] field.
+    pub fn on_turn(mut self, f: impl Fn(RecordedTurn<'_>) + Send + Sync + 'static) -> Self {
+        self.on_turn = Some(Arc::new(f));
         self
     }
 }
@@ -99,7 +152,7 @@ impl<S> Layer<S> for ChatHistoryLayer {
     fn layer(&self, inner: S) -> Self::Service {
         ChatHistory {
             inner,
-            config: *self,
+            config: self.clone(),
         }
     }
 }
@@ -156,7 +209,7 @@ where
         let inner = std::mem::replace(&mut self.inner, clone);
         ChatHistoryFuture {
             kind: Kind::Recording {
-                future: Box::pin(record(inner, req, session, self.config)),
+                future: Box::pin(record(inner, req, session, self.config.clone())),
             },
         }
     }
@@ -173,9 +226,9 @@ where
     ReqBody: Body<Data = Bytes> + From<Bytes>,
     ReqBody::Error: Into<BoxError>,
 {
-    if !matches!(session.user_id().await, Ok(Some(_))) {
+    let Ok(Some(user)) = session.user_id().await else {
         return inner.call(req).await.map(passthrough);
-    }
+    };
     let (parts, body) = req.into_parts();
     let bytes = match read_limited(body, config.max_body).await {
         Ok(bytes) => bytes,
@@ -187,10 +240,16 @@ where
                     inner: body,
                     tap: None,
                     session: None,
+                    observer: None,
                 }));
         }
     };
     let question = last_user_message(&bytes);
+    // The session was loaded to read its user: no store round trip.
+    let position = match &config.on_turn {
+        Some(_) => session.get::<u64>(POSITION_FIELD).await.ok().flatten(),
+        None => None,
+    };
     let res = inner
         .call(Request::from_parts(parts, ReqBody::from(bytes)))
         .await?;
@@ -198,16 +257,40 @@ where
         return Ok(passthrough(res));
     };
     let tokens = u32::try_from(estimated_tokens(question.len())).unwrap_or(u32::MAX);
-    if let Err(e) = session.history().append_later(Turn::user(question, tokens)) {
+    let turn = Turn::user(question, tokens);
+    let observed = config.on_turn.as_ref().map(|_| turn.clone());
+    if let Err(e) = session.history().append_later(turn) {
         tracing::debug!(error = %e, "the message could not join the history");
         return Ok(passthrough(res));
     }
+    let observer = match (config.on_turn, observed, session.id()) {
+        (Some(on_turn), Some(turn), Some(id)) => {
+            let position = position.unwrap_or(0);
+            if let Err(e) = session.insert(POSITION_FIELD, position.saturating_add(2)) {
+                tracing::debug!(error = %e, "the conversation's position could not be kept");
+            }
+            on_turn(RecordedTurn {
+                session: id,
+                user: &user,
+                position,
+                turn: &turn,
+            });
+            Some(Box::new(Observer {
+                on_turn,
+                session: id,
+                user,
+                position: position.saturating_add(1),
+            }))
+        }
+        _ => None,
+    };
     let tap = AnswerTap::for_response(res.headers(), DEFAULT_MAX_CHAT_BODY)
         .gather_content(config.max_answer);
     Ok(res.map(|body| ChatHistoryBody {
         inner: ResponseBody::inner(body),
         tap: Some(Box::new(tap)),
         session: Some(session),
+        observer,
     }))
 }
 
@@ -216,7 +299,16 @@ fn passthrough<B>(res: Response<B>) -> Response<ChatHistoryBody<B>> {
         inner: ResponseBody::inner(body),
         tap: None,
         session: None,
+        observer: None,
     })
+}
+
+/// Where the answer goes besides the history.
+struct Observer {
+    on_turn: OnTurn,
+    session: Id,
+    user: String,
+    position: u64,
 }
 
 pin_project! {
@@ -278,6 +370,7 @@ pin_project! {
         inner: ResponseBody<B>,
         tap: Option<Box<AnswerTap>>,
         session: Option<Session>,
+        observer: Option<Box<Observer>>,
     }
 }
 
@@ -290,7 +383,7 @@ impl<B> fmt::Debug for ChatHistoryBody<B> {
 }
 
 /// The answer's text joins the history.
-fn answered(tap: &mut AnswerTap, session: Option<&Session>) {
+fn answered(tap: &mut AnswerTap, session: Option<&Session>, observer: Option<&Observer>) {
     let Some(session) = session else { return };
     let summary = tap.finish();
     let Some(content) = summary.content.clone().filter(|c| !c.is_empty()) else {
@@ -300,8 +393,18 @@ fn answered(tap: &mut AnswerTap, session: Option<&Session>) {
         .usage
         .map_or_else(|| estimated_tokens(content.len()), |u| u.completion_tokens);
     let turn = Turn::assistant(content, u32::try_from(tokens).unwrap_or(u32::MAX));
+    let observed = observer.map(|_| turn.clone());
     if let Err(e) = session.history().append_later(turn) {
         tracing::debug!(error = %e, "the answer could not join the history");
+        return;
+    }
+    if let (Some(observer), Some(turn)) = (observer, observed) {
+        (observer.on_turn)(RecordedTurn {
+            session: observer.session,
+            user: &observer.user,
+            position: observer.position,
+            turn: &turn,
+        });
     }
 }
 
@@ -327,12 +430,12 @@ where
                 if this.inner.is_end_stream()
                     && let Some(mut tap) = this.tap.take()
                 {
-                    answered(&mut tap, this.session.as_ref());
+                    answered(&mut tap, this.session.as_ref(), this.observer.as_deref());
                 }
             }
             None => {
                 if let Some(mut tap) = this.tap.take() {
-                    answered(&mut tap, this.session.as_ref());
+                    answered(&mut tap, this.session.as_ref(), this.observer.as_deref());
                 }
             }
             // A broken answer doesn't join the history.

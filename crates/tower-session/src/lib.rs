@@ -20,7 +20,7 @@ mod turn;
 mod user;
 
 pub use body::SessionBody;
-pub use chat::{ChatHistory, ChatHistoryLayer};
+pub use chat::{ChatHistory, ChatHistoryLayer, RecordedTurn};
 pub use config::OutagePolicy;
 pub use cookie::SameSite;
 pub use error::{ConfigError, Error, StoreError, StoreErrorKind};
