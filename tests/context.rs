@@ -350,3 +350,68 @@ async fn passages_in_redis_vector_search_reach_their_tenant_only() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_semantic_cache_in_redis_vector_search_is_shared_by_replicas() {
+    let mock = mock().await;
+    let redis = test_support::search::shared();
+    let extra = format!("redis = [\"{}\"]|backend = \"redis\"", redis.url());
+    let (one, two) = (
+        gateway_with(&mock, &extra).await,
+        gateway_with(&mock, &extra).await,
+    );
+    let plain = |q: &str| json!({"model": "chat", "messages": [{"role": "user", "content": q}]});
+    let status = |res: &reqwest::Response| {
+        res.headers()
+            .get("cache-status")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    // A question of this run only: the shared server outlives the test.
+    let topic = format!("tides{}", std::process::id());
+    let first = post(
+        &one,
+        "/v1/chat/completions",
+        Some("sk-a"),
+        &plain(&format!("{{{{embed:{topic}}}}} When is high tide?")),
+    )
+    .await;
+    assert!(status(&first).contains("fwd=miss"), "{}", status(&first));
+    // Indexed off the first replica's request path: the second replica is
+    // asked paraphrases until one is answered from the shared cache.
+    let mut seen = String::new();
+    for n in 0..100 {
+        let res = post(
+            &two,
+            "/v1/chat/completions",
+            Some("sk-a"),
+            &plain(&format!(
+                "{{{{embed:{topic}~0.97~p{n}}}}} At what time is the tide high?"
+            )),
+        )
+        .await;
+        seen = status(&res);
+        if seen.contains("detail=semantic") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        seen.contains("; hit;") && seen.contains("similarity=0.97"),
+        "{seen}"
+    );
+    // Never for another tenant, on either replica.
+    for (n, gateway) in [&one, &two].into_iter().enumerate() {
+        let other = post(
+            gateway,
+            "/v1/chat/completions",
+            Some("sk-b"),
+            &plain(&format!(
+                "{{{{embed:{topic}~0.97~b{n}}}}} At what time is the tide high?"
+            )),
+        )
+        .await;
+        assert!(status(&other).contains("fwd=miss"), "{}", status(&other));
+    }
+}

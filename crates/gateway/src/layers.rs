@@ -120,15 +120,29 @@ pub(crate) fn cache(
 pub(crate) fn semantic(
     similarity: f32,
     context: &crate::context::ContextState,
+    config: &crate::config::ContextConfig,
+    redis: Option<&RedisState>,
 ) -> tower_ai_cache::SemanticCache {
-    let index = tower_ai_context::MemoryIndex::builder(
-        context.index.name().to_owned(),
-        context.index.dimensions(),
-    )
-    .max_records(100_000)
-    .build();
-    tower_ai_cache::SemanticCache::new(Arc::clone(&context.embedder), Arc::new(index))
-        .similarity(similarity)
+    let model = &config.embeddings_model;
+    let index: Arc<dyn tower_ai_context::VectorIndex> = match (config.backend, redis) {
+        // Shared by every replica, apart from the passages (another prefix).
+        (crate::config::ContextBackend::Redis, Some(redis)) => Arc::new(
+            tower_ai_context::redis::RedisIndex::builder(
+                redis.client.clone(),
+                model,
+                config.dimensions,
+            )
+            .prefix("tower-ai:semantic")
+            .degrade(redis.degrade.clone())
+            .build(),
+        ),
+        _ => Arc::new(
+            tower_ai_context::MemoryIndex::builder(model.clone(), config.dimensions)
+                .max_records(100_000)
+                .build(),
+        ),
+    };
+    tower_ai_cache::SemanticCache::new(Arc::clone(&context.embedder), index).similarity(similarity)
 }
 
 /// One breaker per deployment, as the design sets them: open at a 50%

@@ -223,10 +223,12 @@ impl Gateway {
             .context
             .as_ref()
             .map(|c| context::ContextState::new(c, &cell, redis.as_ref()));
-        let semantic = config
-            .semantic_cache
-            .zip(context.as_ref())
-            .map(|(similarity, c)| layers::semantic(similarity, c));
+        let semantic = match (config.semantic_cache, &context, &config.context) {
+            (Some(similarity), Some(state), Some(c)) => {
+                Some(layers::semantic(similarity, state, c, redis.as_ref()))
+            }
+            _ => None,
+        };
         let cache = layers::cache(redis.as_ref(), &config.cache, semantic)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let (upstream, circuits) = layers::circuit_breakers(
