@@ -672,12 +672,69 @@ fn cpu_seconds() -> Option<f64> {
 }
 
 fn main() {
+    // `-- --gateway-only SECONDS`: only the gateway, saturated, for a
+    // profiler to attach to (e.g. `perf record -p`).
+    let mut args = std::env::args().skip_while(|a| a != "--gateway-only");
+    if args.next().is_some() {
+        let seconds = args.next().and_then(|s| s.parse().ok()).unwrap_or(10);
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        rt.block_on(gateway_only(Duration::from_secs(seconds)));
+        return;
+    }
     let plan = Plan::from_args();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("a runtime");
     rt.block_on(run(plan));
+}
+
+async fn gateway_only(time: Duration) {
+    let mock = mock_llm::MockLlm::spawn(
+        "127.0.0.1:0",
+        mock_llm::Config {
+            token_delay: Duration::ZERO,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect("the mock starts");
+    let mut config = tower_ai_gateway::Config::from_args([
+        "--listen",
+        "127.0.0.1:0",
+        "--upstream",
+        &mock.base_url(),
+        "--token-delay-ms",
+        "0",
+    ])
+    .expect("a gateway configuration");
+    // `GATEWAY_BENCH_TOML`: a config file's text over that, to see what a
+    // setting costs.
+    if let Ok(text) = std::env::var("GATEWAY_BENCH_TOML") {
+        let path = std::path::Path::new("GATEWAY_BENCH_TOML");
+        config
+            .read_toml(&text, path, |name| std::env::var(name).ok())
+            .expect("a valid GATEWAY_BENCH_TOML");
+    }
+    let gateway = tower_ai_gateway::Gateway::start(config)
+        .await
+        .expect("the gateway starts");
+    let gw = Target::new("gateway", &gateway.url());
+    let client: LoadClient = Client::builder(TokioExecutor::new()).build(connector());
+    let plan = Plan {
+        rounds: 1,
+        warm_up: Duration::from_millis(100),
+        measure: time,
+    };
+    let throughput = saturate(&client, &gw, plan).await;
+    println!(
+        "gateway throughput {} ({WORKERS} workers), CPU {} per request",
+        rate_text(throughput.rps),
+        cpu_text(throughput.cpu_per_request)
+    );
 }
 
 async fn run(plan: Plan) {

@@ -32,7 +32,7 @@ impl Head {
         let mut kept = HeaderMap::with_capacity(headers.len());
         for (name, value) in headers {
             if !is_dropped(name) {
-                kept.append(name.clone(), value.clone());
+                kept.append(name.clone(), owned(value));
             }
         }
         Self {
@@ -290,6 +290,15 @@ impl Entry {
     }
 }
 
+/// `value` in an allocation of its own: a value parsed from the wire is a
+/// slice of the connection's read buffer, which a stored copy would keep
+/// alive whole (kilobytes for a few bytes) for as long as the entry lives.
+fn owned(value: &HeaderValue) -> HeaderValue {
+    let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
+    copy.set_sensitive(value.is_sensitive());
+    copy
+}
+
 fn headers_len(headers: &HeaderMap) -> usize {
     headers
         .iter()
@@ -372,6 +381,23 @@ pub(crate) fn millis(d: Duration) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stored_head_keeps_no_slice_of_the_read_buffer() {
+        // As hyper parses a head: values slicing the connection's buffer.
+        let buffer = Bytes::from(vec![b'a'; 64 << 10]);
+        let mut headers = HeaderMap::new();
+        let value = HeaderValue::from_maybe_shared(buffer.slice(0..16)).expect("a value");
+        headers.insert("x-request-id", value);
+        let head = Head::storable(StatusCode::OK, &headers);
+        let stored = head.headers["x-request-id"].as_bytes();
+        assert_eq!(stored, &buffer[0..16]);
+        let range = buffer.as_ptr_range();
+        assert!(
+            !range.contains(&stored.as_ptr()),
+            "the stored value points into the 64 KiB buffer"
+        );
+    }
 
     fn entry() -> Entry {
         let mut headers = HeaderMap::new();

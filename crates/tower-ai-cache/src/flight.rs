@@ -129,7 +129,9 @@ impl Flight {
         let s = self.state.lock();
         let body = match s.chunks.as_slice() {
             [] => Bytes::new(),
-            [one] => one.clone(),
+            // A copy, not a slice of the buffer the chunk was read into,
+            // which the stored answer would keep alive whole.
+            [one] => Bytes::copy_from_slice(one),
             many => {
                 let mut buf = Vec::with_capacity(s.bytes);
                 for c in many {
@@ -375,6 +377,19 @@ impl Drop for LeadGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_one_chunk_body_is_copied_out_of_its_read_buffer() {
+        let buffer = Bytes::from(vec![b'x'; 64 << 10]);
+        let flight = Flight::new(1 << 20);
+        assert!(flight.push(buffer.slice(0..100)));
+        let (body, _) = flight.body();
+        assert_eq!(body, buffer.slice(0..100));
+        assert!(
+            !buffer.as_ptr_range().contains(&body.as_ptr()),
+            "the stored body points into the 64 KiB buffer"
+        );
+    }
 
     #[tokio::test]
     async fn followers_see_chunks_then_the_end() {
