@@ -79,9 +79,22 @@ pub struct Gateway {
     _scrapers: scrape::Scrapers,
 }
 
-/// What the request handlers share.
+/// What the request handlers share: one allocation, cloned by a reference
+/// count (axum clones the state for every extractor and middleware).
 #[derive(Debug, Clone)]
-pub(crate) struct AppState {
+pub(crate) struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds.
+#[derive(Debug)]
+pub(crate) struct Shared {
     pub(crate) models: Arc<models::Models>,
     pub(crate) auth: auth::Auth,
     pub(crate) budgets: budget::Budgets,
@@ -254,7 +267,7 @@ impl Gateway {
             .map(conversations::Conversations::start)
             .transpose()
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
-        let state = AppState {
+        let state = AppState(Arc::new(Shared {
             models,
             auth,
             budgets,
@@ -270,7 +283,7 @@ impl Gateway {
             secure_cookies: config.secure_cookies,
             metrics,
             started: Arc::new(tokio::time::Instant::now()),
-        };
+        }));
         let _ = cell.set(state.clone());
         let app = routes::router(state, &config.limits)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;

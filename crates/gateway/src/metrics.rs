@@ -1,9 +1,12 @@
+use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
+use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use parking_lot::RwLock;
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -15,12 +18,86 @@ pub(crate) fn handle() -> PrometheusHandle {
         .get_or_init(|| {
             let recorder = PrometheusBuilder::new().build_recorder();
             let handle = recorder.handle();
-            if metrics::set_global_recorder(recorder).is_err() {
+            if metrics::set_global_recorder(Remembered::new(recorder)).is_err() {
                 tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
             }
             handle
         })
         .clone()
+}
+
+/// The most handles [`Remembered`] keeps of each kind (the labels are
+/// bounded by design; this bounds a mistake).
+const REMEMBERED: usize = 16_384;
+
+/// A recorder in front of another that remembers the handles it made. The
+/// Prometheus recorder copies a metric's key (its name and labels) into a
+/// new allocation on every `counter!`, before it even looks the metric up:
+/// on a request path that counts a dozen things, that was a dozen copies and
+/// lookups. Here a known key is one hash (precomputed in the key) and one
+/// read-locked lookup.
+struct Remembered<R> {
+    inner: R,
+    counters: Handles<Counter>,
+    gauges: Handles<Gauge>,
+    histograms: Handles<Histogram>,
+}
+
+type Handles<T> = RwLock<HashMap<Key, T>>;
+
+impl<R> Remembered<R> {
+    fn new(inner: R) -> Self {
+        Self {
+            inner,
+            counters: RwLock::default(),
+            gauges: RwLock::default(),
+            histograms: RwLock::default(),
+        }
+    }
+}
+
+fn remembered<T: Clone>(handles: &Handles<T>, key: &Key, make: impl FnOnce() -> T) -> T {
+    if let Some(known) = handles.read().get(key) {
+        return known.clone();
+    }
+    let made = make();
+    let mut handles = handles.write();
+    if handles.len() < REMEMBERED {
+        handles.insert(key.clone(), made.clone());
+    }
+    made
+}
+
+impl<R: Recorder> Recorder for Remembered<R> {
+    fn describe_counter(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.inner.describe_counter(key, unit, description);
+    }
+
+    fn describe_gauge(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.inner.describe_gauge(key, unit, description);
+    }
+
+    fn describe_histogram(&self, key: KeyName, unit: Option<Unit>, description: SharedString) {
+        self.inner.describe_histogram(key, unit, description);
+    }
+
+    fn register_counter(&self, key: &Key, metadata: &Metadata<'_>) -> Counter {
+        remembered(&self.counters, key, || {
+            self.inner.register_counter(key, metadata)
+        })
+    }
+
+    fn register_gauge(&self, key: &Key, metadata: &Metadata<'_>) -> Gauge {
+        remembered(&self.gauges, key, || {
+            self.inner.register_gauge(key, metadata)
+        })
+    }
+
+    fn register_histogram(&self, key: &Key, metadata: &Metadata<'_>) -> Histogram {
+        remembered(&self.histograms, key, || {
+            self.inner.register_histogram(key, metadata)
+        })
+    }
 }
 
 /// Counts requests by route template (never the raw path, which a client
@@ -30,13 +107,64 @@ pub(crate) async fn record(req: Request, next: Next) -> Response {
     let route = req
         .extensions()
         .get::<MatchedPath>()
-        .map_or_else(|| "unmatched".to_owned(), |p| p.as_str().to_owned());
+        .map_or(SharedString::const_str("unmatched"), |p| {
+            route_label(p.as_str())
+        });
     let started = std::time::Instant::now();
     let res = next.run(req).await;
-    let status = res.status().as_u16().to_string();
-    metrics::counter!("tower_ai_gateway_requests_total", "route" => route.clone(), "status" => status)
+    metrics::counter!("tower_ai_gateway_requests_total", "route" => route.clone(), "status" => status_label(res.status()))
         .increment(1);
     metrics::histogram!("tower_ai_gateway_response_head_seconds", "route" => route)
         .record(started.elapsed().as_secs_f64());
     res
+}
+
+/// The routes a label names without an allocation.
+const ROUTES: [&str; 8] = [
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/messages",
+    "/v1/models",
+    "/v1/streams/{id}",
+    "/healthz",
+];
+
+/// A route template as a label.
+fn route_label(template: &str) -> SharedString {
+    match ROUTES.iter().find(|r| **r == template) {
+        Some(known) => SharedString::const_str(known),
+        None => SharedString::from(template.to_owned()),
+    }
+}
+
+/// A status code as a label, without an allocation for the usual ones.
+pub(crate) fn status_label(status: http::StatusCode) -> SharedString {
+    const KNOWN: [&str; 12] = [
+        "200", "201", "202", "204", "400", "401", "404", "413", "429", "500", "502", "503",
+    ];
+    let code = status.as_str();
+    match KNOWN.iter().find(|k| **k == code) {
+        Some(known) => SharedString::const_str(known),
+        None => SharedString::from(code.to_owned()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_the_codes_and_templates() {
+        for code in [200, 429, 418, 504] {
+            let status = http::StatusCode::from_u16(code).expect("a status");
+            assert_eq!(&*status_label(status), code.to_string());
+        }
+        assert_eq!(
+            &*route_label("/v1/chat/completions"),
+            "/v1/chat/completions"
+        );
+        assert_eq!(&*route_label("/admin/keys"), "/admin/keys");
+    }
 }

@@ -235,7 +235,7 @@ impl Call<'_> {
             "tower_ai_gateway_model_requests_total",
             "model" => label(&route.name),
             "key" => label(key_label),
-            "status" => res.status().as_u16().to_string()
+            "status" => crate::metrics::status_label(res.status())
         )
         .increment(1);
         if let Some(owner) = owner

@@ -83,6 +83,6 @@ impl Shared {
             scope,
             ignore: &self.ignore,
         };
-        self.aliases.key(&input, body)
+        self.aliases.key(&input, body, |key| self.l1.contains(key))
     }
 }

@@ -387,8 +387,16 @@ impl Aliases {
         }
     }
 
-    /// The key of a request, and what its body says about itself.
-    pub(crate) fn key(&self, input: &KeyInput<'_>, body: &[u8]) -> (CacheKey, BodyFacts) {
+    /// The key of a request, and what its body says about itself. The
+    /// bytes are remembered only when `stored` says the key has an answer:
+    /// a request that will be answered from the cache is worth the insert, a
+    /// new prompt (a miss) isn't.
+    pub(crate) fn key(
+        &self,
+        input: &KeyInput<'_>,
+        body: &[u8],
+        stored: impl FnOnce(&CacheKey) -> bool,
+    ) -> (CacheKey, BodyFacts) {
         // An empty or tiny body is as cheap to key directly.
         if body.len() < 64 {
             return input.digest(body);
@@ -398,7 +406,9 @@ impl Aliases {
             return known;
         }
         let keyed = input.digest(body);
-        self.map.insert(raw, keyed.clone());
+        if stored(&keyed.0) {
+            self.map.insert(raw, keyed.clone());
+        }
         keyed
     }
 }
@@ -641,15 +651,21 @@ mod tests {
             ignore: &ignore,
         };
         let direct = input(&a).digest(body);
+        // A key without an answer isn't remembered.
+        assert_eq!(aliases.key(&input(&a), body, |_| false).0, direct.0);
+        assert!(!aliases.map.contains_key(&input(&a).raw_digest(body)));
         for _ in 0..2 {
-            let aliased = aliases.key(&input(&a), body);
+            let aliased = aliases.key(&input(&a), body, |_| true);
             assert_eq!(aliased.0, direct.0);
             assert_eq!(aliased.1.model.as_deref(), Some("m"));
             assert!(aliased.1.deterministic);
         }
         // The same bytes under another scope are another key.
-        assert_ne!(aliases.key(&input(&b), body).0, direct.0);
-        assert_eq!(aliases.key(&input(&b), body).0, input(&b).digest(body).0);
+        assert_ne!(aliases.key(&input(&b), body, |_| true).0, direct.0);
+        assert_eq!(
+            aliases.key(&input(&b), body, |_| true).0,
+            input(&b).digest(body).0
+        );
     }
 
     #[test]

@@ -49,8 +49,11 @@ struct Ctx {
 }
 
 impl Ctx {
-    fn request<B: From<Bytes>>(&self) -> Request<B> {
-        Request::from_parts(self.parts.clone(), B::from(self.bytes.clone()))
+    /// The request, to send on: its head moves out (nothing reads it
+    /// after the call), the body's bytes stay.
+    fn take_request<B: From<Bytes>>(&mut self) -> Request<B> {
+        let parts = std::mem::replace(&mut self.parts, Request::new(()).into_parts().0);
+        Request::from_parts(parts, B::from(self.bytes.clone()))
     }
 
     fn status(&self, outcome: Outcome) -> Status {
@@ -176,7 +179,7 @@ where
 /// Everything after the first L1 lookup (`first`, what it found, if it was
 /// made): bypasses, flights, L2, the upstream.
 async fn resolve<S, ReqBody, ResBody>(
-    ctx: Ctx,
+    mut ctx: Ctx,
     mut inner: S,
     bypassed: bool,
     mut first: Option<Lookup>,
@@ -199,7 +202,7 @@ where
             .increment(1);
         let mut status = ctx.status(Outcome::Bypass);
         status.detail = Some("nondeterministic");
-        return forward(&ctx, &mut inner, status, None).await;
+        return forward(&mut ctx, &mut inner, status, None).await;
     }
     if directives.no_cache {
         // Refresh: no lookup, no collapsing, but the answer is stored.
@@ -209,7 +212,7 @@ where
         let lock = unlocked(&ctx);
         #[cfg(feature = "semantic")]
         let probe = probe_of(&ctx);
-        return lead(&ctx, inner, guard, lock, Outcome::Request, None, probe).await;
+        return lead(&mut ctx, inner, guard, lock, Outcome::Request, None, probe).await;
     }
 
     let mut stale: Option<Arc<Entry>> = None;
@@ -267,7 +270,7 @@ where
                     retried = true;
                     continue;
                 }
-                Followed::Proceed { .. } => return uncached(&ctx, &mut inner, stale).await,
+                Followed::Proceed { .. } => return uncached(&mut ctx, &mut inner, stale).await,
             },
             Join::Lead(guard) => guard,
         };
@@ -286,7 +289,7 @@ where
                         continue;
                     }
                     Followed::Proceed { .. } => {
-                        return uncached(&ctx, &mut inner, stale).await;
+                        return uncached(&mut ctx, &mut inner, stale).await;
                     }
                 },
             },
@@ -302,7 +305,7 @@ where
                 .for_request::<ResBody, _>(&Request::from_parts(ctx.parts.clone(), ()))
                 .map(CacheBody::from_response_body));
         }
-        return lead(&ctx, inner, guard, lock, Outcome::Miss, stale, probe).await;
+        return lead(&mut ctx, inner, guard, lock, Outcome::Miss, stale, probe).await;
     }
 }
 
@@ -400,7 +403,7 @@ async fn follow<B>(ctx: &Ctx, flight: &Arc<crate::flight::Flight>) -> Followed<B
 
 /// Forwards, records nothing; serves the stale entry if the upstream fails.
 async fn uncached<S, ReqBody, ResBody>(
-    ctx: &Ctx,
+    ctx: &mut Ctx,
     inner: &mut S,
     stale: Option<Arc<Entry>>,
 ) -> Result<Response<CacheBody<ResBody>>, S::Error>
@@ -409,11 +412,12 @@ where
     ReqBody: From<Bytes>,
 {
     metrics::counter!("tower_ai_cache_misses_total", "route" => ctx.label()).increment(1);
-    forward(ctx, inner, ctx.status(Outcome::Miss), stale).await
+    let status = ctx.status(Outcome::Miss);
+    forward(ctx, inner, status, stale).await
 }
 
 async fn forward<S, ReqBody, ResBody>(
-    ctx: &Ctx,
+    ctx: &mut Ctx,
     inner: &mut S,
     status: Status,
     stale: Option<Arc<Entry>>,
@@ -422,7 +426,7 @@ where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
     ReqBody: From<Bytes>,
 {
-    let result = inner.call(ctx.request()).await;
+    let result = inner.call(ctx.take_request()).await;
     if let Some(res) = stale_instead(ctx, &result, stale) {
         return Ok(res);
     }
@@ -471,7 +475,7 @@ enum RemoteLock {
 
 /// Calls the upstream for the flight and records its answer.
 async fn lead<S, ReqBody, ResBody>(
-    ctx: &Ctx,
+    ctx: &mut Ctx,
     mut inner: S,
     guard: LeadGuard,
     lock: RemoteLock,
@@ -487,7 +491,7 @@ where
     #[cfg(not(feature = "semantic"))]
     let Semantic = semantic;
     metrics::counter!("tower_ai_cache_misses_total", "route" => ctx.label()).increment(1);
-    let result = inner.call(ctx.request()).await;
+    let result = inner.call(ctx.take_request()).await;
     if let Some(res) = stale_instead(ctx, &result, stale) {
         release(lock, ctx.key, crate::store::END_UNSTORED);
         guard.finish(End::Abandoned { retry: false });

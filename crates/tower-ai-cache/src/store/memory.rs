@@ -91,6 +91,12 @@ impl L1 {
         }
     }
 
+    /// Whether an entry is held for `key` (fresh or not), without touching
+    /// its recency.
+    pub(crate) fn contains(&self, key: &CacheKey) -> bool {
+        self.cache.contains_key(key)
+    }
+
     pub(crate) fn insert(&self, key: CacheKey, entry: Arc<Entry>) {
         self.cache.insert(key, entry);
         metrics::gauge!("tower_ai_cache_l1_bytes").set(self.cache.weighted_size() as f64);
