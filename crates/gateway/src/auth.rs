@@ -2,12 +2,16 @@
 //! and the admin token.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
+use axum::extract::Request;
 use axum::response::Response;
 use http::{HeaderMap, StatusCode, header};
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
 use tower_ai_core::key::Tier;
 use tower_ai_core::reject::Refusal;
 
@@ -100,31 +104,112 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
     })
 }
 
-/// The middleware: `/admin/*` needs the admin token (when configured);
-/// `/v1/*` needs a configured key (when any is configured), whose tier and
-/// budget then go with the request.
-pub(crate) async fn check(State(auth): State<Auth>, mut req: Request, next: Next) -> Response {
-    let path = req.uri().path();
-    if path.starts_with("/admin/") || path == "/admin" {
-        if !auth.is_admin(req.headers()) {
-            return unauthorized(if auth.admin.is_none() {
-                "the admin API is closed: with client keys configured, it needs an `[admin]` token"
-            } else {
-                "the admin API needs `Authorization: Bearer <admin token>`"
-            });
+/// The check in front of every route: `/admin/*` needs the admin token
+/// (when configured); `/v1/*` needs a configured key (when any is
+/// configured), whose tier and budget then go with the request.
+#[derive(Debug, Clone)]
+pub(crate) struct AuthLayer(pub(crate) Auth);
+
+impl<S> Layer<S> for AuthLayer {
+    type Service = AuthService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        AuthService {
+            auth: self.0.clone(),
+            inner,
         }
-    } else if path.starts_with("/v1/") && !auth.keys.is_empty() {
-        let Some(caller) = auth.caller(req.headers()).cloned() else {
-            return unauthorized(
-                "a valid API key is needed: `Authorization: Bearer <key>` or `x-api-key: <key>`",
-            );
-        };
-        if let Some(tier) = &caller.tier {
-            req.extensions_mut().insert(tier.clone());
-        }
-        req.extensions_mut().insert(CallerExt(caller));
     }
-    next.run(req).await
+}
+
+/// The service of [`AuthLayer`].
+#[derive(Debug, Clone)]
+pub(crate) struct AuthService<S> {
+    auth: Auth,
+    inner: S,
+}
+
+impl<S, B> Service<Request> for AuthService<S>
+where
+    S: Service<Request, Response = http::Response<B>>,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = AuthFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request) -> Self::Future {
+        match self.auth.check(&mut req) {
+            Ok(()) => AuthFuture::Inner {
+                future: self.inner.call(req),
+            },
+            Err(refused) => AuthFuture::Refused {
+                response: Some(refused),
+            },
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`AuthService`].
+    #[project = AuthFutureProj]
+    pub(crate) enum AuthFuture<F> {
+        Inner { #[pin] future: F },
+        Refused { response: Option<Response> },
+    }
+}
+
+impl<F, B, E> Future for AuthFuture<F>
+where
+    F: Future<Output = Result<http::Response<B>, E>>,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<axum::BoxError>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            AuthFutureProj::Inner { future } => future
+                .poll(cx)
+                .map(|r| r.map(|res| res.map(axum::body::Body::new))),
+            AuthFutureProj::Refused { response } => match response.take() {
+                Some(response) => Poll::Ready(Ok(response)),
+                None => Poll::Pending,
+            },
+        }
+    }
+}
+
+impl Auth {
+    /// Lets `req` through (with its caller in its extensions), or the
+    /// refusal.
+    fn check(&self, req: &mut Request) -> Result<(), Response> {
+        let path = req.uri().path();
+        if path.starts_with("/admin/") || path == "/admin" {
+            if !self.is_admin(req.headers()) {
+                return Err(unauthorized(if self.admin.is_none() {
+                    "the admin API is closed: with client keys configured, it needs an `[admin]` token"
+                } else {
+                    "the admin API needs `Authorization: Bearer <admin token>`"
+                }));
+            }
+        } else if path.starts_with("/v1/") && !self.keys.is_empty() {
+            let Some(caller) = self.caller(req.headers()).cloned() else {
+                return Err(unauthorized(
+                    "a valid API key is needed: `Authorization: Bearer <key>` or `x-api-key: <key>`",
+                ));
+            };
+            if let Some(tier) = &caller.tier {
+                req.extensions_mut().insert(tier.clone());
+            }
+            req.extensions_mut().insert(CallerExt(caller));
+        }
+        Ok(())
+    }
 }
 
 fn unauthorized(message: &str) -> Response {

@@ -1,12 +1,18 @@
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::OnceLock;
+use std::task::{Context, Poll, ready};
+use std::time::Instant;
 
-use axum::extract::{MatchedPath, Request};
-use axum::middleware::Next;
+use axum::extract::MatchedPath;
 use axum::response::Response;
+use http::Request;
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use parking_lot::RwLock;
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -103,20 +109,78 @@ impl<R: Recorder> Recorder for Remembered<R> {
 /// Counts requests by route template (never the raw path, which a client
 /// could vary without bound) and status, and times them to the response
 /// head.
-pub(crate) async fn record(req: Request, next: Next) -> Response {
-    let route = req
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or(SharedString::const_str("unmatched"), |p| {
-            route_label(p.as_str())
-        });
-    let started = std::time::Instant::now();
-    let res = next.run(req).await;
-    metrics::counter!("tower_ai_gateway_requests_total", "route" => route.clone(), "status" => status_label(res.status()))
-        .increment(1);
-    metrics::histogram!("tower_ai_gateway_response_head_seconds", "route" => route)
-        .record(started.elapsed().as_secs_f64());
-    res
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct RecordLayer;
+
+impl<S> Layer<S> for RecordLayer {
+    type Service = Record<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Record { inner }
+    }
+}
+
+/// The service of [`RecordLayer`].
+#[derive(Debug, Clone)]
+pub(crate) struct Record<S> {
+    inner: S,
+}
+
+impl<S, B> Service<Request<B>> for Record<S>
+where
+    S: Service<Request<B>, Response = Response>,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = RecordFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let route = req
+            .extensions()
+            .get::<MatchedPath>()
+            .map_or(SharedString::const_str("unmatched"), |p| {
+                route_label(p.as_str())
+            });
+        RecordFuture {
+            future: self.inner.call(req),
+            route,
+            started: Instant::now(),
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`Record`].
+    pub(crate) struct RecordFuture<F> {
+        #[pin]
+        future: F,
+        route: SharedString,
+        started: Instant,
+    }
+}
+
+impl<F, E> Future for RecordFuture<F>
+where
+    F: Future<Output = Result<Response, E>>,
+{
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let result = ready!(this.future.poll(cx));
+        if let Ok(res) = &result {
+            let route = this.route.clone();
+            metrics::counter!("tower_ai_gateway_requests_total", "route" => route.clone(), "status" => status_label(res.status()))
+                .increment(1);
+            metrics::histogram!("tower_ai_gateway_response_head_seconds", "route" => route)
+                .record(this.started.elapsed().as_secs_f64());
+        }
+        Poll::Ready(result)
+    }
 }
 
 /// The routes a label names without an allocation.

@@ -56,10 +56,7 @@ pub(crate) fn router(
         .merge(admin)
         .layer(
             tower::ServiceBuilder::new()
-                .layer(axum::middleware::from_fn_with_state(
-                    state.auth.clone(),
-                    crate::auth::check,
-                ))
+                .layer(crate::auth::AuthLayer(state.auth.clone()))
                 .layer(TokenCostLayer::with(crate::layers::token_cost()))
                 .layer(limits)
                 // Above the cache: a cached answer joins the history too.
@@ -79,7 +76,7 @@ pub(crate) fn router(
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .layer(sessions)
-        .layer(axum::middleware::from_fn(crate::metrics::record))
+        .layer(crate::metrics::RecordLayer)
         .layer(TraceLayer::new_for_http())
         .with_state(state))
 }
