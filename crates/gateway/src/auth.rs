@@ -147,8 +147,8 @@ where
             Ok(()) => AuthFuture::Inner {
                 future: self.inner.call(req),
             },
-            Err(refused) => AuthFuture::Refused {
-                response: Some(refused),
+            Err(reason) => AuthFuture::Refused {
+                response: Some(unauthorized(reason)),
             },
         }
     }
@@ -185,23 +185,23 @@ where
 }
 
 impl Auth {
-    /// Lets `req` through (with its caller in its extensions), or the
-    /// refusal.
-    fn check(&self, req: &mut Request) -> Result<(), Response> {
+    /// Lets `req` through (with its caller in its extensions), or says why
+    /// not.
+    fn check(&self, req: &mut Request) -> Result<(), &'static str> {
         let path = req.uri().path();
         if path.starts_with("/admin/") || path == "/admin" {
             if !self.is_admin(req.headers()) {
-                return Err(unauthorized(if self.admin.is_none() {
+                return Err(if self.admin.is_none() {
                     "the admin API is closed: with client keys configured, it needs an `[admin]` token"
                 } else {
                     "the admin API needs `Authorization: Bearer <admin token>`"
-                }));
+                });
             }
         } else if path.starts_with("/v1/") && !self.keys.is_empty() {
             let Some(caller) = self.caller(req.headers()).cloned() else {
-                return Err(unauthorized(
+                return Err(
                     "a valid API key is needed: `Authorization: Bearer <key>` or `x-api-key: <key>`",
-                ));
+                );
             };
             if let Some(tier) = &caller.tier {
                 req.extensions_mut().insert(tier.clone());
