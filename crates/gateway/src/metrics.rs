@@ -6,7 +6,7 @@ use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use axum::extract::MatchedPath;
-use axum::response::Response;
+use http::Response;
 use http::Request;
 use metrics::{Counter, Gauge, Histogram, Key, KeyName, Metadata, Recorder, SharedString, Unit};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -126,11 +126,11 @@ pub(crate) struct Record<S> {
     inner: S,
 }
 
-impl<S, B> Service<Request<B>> for Record<S>
+impl<S, B, ResB> Service<Request<B>> for Record<S>
 where
-    S: Service<Request<B>, Response = Response>,
+    S: Service<Request<B>, Response = Response<ResB>>,
 {
-    type Response = Response;
+    type Response = Response<ResB>;
     type Error = S::Error;
     type Future = RecordFuture<S::Future>;
 
@@ -163,11 +163,11 @@ pin_project! {
     }
 }
 
-impl<F, E> Future for RecordFuture<F>
+impl<F, B, E> Future for RecordFuture<F>
 where
-    F: Future<Output = Result<Response, E>>,
+    F: Future<Output = Result<Response<B>, E>>,
 {
-    type Output = Result<Response, E>;
+    type Output = Result<Response<B>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();

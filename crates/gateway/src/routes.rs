@@ -75,9 +75,14 @@ pub(crate) fn router(
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
-        .layer(sessions)
-        .layer(crate::metrics::RecordLayer)
-        .layer(TraceLayer::new_for_http())
+        // One layer over the router, not three: each `Router::layer` boxes
+        // the service and the response body of every request again.
+        .layer(
+            tower::ServiceBuilder::new()
+                .layer(TraceLayer::new_for_http())
+                .layer(crate::metrics::RecordLayer)
+                .layer(sessions),
+        )
         .with_state(state))
 }
 

@@ -202,7 +202,8 @@ where
 
     fn call(&mut self, req: Request<ReqBody>) -> Self::Future {
         let session = match req.extensions().get::<Session>() {
-            Some(session) if !req.body().is_end_stream() => session.clone(),
+            // A visitor without a session isn't signed in: no recording.
+            Some(session) if !req.body().is_end_stream() && !session.is_blank() => session.clone(),
             _ => return ChatHistoryFuture::passthrough(self.inner.call(req)),
         };
         let clone = self.inner.clone();

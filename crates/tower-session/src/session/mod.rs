@@ -188,6 +188,14 @@ impl Session {
         self.inner.state.lock().id
     }
 
+    /// Whether the visitor has no session id and nothing was set in this
+    /// request's session: it can't be signed in, and finding that out needs
+    /// no store access.
+    pub(crate) fn is_blank(&self) -> bool {
+        let state = self.inner.state.lock();
+        state.id.is_none() && state.changes.is_empty()
+    }
+
     /// Whether the stored session was read in this request.
     pub fn is_loaded(&self) -> bool {
         self.inner.state.lock().load == Load::Loaded
