@@ -50,17 +50,23 @@ impl Prompt {
     /// Reads a request body. A body that isn't JSON has no blocks and counts
     /// a token per 4 bytes plus the default output: the balancer routes it,
     /// judging it is someone else's job.
-    pub(crate) fn read(body: &[u8], block_bytes: usize, default_output: u64) -> Self {
-        let Ok(value) = serde_json::from_slice::<Value>(body) else {
-            return Self {
-                blocks: Vec::new(),
-                tokens: (body.len() as u64).div_ceil(4) + default_output,
-                sticky: None,
-            };
-        };
+    ///
+    /// Without `prefix` (a pool of one endpoint: no choice to aim), the
+    /// blocks are left out, and so is the parse they need.
+    pub(crate) fn read(body: &[u8], block_bytes: usize, default_output: u64, prefix: bool) -> Self {
         let tokens = ChatRequest::from_json(body)
             .map(|req| req.estimated_total_tokens(default_output))
             .unwrap_or_else(|_| (body.len() as u64).div_ceil(4) + default_output);
+        let value = match prefix.then(|| serde_json::from_slice::<Value>(body)) {
+            Some(Ok(value)) => value,
+            _ => {
+                return Self {
+                    blocks: Vec::new(),
+                    tokens,
+                    sticky: None,
+                };
+            }
+        };
         let mut chain = Chain::new(block_bytes);
         for field in PROMPT_FIELDS {
             if let Some(value) = value.get(field) {
@@ -157,8 +163,18 @@ mod tests {
         let system = "You are a careful assistant. ".repeat(20);
         let first = "first question ".repeat(10);
         let other = "another one ".repeat(10);
-        let a = Prompt::read(&chat(&[("system", &system), ("user", &first)]), 64, 256);
-        let b = Prompt::read(&chat(&[("system", &system), ("user", &other)]), 64, 256);
+        let a = Prompt::read(
+            &chat(&[("system", &system), ("user", &first)]),
+            64,
+            256,
+            true,
+        );
+        let b = Prompt::read(
+            &chat(&[("system", &system), ("user", &other)]),
+            64,
+            256,
+            true,
+        );
         let shared = a
             .blocks
             .iter()
@@ -174,17 +190,17 @@ mod tests {
     #[test]
     fn the_same_prompt_gives_the_same_chain_and_a_different_start_shares_nothing() {
         let long = "word ".repeat(100);
-        let a = Prompt::read(&chat(&[("user", &long)]), 64, 256);
-        let b = Prompt::read(&chat(&[("user", &long)]), 64, 256);
+        let a = Prompt::read(&chat(&[("user", &long)]), 64, 256, true);
+        let b = Prompt::read(&chat(&[("user", &long)]), 64, 256, true);
         assert_eq!(a, b);
-        let c = Prompt::read(&chat(&[("user", &format!("x{long}"))]), 64, 256);
+        let c = Prompt::read(&chat(&[("user", &format!("x{long}"))]), 64, 256, true);
         assert!(a.blocks.iter().zip(&c.blocks).all(|(x, y)| x != y));
     }
 
     #[test]
     fn pieces_are_separated() {
-        let a = Prompt::read(br#"{"prompt":["ab","c"]}"#, 2, 0);
-        let b = Prompt::read(br#"{"prompt":["a","bc"]}"#, 2, 0);
+        let a = Prompt::read(br#"{"prompt":["ab","c"]}"#, 2, 0, true);
+        let b = Prompt::read(br#"{"prompt":["a","bc"]}"#, 2, 0, true);
         assert_ne!(a.blocks, b.blocks);
     }
 
@@ -194,10 +210,24 @@ mod tests {
             br#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":100}"#,
             64,
             256,
+            true,
         );
-        let without = Prompt::read(br#"{"messages":[{"role":"user","content":"hi"}]}"#, 64, 256);
+        let without = Prompt::read(
+            br#"{"messages":[{"role":"user","content":"hi"}]}"#,
+            64,
+            256,
+            true,
+        );
         assert_eq!(without.tokens - with_limit.tokens, 156);
-        let raw = Prompt::read(b"not json at all", 64, 256);
+        let alone = Prompt::read(
+            br#"{"messages":[{"role":"user","content":"hi"}]}"#,
+            64,
+            256,
+            false,
+        );
+        assert!(alone.blocks.is_empty(), "no blocks without prefix routing");
+        assert_eq!(alone.tokens, without.tokens);
+        let raw = Prompt::read(b"not json at all", 64, 256, true);
         assert_eq!((raw.blocks.len(), raw.tokens), (0, 4 + 256));
         assert_eq!(raw.sticky, None);
     }

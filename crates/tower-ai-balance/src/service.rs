@@ -123,7 +123,13 @@ where
                 .map(BalanceBody::own));
         }
     };
-    let mut prompt = Prompt::read(&bytes, settings.block_bytes, settings.default_output_tokens);
+    let prefix = pool.endpoints().len() > 1;
+    let mut prompt = Prompt::read(
+        &bytes,
+        settings.block_bytes,
+        settings.default_output_tokens,
+        prefix,
+    );
     prompt.sticky = sticky;
     let mut tried = 0u64;
     let mut attempt = 0;
