@@ -23,10 +23,11 @@
 //!
 //! [RFC 8785]: https://www.rfc-editor.org/rfc/rfc8785
 
-use std::cmp::Ordering;
 use std::fmt;
 use std::io::{self, Write};
 use std::sync::Arc;
+
+use crate::canon::{Canon, utf16_cmp, write_number, write_string};
 
 use http::{HeaderMap, HeaderName, Method};
 use serde_json::Value;
@@ -118,34 +119,6 @@ impl IgnoreList {
     pub fn none() -> Self {
         Self {
             paths: Arc::new([]),
-        }
-    }
-
-    fn is_empty(&self) -> bool {
-        self.paths.is_empty()
-    }
-
-    /// Removes the ignored fields from a parsed body.
-    fn strip(&self, value: &mut Value) {
-        for path in self.paths.iter() {
-            remove_path(value, path);
-        }
-    }
-}
-
-fn remove_path(value: &mut Value, path: &[Box<str>]) {
-    let Value::Object(map) = value else {
-        return;
-    };
-    match path {
-        [] => {}
-        [last] => {
-            map.remove(last.as_ref());
-        }
-        [first, rest @ ..] => {
-            if let Some(inner) = map.get_mut(first.as_ref()) {
-                remove_path(inner, rest);
-            }
         }
     }
 }
@@ -415,18 +388,18 @@ impl Aliases {
 
 fn write_body(w: &mut impl Write, body: &[u8], ignore: &IgnoreList) -> BodyFacts {
     let parsed = if starts_like_json(body) {
-        serde_json::from_slice::<Value>(body).ok()
+        serde_json::from_slice::<Canon<'_>>(body).ok()
     } else {
         None
     };
     match parsed {
         Some(mut value) => {
-            if !ignore.is_empty() {
-                ignore.strip(&mut value);
+            for path in ignore.paths.iter() {
+                value.remove_path(path);
             }
             let facts = facts_of(&value);
             let _ = w.write_all(b"J");
-            let _ = write_canonical(w, &value);
+            let _ = value.write(w);
             facts
         }
         None => {
@@ -450,19 +423,25 @@ fn starts_like_json(body: &[u8]) -> bool {
         })
 }
 
-fn facts_of(value: &Value) -> BodyFacts {
-    let Value::Object(map) = value else {
+fn facts_of(value: &Canon<'_>) -> BodyFacts {
+    if !matches!(value, Canon::Object(_)) {
         return BodyFacts::default();
-    };
-    let model = map.get("model").and_then(Value::as_str).map(Arc::from);
-    let zero_temperature = map
+    }
+    let model = value.get("model").and_then(Canon::as_str).map(Arc::from);
+    let zero_temperature = value
         .get("temperature")
-        .and_then(Value::as_f64)
+        .and_then(Canon::as_number)
+        .and_then(serde_json::Number::as_f64)
         .is_some_and(|t| t == 0.0);
-    let seeded = map.get("seed").is_some_and(|s| !s.is_null());
+    let seeded = value.get("seed").is_some_and(|s| *s != Canon::Null);
     let bounded = ["max_tokens", "max_completion_tokens", "max_output_tokens"]
         .iter()
-        .any(|field| map.get(*field).is_some_and(Value::is_u64));
+        .any(|field| {
+            value
+                .get(field)
+                .and_then(Canon::as_number)
+                .is_some_and(serde_json::Number::is_u64)
+        });
     BodyFacts {
         model,
         deterministic: zero_temperature || seeded,
@@ -536,38 +515,6 @@ pub fn canonical_json(value: &Value) -> String {
     let mut out = Vec::new();
     let _ = write_canonical(&mut out, value);
     String::from_utf8(out).unwrap_or_default()
-}
-
-fn utf16_cmp(a: &str, b: &str) -> Ordering {
-    if a.is_ascii() && b.is_ascii() {
-        return a.cmp(b);
-    }
-    a.encode_utf16().cmp(b.encode_utf16())
-}
-
-fn write_string(w: &mut impl Write, s: &str) -> io::Result<()> {
-    // serde_json escapes exactly what JSON.stringify escapes: `"`, `\`, and
-    // control characters (as \b \f \n \r \t or \u00xx, lowercase).
-    serde_json::to_writer(&mut *w, s).map_err(io::Error::other)
-}
-
-/// Integers are written as integers (`1.0` and `1e0` are `1`); other numbers
-/// in Rust's shortest round-trip form, which is one text per `f64`.
-fn write_number(w: &mut impl Write, n: &serde_json::Number) -> io::Result<()> {
-    if let Some(u) = n.as_u64() {
-        return write!(w, "{u}");
-    }
-    if let Some(i) = n.as_i64() {
-        return write!(w, "{i}");
-    }
-    let f = n.as_f64().unwrap_or(0.0);
-    // Below 2^53 an integral f64 is an exact integer.
-    if f.fract() == 0.0 && f.abs() < 9_007_199_254_740_992.0 {
-        #[allow(clippy::cast_possible_truncation)]
-        let i = f as i64;
-        return write!(w, "{i}");
-    }
-    write!(w, "{f}")
 }
 
 #[cfg(test)]
@@ -682,5 +629,69 @@ mod tests {
         assert_ne!(key(b"{\"a\":1"), key(b"{\"a\":1}"));
         assert_eq!(key(b"\xff\x00binary"), key(b"\xff\x00binary"));
         assert_ne!(key(b"\xff\x00binary"), key(b"\xff\x00binarz"));
+    }
+}
+
+#[cfg(test)]
+mod canon_tests {
+    use proptest::prelude::*;
+    use serde_json::Value;
+
+    use super::*;
+    use crate::canon::Canon;
+
+    /// The canonical form of `text` both ways: through `Value`, and here.
+    fn both(text: &str) -> (String, String) {
+        let value: Value = serde_json::from_str(text).expect("JSON");
+        let canon: Canon<'_> = serde_json::from_str(text).expect("JSON");
+        let mut out = Vec::new();
+        canon.write(&mut out).expect("written");
+        (
+            canonical_json(&value),
+            String::from_utf8(out).expect("UTF-8"),
+        )
+    }
+
+    #[test]
+    fn writes_what_the_value_form_writes() {
+        for text in [
+            r#"{"b":1,"a":[1,2.0,1e0,-3,0.5,null,true,false],"c":{"z":"\n\"é","y":{}}}"#,
+            r#"{"model":"m","messages":[{"role":"user","content":"a \u00e9 \ud83d\ude00 \\ line\nbreak"}]}"#,
+            r#"{"a":1,"a":2,"b":{"x":1,"x":[3]}}"#,
+            r#"{"é":1,"e":2,"😀":3,"\uffff":4,"Z":5}"#,
+            r#"[1.5e300,-0.0,123456789012345678901,18446744073709551615,-9223372036854775808]"#,
+            r#""just a string""#,
+            "  {\n \"spaced\" :\t[ ]\n} ",
+        ] {
+            let (value, canon) = both(text);
+            assert_eq!(canon, value, "{text}");
+        }
+    }
+
+    fn json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::Bool),
+            any::<i64>().prop_map(Value::from),
+            any::<u64>().prop_map(Value::from),
+            (-1e12f64..1e12).prop_map(Value::from),
+            ".{0,8}".prop_map(Value::String),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                prop::collection::vec(("[a-cé😀]{0,3}", inner), 0..6)
+                    .prop_map(|members| Value::Object(members.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn any_document_writes_alike(value in json()) {
+            let text = serde_json::to_string(&value).expect("serialised");
+            let (through_value, canon) = both(&text);
+            prop_assert_eq!(canon, through_value);
+        }
     }
 }

@@ -150,6 +150,7 @@ mod error;
 mod flight;
 pub mod future;
 mod handle;
+mod canon;
 mod judge;
 mod key;
 mod layer;
