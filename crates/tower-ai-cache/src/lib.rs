@@ -141,8 +141,9 @@
 // -> future -> body -> config (the runtime settings, which every file reads).
 // `service`, `miss` and `handle` make responses through `respond`; `miss`,
 // `body` and `remote` judge answers through `judge`. Below them all: key,
-// entry, flight, store, directives, route, tag.
+// entry, flight, store, directives, route, tag; under key, canon.
 mod body;
+mod canon;
 mod config;
 mod directives;
 mod entry;
@@ -150,7 +151,6 @@ mod error;
 mod flight;
 pub mod future;
 mod handle;
-mod canon;
 mod judge;
 mod key;
 mod layer;
