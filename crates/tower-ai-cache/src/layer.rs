@@ -81,7 +81,11 @@ impl CacheLayer {
         .into_iter()
         .filter_map(Result::ok)
         .collect();
-        let l1 = L1::new(b.l1_capacity, b.l1_ttl);
+        #[cfg(feature = "redis")]
+        let shared_l2 = b.redis.is_some();
+        #[cfg(not(feature = "redis"))]
+        let shared_l2 = false;
+        let l1 = L1::new(b.l1_capacity, l1_lifetime(b.l1_ttl, shared_l2, &routes));
         #[cfg(feature = "redis")]
         let l2 = b
             .redis
@@ -118,6 +122,23 @@ impl<S> Layer<S> for CacheLayer {
     }
 }
 
+/// How long L1 keeps an answer: `l1_ttl` when set; else 60 s in front of a
+/// shared L2 (the drift between replicas), and without one the longest any
+/// route keeps an answer (its TTL and grace: L1 is the whole cache). An
+/// entry past its own lifetime reads as a miss and is replaced.
+fn l1_lifetime(l1_ttl: Option<Duration>, shared_l2: bool, routes: &[RouteRule]) -> Duration {
+    match l1_ttl {
+        Some(ttl) => ttl,
+        None if shared_l2 => Duration::from_secs(60),
+        None => routes
+            .iter()
+            .map(|r| r.ttl.saturating_add(r.grace))
+            .max()
+            .unwrap_or_default()
+            .max(Duration::from_secs(1)),
+    }
+}
+
 /// Builds a [`CacheLayer`].
 ///
 /// | setting | default |
@@ -127,7 +148,7 @@ impl<S> Layer<S> for CacheLayer {
 /// | [`ttl`](Self::ttl) | 1 h |
 /// | [`stale_if_error`](Self::stale_if_error) | 5 min |
 /// | [`l1_capacity`](Self::l1_capacity) | 64 MiB |
-/// | [`l1_ttl`](Self::l1_ttl) | 60 s |
+/// | [`l1_ttl`](Self::l1_ttl) | 60 s with `redis`; without, an answer's own TTL and grace |
 /// | [`max_body`](Self::max_body) | 4 MiB |
 /// | [`max_request_body`](Self::max_request_body) | 1 MiB |
 /// | [`ignore_fields`](Self::ignore_fields) | `user` |
@@ -143,7 +164,7 @@ pub struct CacheBuilder {
     ttl: Duration,
     stale_if_error: Duration,
     l1_capacity: u64,
-    l1_ttl: Duration,
+    l1_ttl: Option<Duration>,
     max_body: usize,
     max_request_body: usize,
     ignore: IgnoreList,
@@ -185,7 +206,7 @@ impl CacheBuilder {
             ttl: Duration::from_secs(3600),
             stale_if_error: Duration::from_secs(300),
             l1_capacity: 64 << 20,
-            l1_ttl: Duration::from_secs(60),
+            l1_ttl: None,
             max_body: 4 << 20,
             max_request_body: 1 << 20,
             ignore: IgnoreList::default(),
@@ -247,8 +268,10 @@ impl CacheBuilder {
 
     /// The longest an answer stays in L1, however long its TTL: replicas
     /// that missed an invalidation drift apart for at most this long.
+    /// Default: 60 s with [`redis`](Self::redis); without it L1 is the
+    /// whole cache, and an answer stays for its TTL and grace.
     pub fn l1_ttl(mut self, ttl: Duration) -> Self {
-        self.l1_ttl = ttl;
+        self.l1_ttl = Some(ttl);
         self
     }
 
@@ -346,7 +369,7 @@ impl CacheBuilder {
         if self.l1_capacity == 0 {
             return Err(ConfigError::ZeroL1Capacity);
         }
-        if self.l1_ttl.is_zero() {
+        if self.l1_ttl.is_some_and(|t| t.is_zero()) {
             return Err(ConfigError::ZeroL1Ttl);
         }
         if self.max_body == 0 || u32::try_from(self.max_body).is_err() {
@@ -386,5 +409,38 @@ impl CacheBuilder {
             store.check()?;
         }
         Ok(CacheLayer::from_builder(self))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn l1_keeps_answers_their_lifetime_unless_in_front_of_l2() {
+        let defaults = RouteDefaults {
+            ttl: Duration::from_secs(3_600),
+            stale_if_error: Duration::from_secs(300),
+            public: false,
+        };
+        let routes: Vec<RouteRule> = [
+            Route::post("/short").ttl(Duration::from_secs(10)),
+            Route::post("/long").ttl(Duration::from_secs(7_200)),
+            Route::any("*"),
+        ]
+        .into_iter()
+        .map(|r| r.resolve(&defaults).expect("a route"))
+        .collect();
+        // Alone, L1 is the cache: the longest TTL and its grace.
+        assert_eq!(
+            l1_lifetime(None, false, &routes),
+            Duration::from_secs(7_500)
+        );
+        // In front of a shared L2: a minute of drift at most.
+        assert_eq!(l1_lifetime(None, true, &routes), Duration::from_secs(60));
+        // As set, either way.
+        let set = Some(Duration::from_secs(5));
+        assert_eq!(l1_lifetime(set, false, &routes), Duration::from_secs(5));
+        assert_eq!(l1_lifetime(set, true, &routes), Duration::from_secs(5));
     }
 }

@@ -26,8 +26,9 @@
 //!   and refreshes the entry; `max-age` and `only-if-cached` are honoured.
 //!   (A response's `no-cache`, which OpenAI sends on every stream, is not a
 //!   reason to skip storing: the TTL governs.)
-//! - **Layers**: L1 in this process ([`moka`], bounded by bytes, each entry
-//!   at most [`CacheBuilder::l1_ttl`], 60 s by default) in front of L2 in
+//! - **Layers**: L1 in this process ([`moka`], bounded by bytes; in front
+//!   of L2 each entry at most [`CacheBuilder::l1_ttl`], 60 s by default,
+//!   alone the whole TTL) in front of L2 in
 //!   Redis (feature `redis`, a `RedisStore` given to [`CacheBuilder::redis`];
 //!   standalone or Cluster).
 //!   A hit in L2 costs one `GET`. With Redis down, the cache runs on L1

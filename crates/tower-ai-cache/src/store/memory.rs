@@ -2,10 +2,9 @@
 //! eviction, through `moka`), each entry kept at most the L1 TTL.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use moka::notification::RemovalCause;
-use moka::policy::Expiry;
 use moka::sync::Cache;
 
 use crate::entry::{Entry, Freshness, now_ms};
@@ -34,38 +33,15 @@ impl std::fmt::Debug for L1 {
     }
 }
 
-struct Lifetimes {
-    cap: Duration,
-}
-
-impl Expiry<CacheKey, Arc<Entry>> for Lifetimes {
-    fn expire_after_create(
-        &self,
-        _key: &CacheKey,
-        value: &Arc<Entry>,
-        _created_at: Instant,
-    ) -> Option<Duration> {
-        Some(value.lifetime.keep_for(now_ms()).min(self.cap))
-    }
-
-    fn expire_after_update(
-        &self,
-        _key: &CacheKey,
-        value: &Arc<Entry>,
-        _updated_at: Instant,
-        _duration_until_expiry: Option<Duration>,
-    ) -> Option<Duration> {
-        Some(value.lifetime.keep_for(now_ms()).min(self.cap))
-    }
-}
-
 impl L1 {
-    /// At most `capacity` bytes, each entry for at most `ttl_cap`.
+    /// At most `capacity` bytes, each entry for `ttl_cap` from its store
+    /// (one deadline for all, a timer wheel's work less per insert than a
+    /// deadline each: an entry past its own lifetime reads as a miss).
     pub(crate) fn new(capacity: u64, ttl_cap: Duration) -> Self {
         let cache = Cache::builder()
             .max_capacity(capacity)
             .weigher(|_k: &CacheKey, v: &Arc<Entry>| v.weight())
-            .expire_after(Lifetimes { cap: ttl_cap })
+            .time_to_live(ttl_cap)
             .support_invalidation_closures()
             .eviction_listener(|_k, _v, cause| {
                 let cause = match cause {
