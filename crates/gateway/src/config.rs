@@ -337,6 +337,12 @@ pub struct DeploymentConfig {
     pub weight: u32,
     /// Requests in flight at most (default 256); more wait for a permit.
     pub max_concurrency: u32,
+    /// In pull mode: its puller takes a request only while the requests
+    /// it has started and not yet answered a first byte of hold fewer
+    /// prompt tokens than this (default: no limit, only
+    /// `max_concurrency`). Near saturation it narrows the
+    /// time-to-first-token tail of streamed answers.
+    pub max_starting_tokens: Option<u64>,
 }
 
 /// `balance` of a model: how a deployment is picked for each request.

@@ -77,6 +77,7 @@ struct DeploymentFile {
     tls_ca_file: Option<Spanned<PathBuf>>,
     weight: Option<u32>,
     max_concurrency: Option<u32>,
+    max_starting_tokens: Option<Spanned<u64>>,
 }
 
 #[derive(Deserialize)]
@@ -236,6 +237,7 @@ pub(crate) fn apply(
                     tls_ca_file: tls_ca_file.clone(),
                     weight: 1,
                     max_concurrency: DEFAULT_MAX_CONCURRENCY,
+                    max_starting_tokens: None,
                 });
             }
             (None, false) => {
@@ -259,7 +261,16 @@ pub(crate) fn apply(
                         },
                         weight: d.weight.unwrap_or(1),
                         max_concurrency: d.max_concurrency.unwrap_or(DEFAULT_MAX_CONCURRENCY),
+                        max_starting_tokens: d.max_starting_tokens.as_ref().map(|t| *t.get_ref()),
                     };
+                    if let Some(tokens) = &d.max_starting_tokens
+                        && *tokens.get_ref() == 0
+                    {
+                        return Err(fail(
+                            tokens.span(),
+                            "a deployment's max_starting_tokens is at least 1".into(),
+                        ));
+                    }
                     if deployment.weight == 0 || deployment.max_concurrency == 0 {
                         return Err(fail(
                             spanned.span(),
@@ -829,7 +840,7 @@ retries = 1
 fallbacks = ["gpt"]
 sticky_header = "X-Session-Id"
 deployments = [
-  { base_url = "http://10.0.0.1:8000/v1", max_concurrency = 64 },
+  { base_url = "http://10.0.0.1:8000/v1", max_concurrency = 64, max_starting_tokens = 2048 },
   { name = "big", base_url = "http://10.0.0.2:8000", weight = 3 },
 ]
 
@@ -859,6 +870,13 @@ base_url = "https://api.openai.com/v1"
         assert_eq!(
             (m.deployments[1].max_concurrency, m.deployments[1].weight),
             (256, 3)
+        );
+        assert_eq!(
+            (
+                m.deployments[0].max_starting_tokens,
+                m.deployments[1].max_starting_tokens
+            ),
+            (Some(2048), None)
         );
         assert!(
             m.deployments
@@ -1031,6 +1049,13 @@ base_url = "https://api.openai.com/v1"
             &format!("{model}deployments = [{{ base_url = \"http://i\", weight = 0 }}]\n"),
             4,
             "at least 1",
+        );
+        refused(
+            &format!(
+                "{model}deployments = [{{ base_url = \"http://i\", max_starting_tokens = 0 }}]\n"
+            ),
+            4,
+            "max_starting_tokens is at least 1",
         );
         refused(
             &format!(

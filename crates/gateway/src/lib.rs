@@ -474,11 +474,12 @@ fn model_table(
                     client
                 }
             };
-            let target = models::Deployment::new(
+            let mut target = models::Deployment::new(
                 model.provider,
                 client,
                 deployment.api_key.as_ref().map(Secret::expose),
             );
+            target.max_starting_tokens = deployment.max_starting_tokens;
             pool = pool.endpoint(
                 tower_ai_balance::Endpoint::new(deployment.name.as_str(), Arc::new(target))
                     .weight(deployment.weight)

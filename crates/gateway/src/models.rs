@@ -39,6 +39,8 @@ pub(crate) struct Deployment {
     pub(crate) endpoint: Endpoint,
     /// The provider credential, as its header value (marked sensitive).
     pub(crate) credential: Option<HeaderValue>,
+    /// In pull mode, its puller's bound on the prompt tokens starting.
+    pub(crate) max_starting_tokens: Option<u64>,
 }
 
 impl Deployment {
@@ -46,6 +48,7 @@ impl Deployment {
         Self {
             endpoint,
             credential: key.and_then(|key| credential(provider, key)),
+            max_starting_tokens: None,
         }
     }
 }

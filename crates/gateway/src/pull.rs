@@ -59,7 +59,11 @@ pub(crate) fn pullers(models: &Models, guarded: &GuardedUpstream) -> Vec<PullerH
                 .find(|s| s.name == endpoint.name())
                 .map_or(1, |s| s.max_concurrency);
             let consumer = format!("{replica}/{}", endpoint.name());
-            handles.push(Puller::new(queue.clone(), consumer, slots, service).spawn());
+            let mut puller = Puller::new(queue.clone(), consumer, slots, service);
+            if let Some(tokens) = endpoint.target().max_starting_tokens {
+                puller = puller.max_starting_tokens(tokens);
+            }
+            handles.push(puller.spawn());
         }
     }
     handles
