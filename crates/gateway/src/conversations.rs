@@ -129,13 +129,10 @@ pub(crate) fn conversation_id(id: Id) -> String {
     let mut hasher = Sha256::new();
     hasher.update(b"tower-ai conversation\0");
     hasher.update(id.as_str().as_bytes());
-    let digest = hasher.finalize();
-    let mut out = String::with_capacity(32);
-    for byte in &digest[..16] {
-        out.push(char::from(b"0123456789abcdef"[usize::from(byte >> 4)]));
-        out.push(char::from(b"0123456789abcdef"[usize::from(byte & 15)]));
-    }
-    out
+    let digest: [u8; 32] = hasher.finalize().into();
+    let mut half = [0u8; 16];
+    half.copy_from_slice(&digest[..16]);
+    format!("{:032x}", u128::from_be_bytes(half))
 }
 
 /// `GET /admin/conversations/{id}`: the turns PostgreSQL holds, in order.

@@ -85,11 +85,10 @@ pub(crate) async fn model_call(State(state): State<AppState>, req: Request) -> R
     // The model, then its fallbacks in order, while the answer is a
     // failure no byte of which has reached the client.
     // The head is copied only for a route with fallbacks to send it to.
-    let mut res = if route.fallbacks.is_empty() {
+    if route.fallbacks.is_empty() {
         return call.to(&route, parts).await;
-    } else {
-        call.to(&route, parts.clone()).await
-    };
+    }
+    let mut res = call.to(&route, parts.clone()).await;
     for fallback in &route.fallbacks {
         if !fails_over(res.status()) {
             break;
