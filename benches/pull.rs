@@ -4,8 +4,8 @@
 //!
 //! Four simulated inference servers (`mock_llm::fleet::SimServer`, as in
 //! `benches/balance.rs`: 64 slots, 4,000 KV blocks of 16 tokens, vLLM's
-//! costs for an 8B model on one A100, every cost ten times shorter) run in
-//! real time, because pull mode goes through a real Redis (started here;
+//! costs for an 8B model on one A100) run in real time, because pull mode
+//! goes through a real Redis (started here;
 //! `redis-server` must be on `PATH`). Arrivals are open-loop (Poisson,
 //! seeded) of unique prompts with heavy-tailed sizes: prompts of 200 to
 //! 6,000 tokens and answers of 16 to 512, both bounded Pareto (α = 0.5:
@@ -21,9 +21,14 @@
 //! and with `max_starting_tokens` of 2,048 and 4,096.
 //!
 //! ```sh
-//! cargo bench --bench pull             # 3 seeds, medians
-//! cargo bench --bench pull -- --quick  # one seed
+//! cargo bench --bench pull             # 3 seeds, medians (~30 min)
+//! cargo bench --bench pull -- --quick  # one seed (~10 min)
+//! PULL_BENCH_SCALE=0.1 cargo bench --bench pull  # every cost ten times shorter
 //! ```
+//!
+//! With `PULL_BENCH_SCALE=0.1` a run takes a tenth of the time, but Redis's
+//! own latency doesn't scale: a pulled request's round trips then weigh ten
+//! times more against its prefill than against a real fleet's.
 //!
 //! Reported per load and policy, medians over the seeds:
 //!
@@ -66,12 +71,21 @@ use tower_ai_core::redis::{ConnectOptions, Degrade, DegradeConfig};
 const SERVERS: usize = 4;
 const SLOTS: usize = 64;
 const KV_BLOCKS: usize = 4_000;
-/// Every server cost and every arrival gap, against an A100 (as
-/// `run_replicas` in `benches/balance.rs`): a run takes seconds. Redis's
-/// own latency doesn't scale, so pull mode's overhead weighs ten times
-/// more here than against real costs (a decode step is 1.2 ms + 10 µs a
-/// sequence, a 1,000-token prefill 10 ms).
-const SCALE: f64 = 0.1;
+/// Every server cost and every arrival gap, against an A100: the
+/// calibrated costs themselves (a decode step is 12 ms + 0.1 ms a
+/// sequence, a 1,000-token prefill 100 ms), as Redis's round trips weigh
+/// against a real fleet's.
+const SCALE: f64 = 1.0;
+
+/// The cost scale of this run: [`SCALE`], or `PULL_BENCH_SCALE`.
+fn scale() -> f64 {
+    std::env::var("PULL_BENCH_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .filter(|s: &f64| *s > 0.0)
+        .unwrap_or(SCALE)
+}
+
 /// Requests of a run.
 const REQUESTS: usize = 600;
 /// Fractions of the measured capacity.
@@ -297,7 +311,7 @@ fn fleet() -> Arc<[SimServer]> {
             SimServer::spawn(SimConfig {
                 slots: SLOTS,
                 kv_blocks: KV_BLOCKS,
-                costs: Costs::default().scaled(SCALE),
+                costs: Costs::default().scaled(scale()),
                 ..SimConfig::default()
             })
         })
@@ -756,7 +770,8 @@ fn main() {
     let url = redis.url();
     println!(
         "{SERVERS} simulated servers ({SLOTS} slots, {KV_BLOCKS} KV blocks of 16 tokens, \
-         costs × {SCALE}, real time), {REQUESTS} requests a run, medians of {} seed(s)\n",
+         costs × {}, real time), {REQUESTS} requests a run, medians of {} seed(s)\n",
+        scale(),
         seeds.len()
     );
     // outcomes[load][policy]: one a seed.

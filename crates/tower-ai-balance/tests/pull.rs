@@ -412,6 +412,87 @@ async fn a_puller_with_a_starting_budget_waits_for_a_first_byte_not_for_a_slot()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_prompt_taken_beside_a_starting_one_is_sent_once_that_one_has_started() {
+    let client = test_support::shared::redis().client().await;
+    let prefix = test_support::shared::prefix("pull-fit");
+    // Heartbeats far apart: the hold isn't cut short by its time limit.
+    let queue = PullQueue::builder(client.clone(), MODEL)
+        .prefix(&prefix)
+        .claim_idle(Duration::from_secs(30))
+        .heartbeat(Duration::from_secs(10))
+        .reply_ttl(Duration::from_secs(30))
+        .build();
+    let meter = Meter::default();
+    let first_byte = Arc::new(Notify::new());
+    let service = {
+        let meter = meter.clone();
+        let first_byte = Arc::clone(&first_byte);
+        service_fn(move |req: Request<Full<Bytes>>| {
+            let meter = meter.clone();
+            let first_byte = Arc::clone(&first_byte);
+            async move {
+                let body = req.into_body().collect().await?.to_bytes();
+                Ok::<_, Infallible>(answer(&meter, move |mut tx| async move {
+                    if body == "short" {
+                        first_byte.notified().await;
+                    }
+                    let _ = tx.send_data(body).await;
+                }))
+            }
+        })
+    };
+    // A budget of 100 tokens: "short" (2 tokens) leaves room to take the
+    // next request, whose 200 tokens don't fit beside it.
+    let _puller = Puller::new(queue.clone(), "only", 4, service)
+        .max_starting_tokens(100)
+        .spawn();
+
+    let short = tokio::spawn({
+        let queue = queue.clone();
+        async move { read(&queue, "short".into()).await }
+    });
+    assert!(
+        test_support::eventually_async(Duration::from_secs(5), || async { meter.calls() == 1 })
+            .await
+            .is_some(),
+        "the short request is called"
+    );
+    let long_prompt = "x".repeat(800);
+    let long = tokio::spawn({
+        let queue = queue.clone();
+        let body = long_prompt.clone();
+        async move { read(&queue, body).await }
+    });
+    let key = queue_key(&prefix);
+    assert!(
+        test_support::eventually_async(Duration::from_secs(5), || async {
+            pending(&client, &key).await == 2
+        })
+        .await
+        .is_some(),
+        "the long request is taken"
+    );
+    // Taken, but not sent while the short one has no first byte.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        meter.calls(),
+        1,
+        "the long request waits for the short one to start"
+    );
+
+    first_byte.notify_one();
+    let long = tokio::time::timeout(Duration::from_secs(5), long)
+        .await
+        .expect("the long answer once the short one has started")
+        .expect("the task")
+        .expect("an answer");
+    assert_eq!(long.2.expect("a body"), long_prompt.as_bytes());
+    let short = short.await.expect("the task").expect("an answer");
+    assert_eq!(short.2.expect("a body"), "short");
+    assert_eq!(meter.calls(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_pullers_request_is_finished_by_another_without_a_duplicated_prefix() {
     let client = test_support::shared::redis().client().await;
     let prefix = test_support::shared::prefix("pull-kill");

@@ -88,11 +88,16 @@ impl<S> Puller<S> {
     /// with no byte of their answer's body yet: an inference server's queue
     /// and prefill) hold fewer than `tokens` prompt tokens, as estimated
     /// from their bodies (a chat request's messages, else a token per 4
-    /// bytes). A request is taken whatever its size when none is starting.
+    /// bytes). A request is taken whatever its size when none is starting;
+    /// one taken that doesn't fit beside those starting is sent to the
+    /// endpoint only once they have started (or after a heartbeat's time).
     ///
     /// An endpoint busy with long prefills then leaves the next request in
     /// the queue for whichever endpoint is free first, instead of taking it
-    /// into its own queue behind them: near saturation, the
+    /// into its own queue behind them; and a long prompt isn't admitted in
+    /// the same step as the short ones taken just before it (an inference
+    /// server prefills a step's admissions together: their first tokens
+    /// would wait for the long prefill). Near saturation, the
     /// time-to-first-token tail narrows. It suits streamed answers, whose
     /// first byte is the first token; a whole answer's first byte is its
     /// end, so unstreamed requests would be held back until others end.
@@ -225,6 +230,8 @@ async fn pull<S, B>(
                             attempt = claimed.attempt,
                             "recovered a request from a puller that stopped"
                         );
+                        let mut permit = permit;
+                        permit.fit(&claimed, shared.settings.heartbeat).await;
                         let run = attempt(
                             Arc::clone(&shared),
                             Arc::clone(&consumer),
@@ -285,10 +292,13 @@ async fn pull<S, B>(
                 if let Some(entry) = parse_xread(reply).into_iter().next() {
                     metrics::counter!("tower_ai_balance_pull_claims_total", "how" => "new")
                         .increment(1);
+                    let claimed = Claimed::delivered(entry);
+                    let mut permit = permit;
+                    permit.fit(&claimed, shared.settings.heartbeat).await;
                     let run = attempt(
                         Arc::clone(&shared),
                         Arc::clone(&consumer),
-                        Claimed::delivered(entry),
+                        claimed,
                         service.clone(),
                         permit,
                     );
@@ -314,6 +324,48 @@ async fn pull<S, B>(
 struct Permits {
     slot: OwnedSemaphorePermit,
     started: Option<Started>,
+}
+
+impl Permits {
+    /// Counts the claimed request's prompt tokens among the starting ones
+    /// and, when they don't fit in the budget beside the others', waits
+    /// until the others have started (at most `limit`, less than a heartbeat,
+    /// as nothing heartbeats the request yet). An inference server prefills
+    /// the requests it admits together in one step, so a short prompt
+    /// admitted with a long one gets its first token only when the long
+    /// prefill is done: held back this way, the long prompt reaches the
+    /// endpoint after those taken before it, in a step of its own. The
+    /// puller takes nothing meanwhile (its budget is spent).
+    async fn fit(&mut self, claimed: &Claimed, limit: Duration) {
+        let Some(started) = &mut self.started else {
+            return;
+        };
+        let tokens = claimed
+            .fields
+            .iter()
+            .find(|(name, _)| name == "body")
+            .and_then(|(_, body)| body.as_bytes())
+            .map_or(1, prompt_tokens);
+        started.set(tokens);
+        let starting = &started.starting;
+        let fits = || {
+            let others = starting
+                .tokens
+                .load(Ordering::Acquire)
+                .saturating_sub(tokens);
+            others == 0 || others.saturating_add(tokens) <= starting.budget
+        };
+        let others_started = async {
+            loop {
+                let freed = starting.freed.notified();
+                if fits() {
+                    return;
+                }
+                freed.await;
+            }
+        };
+        let _ = tokio::time::timeout(limit, others_started).await;
+    }
 }
 
 /// The prompt tokens of a puller's requests still starting, against its
@@ -514,7 +566,7 @@ async fn attempt<S, B>(
 {
     let Permits {
         slot: _slot,
-        mut started,
+        started,
     } = permits;
     let Claimed {
         entry_id,
@@ -546,9 +598,6 @@ async fn attempt<S, B>(
                 } else {
                     Ok(())
                 };
-                if let Some(started) = &mut started {
-                    started.set(prompt_tokens(request.body()));
-                }
                 match restarted {
                     Err(stop) => stop.outcome(),
                     Ok(()) => {
