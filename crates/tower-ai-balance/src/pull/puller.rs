@@ -201,7 +201,7 @@ async fn pull<S, B>(
         }
         // Counted at once (its size once it's read), so the next round
         // sees it.
-        let permit = Permits {
+        let mut permit = Permits {
             slot,
             started: starting.clone().map(|starting| starting.enter(1)),
         };
@@ -230,7 +230,6 @@ async fn pull<S, B>(
                             attempt = claimed.attempt,
                             "recovered a request from a puller that stopped"
                         );
-                        let mut permit = permit;
                         permit.fit(&claimed, shared.settings.heartbeat).await;
                         let run = attempt(
                             Arc::clone(&shared),
@@ -293,7 +292,6 @@ async fn pull<S, B>(
                     metrics::counter!("tower_ai_balance_pull_claims_total", "how" => "new")
                         .increment(1);
                     let claimed = Claimed::delivered(entry);
-                    let mut permit = permit;
                     permit.fit(&claimed, shared.settings.heartbeat).await;
                     let run = attempt(
                         Arc::clone(&shared),
@@ -348,23 +346,8 @@ impl Permits {
             .map_or(1, prompt_tokens);
         started.set(tokens);
         let starting = &started.starting;
-        let fits = || {
-            let others = starting
-                .tokens
-                .load(Ordering::Acquire)
-                .saturating_sub(tokens);
-            others == 0 || others.saturating_add(tokens) <= starting.budget
-        };
-        let others_started = async {
-            loop {
-                let freed = starting.freed.notified();
-                if fits() {
-                    return;
-                }
-                freed.await;
-            }
-        };
-        let _ = tokio::time::timeout(limit, others_started).await;
+        let fits = |all: u64| all == tokens || all <= starting.budget;
+        let _ = tokio::time::timeout(limit, starting.until(fits)).await;
     }
 }
 
@@ -389,9 +372,14 @@ impl Starting {
 
     /// Waits until the starting requests hold fewer tokens than the budget.
     async fn room(&self) {
+        self.until(|all| all < self.budget).await;
+    }
+
+    /// Waits until `ready` holds for the starting requests' tokens.
+    async fn until(&self, ready: impl Fn(u64) -> bool) {
         loop {
             let freed = self.freed.notified();
-            if self.tokens.load(Ordering::Acquire) < self.budget {
+            if ready(self.tokens.load(Ordering::Acquire)) {
                 return;
             }
             freed.await;
