@@ -369,7 +369,7 @@ impl Recorder {
             }
         };
         let entry = Arc::new(Entry {
-            head: (*self.head).clone(),
+            head: self.head.clone(),
             body,
             trailers,
             lifetime: Lifetime::new(self.plan.ttl, self.plan.grace, self.plan.age_at_store),

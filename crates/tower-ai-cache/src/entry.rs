@@ -2,6 +2,7 @@
 // Without Redis the binary form is unused.
 #![cfg_attr(not(feature = "redis"), allow(dead_code))]
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -166,7 +167,7 @@ impl Lifetime {
 /// A stored response.
 #[derive(Debug, Clone)]
 pub(crate) struct Entry {
-    pub(crate) head: Head,
+    pub(crate) head: Arc<Head>,
     pub(crate) body: Bytes,
     pub(crate) trailers: Option<HeaderMap>,
     pub(crate) lifetime: Lifetime,
@@ -280,7 +281,7 @@ impl Entry {
             None
         };
         Some(Self {
-            head: Head { status, headers },
+            head: Arc::new(Head { status, headers }),
             body,
             trailers,
             lifetime,
@@ -411,7 +412,7 @@ mod tests {
         let mut trailers = HeaderMap::new();
         trailers.insert("grpc-status", HeaderValue::from_static("0"));
         Entry {
-            head: Head::storable(StatusCode::OK, &headers),
+            head: Arc::new(Head::storable(StatusCode::OK, &headers)),
             body: Bytes::from_static(b"data: x\n\n"),
             trailers: Some(trailers),
             lifetime: Lifetime::new(

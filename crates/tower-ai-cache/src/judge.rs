@@ -148,7 +148,7 @@ pub(crate) fn judge(
         return Ok(summary.usage.map_or(0, |u| u.total()));
     }
     if (content_type.starts_with("application/json") || content_type.contains("+json"))
-        && let Ok(c) = Completion::from_json(body)
+        && let Ok(c) = Completion::without_content(body)
     {
         if c.error {
             return Err("error");

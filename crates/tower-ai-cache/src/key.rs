@@ -46,7 +46,7 @@ static RAW_KEY: std::sync::LazyLock<[u8; 32]> = std::sync::LazyLock::new(|| {
 });
 
 /// How many raw-body digests [`Aliases`] remembers.
-const ALIASES: u64 = 16_384;
+const ALIASES: usize = 16_384;
 
 /// Whose answer an entry is: one caller's, or everybody's.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -344,7 +344,7 @@ impl KeyInput<'_> {
 /// rewrite and a hash. The mapping is a pure function of the bytes, so it is
 /// never stale; the map is bounded.
 pub(crate) struct Aliases {
-    map: moka::sync::Cache<[u8; 32], (CacheKey, BodyFacts)>,
+    map: quick_cache::sync::Cache<[u8; 32], (CacheKey, BodyFacts)>,
 }
 
 impl fmt::Debug for Aliases {
@@ -356,7 +356,7 @@ impl fmt::Debug for Aliases {
 impl Aliases {
     pub(crate) fn new() -> Self {
         Self {
-            map: moka::sync::Cache::new(ALIASES),
+            map: quick_cache::sync::Cache::new(ALIASES),
         }
     }
 

@@ -26,7 +26,7 @@
 //!   and refreshes the entry; `max-age` and `only-if-cached` are honoured.
 //!   (A response's `no-cache`, which OpenAI sends on every stream, is not a
 //!   reason to skip storing: the TTL governs.)
-//! - **Layers**: L1 in this process ([`moka`], bounded by bytes; in front
+//! - **Layers**: L1 in this process ([`quick_cache`], bounded by bytes; in front
 //!   of L2 each entry at most [`CacheBuilder::l1_ttl`], 60 s by default,
 //!   alone the whole TTL) in front of L2 in
 //!   Redis (feature `redis`, a `RedisStore` given to [`CacheBuilder::redis`];

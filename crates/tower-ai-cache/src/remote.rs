@@ -154,7 +154,7 @@ async fn stored_entry(
             // limits included.
             let tokens = judge(&head, &body, trailers.as_ref(), None, true).ok()?;
             Some(Arc::new(Entry {
-                head: (*head).clone(),
+                head,
                 body,
                 trailers,
                 lifetime: Lifetime::new(ttl, grace, Duration::ZERO),

@@ -362,6 +362,22 @@ impl Completion {
     pub fn from_json(body: &[u8]) -> Result<Self, LlmError> {
         read_answer(body, Some(usize::MAX))
     }
+
+    /// Reads an answer body's usage, finish reason and error, skipping its
+    /// text ([`Completion::content`] is `None`): one pass, no copy.
+    ///
+    /// ```
+    /// use tower_ai_core::llm::{Completion, FinishReason};
+    ///
+    /// let c = Completion::without_content(br#"{"choices":[{"message":{"content":"Hi"},
+    ///     "finish_reason":"stop"}],"usage":{"prompt_tokens":3,"completion_tokens":1}}"#).unwrap();
+    /// assert_eq!(c.finish_reason, Some(FinishReason::Stop));
+    /// assert_eq!(c.usage.map(|u| u.total()), Some(4));
+    /// assert_eq!(c.content, None);
+    /// ```
+    pub fn without_content(body: &[u8]) -> Result<Self, LlmError> {
+        read_answer(body, None)
+    }
 }
 
 /// One `data:` payload of a streamed answer: a chat or text completion chunk,
@@ -2099,6 +2115,27 @@ mod tests {
         .unwrap_or_default();
         assert!(c.error);
         assert_eq!((c.usage, c.finish_reason, c.content), (None, None, None));
+    }
+
+    #[test]
+    fn without_content_reads_all_but_the_text() {
+        let error =
+            r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+        let incomplete =
+            RESPONSE_JSON.replace(r#""status": "completed""#, r#""status": "incomplete""#);
+        for body in [RESPONSE_JSON, ANTHROPIC_JSON, error, &incomplete] {
+            let full = Completion::from_json(body.as_bytes()).unwrap_or_default();
+            let skimmed = Completion::without_content(body.as_bytes()).unwrap_or_default();
+            assert_eq!(
+                skimmed,
+                Completion {
+                    content: None,
+                    ..full
+                },
+                "{body}"
+            );
+        }
+        assert!(Completion::without_content(b"not json").is_err());
     }
 
     /// An Anthropic stream as the API documents it: text, then a tool call.
