@@ -63,13 +63,14 @@ struct Meter {
 }
 
 impl Metered {
-    /// Wraps an upstream answer's body.
-    pub(crate) fn wrap(spec: MeterSpec, headers: &http::HeaderMap, inner: Body) -> Body {
+    /// Wraps an upstream answer's body; its reading of a JSON answer is
+    /// shared with the layers above (`SharedAnswer`).
+    pub(crate) fn wrap(spec: MeterSpec, head: &mut http::response::Parts, inner: Body) -> Body {
         let reservation = spec.reservation.lock().take();
         Body::new(Self {
             inner,
             meter: Some(Box::new(Meter {
-                tap: AnswerTap::for_response(headers, JSON_LIMIT),
+                tap: AnswerTap::for_response(&head.headers, JSON_LIMIT).share(&mut head.extensions),
                 spec,
                 reservation,
                 first_byte: false,
@@ -86,8 +87,8 @@ impl http_body::Body for Metered {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(meter), Some(data)) = (this.meter.as_mut(), frame.data_ref()) {
@@ -100,6 +101,13 @@ impl http_body::Body for Metered {
                         .record(meter.spec.started.elapsed().as_secs_f64());
                     }
                     meter.tap.observe(data);
+                }
+                // The last frame: finished now, before the layers above end
+                // theirs (they read this one's `SharedAnswer`).
+                if this.inner.is_end_stream()
+                    && let Some(meter) = this.meter.take()
+                {
+                    meter.finish();
                 }
             }
             Poll::Ready(None | Some(Err(_))) => {

@@ -127,9 +127,9 @@ async fn pulled(queue: PullQueue, req: Request<Body>) -> Response<Body> {
         Ok(res) => res,
         Err(e) => return failed(&e),
     };
-    let (head, body) = res.into_parts();
+    let (mut head, body) = res.into_parts();
     let body = match meter {
-        Some(spec) => Metered::wrap(spec, &head.headers, Body::new(body)),
+        Some(spec) => Metered::wrap(spec, &mut head, Body::new(body)),
         None => Body::new(body),
     };
     Response::from_parts(head, body)

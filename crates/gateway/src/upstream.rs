@@ -215,7 +215,7 @@ impl Service<Request<Body>> for Upstream {
             let (mut parts, body) = res.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             let body = match meter {
-                Some(spec) => Metered::wrap(spec, &parts.headers, Body::new(body)),
+                Some(spec) => Metered::wrap(spec, &mut parts, Body::new(body)),
                 None => Body::new(body),
             };
             Ok(Response::from_parts(parts, body))

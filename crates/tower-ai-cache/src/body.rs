@@ -12,7 +12,7 @@ use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tower_ai_core::body::ResponseBody;
-use tower_ai_core::llm::AnswerTap;
+use tower_ai_core::llm::{AnswerTap, SharedAnswer};
 
 use crate::config::Shared;
 use crate::entry::{Entry, Head, Lifetime};
@@ -217,6 +217,8 @@ pub(crate) struct Recorder {
     head: Arc<Head>,
     guard: Option<LeadGuard>,
     tap: Option<AnswerTap>,
+    /// A JSON answer's reading by a tap below, when there is one.
+    answer: Option<SharedAnswer>,
     plan: Plan,
     #[cfg(feature = "redis")]
     remote: Option<Remote>,
@@ -260,6 +262,7 @@ pub(crate) struct RecordingParts {
     pub(crate) tags: Vec<TagId>,
     pub(crate) head: Arc<Head>,
     pub(crate) guard: LeadGuard,
+    pub(crate) answer: Option<SharedAnswer>,
     pub(crate) plan: Plan,
     #[cfg(feature = "redis")]
     pub(crate) remote: Option<Remote>,
@@ -283,6 +286,7 @@ impl Recorder {
             head: parts.head,
             guard: Some(parts.guard),
             tap,
+            answer: parts.answer,
             plan: parts.plan,
             #[cfg(feature = "redis")]
             remote: parts.remote,
@@ -355,6 +359,7 @@ impl Recorder {
             &body,
             trailers.as_ref(),
             self.tap.as_mut(),
+            self.answer.as_ref(),
             self.plan.store_length,
         );
         let tokens = match verdict {

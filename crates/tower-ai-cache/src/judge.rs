@@ -8,7 +8,7 @@ use bytes::Bytes;
 use http::HeaderMap;
 use http::header;
 use http_body::Body;
-use tower_ai_core::llm::{AnswerTap, Completion, FinishReason};
+use tower_ai_core::llm::{AnswerTap, Completion, FinishReason, SharedAnswer};
 
 use crate::config::Shared;
 use crate::directives::{ResponseDirectives, upstream_age};
@@ -95,12 +95,14 @@ pub(crate) fn storable<B: Body>(
 /// `[DONE]` or a complete `finish_reason` (`stop`, `tool_calls`, and `length`
 /// when `store_length`) and carry no in-band error; a JSON chat completion
 /// must not be an error or cut off (`length`, unless `store_length`); a gRPC
-/// answer must end with `grpc-status: 0`.
+/// answer must end with `grpc-status: 0`. A JSON answer already read below
+/// (`shared`, from the same bytes) is not read again.
 pub(crate) fn judge(
     head: &Head,
     body: &Bytes,
     trailers: Option<&HeaderMap>,
     tap: Option<&mut AnswerTap>,
+    shared: Option<&SharedAnswer>,
     store_length: bool,
 ) -> Result<u64, &'static str> {
     let complete = |reason: &FinishReason| {
@@ -147,16 +149,25 @@ pub(crate) fn judge(
         }
         return Ok(summary.usage.map_or(0, |u| u.total()));
     }
-    if (content_type.starts_with("application/json") || content_type.contains("+json"))
-        && let Ok(c) = Completion::without_content(body)
-    {
-        if c.error {
-            return Err("error");
-        }
-        if c.finish_reason.as_ref().is_some_and(|r| !complete(r)) {
-            return Err("truncated");
-        }
-        return Ok(c.usage.map_or(0, |u| u.total()));
+    if !(content_type.starts_with("application/json") || content_type.contains("+json")) {
+        return Ok(0);
     }
-    Ok(0)
+    let own;
+    let (error, finish_reason, usage) = match shared.and_then(|s| s.summary_of(body)) {
+        Some(s) => (s.error, &s.finish_reason, s.usage),
+        None => match Completion::without_content(body) {
+            Ok(c) => {
+                own = c;
+                (own.error, &own.finish_reason, own.usage)
+            }
+            Err(_) => return Ok(0),
+        },
+    };
+    if error {
+        return Err("error");
+    }
+    if finish_reason.as_ref().is_some_and(|r| !complete(r)) {
+        return Err("truncated");
+    }
+    Ok(usage.map_or(0, |u| u.total()))
 }

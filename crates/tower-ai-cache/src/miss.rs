@@ -11,6 +11,7 @@ use http::request::Parts;
 use http::{Request, Response};
 use http_body::Body;
 use tower_ai_core::body::read_limited;
+use tower_ai_core::llm::SharedAnswer;
 use tower_ai_core::reject::Refusal;
 use tower_service::Service;
 
@@ -539,6 +540,7 @@ where
         tags: ctx.tags(),
         head,
         guard,
+        answer: parts.extensions.get::<SharedAnswer>().cloned(),
         plan,
         #[cfg(feature = "redis")]
         remote: match lock {

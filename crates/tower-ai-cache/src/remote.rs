@@ -152,7 +152,7 @@ async fn stored_entry(
             let (body, trailers) = flight.body();
             // The leader judged it storable (it ended "stored"), length
             // limits included.
-            let tokens = judge(&head, &body, trailers.as_ref(), None, true).ok()?;
+            let tokens = judge(&head, &body, trailers.as_ref(), None, None, true).ok()?;
             Some(Arc::new(Entry {
                 head,
                 body,

@@ -50,6 +50,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::marker::PhantomData;
+use std::sync::{Arc, OnceLock};
 
 use serde::de::value::{BorrowedStrDeserializer, MapAccessDeserializer, StrDeserializer};
 use serde::de::{self, IgnoredAny, MapAccess, SeqAccess, Visitor};
@@ -515,6 +516,52 @@ pub struct AnswerTap {
     kind: TapKind,
     summary: AnswerSummary,
     content_limit: Option<usize>,
+    share: Option<Share>,
+}
+
+/// A tap's part in a [`SharedAnswer`].
+#[derive(Debug)]
+enum Share {
+    Fill(SharedAnswer),
+    Read(SharedAnswer),
+}
+
+/// A JSON answer read once for every tap on its way out. The first tap
+/// made on a response with [`AnswerTap::share`] puts one in the response's
+/// extensions and fills it when the body ends; the taps made after it (the
+/// layers above) take its summary instead of parsing the body again, when
+/// the bytes they saw are the same.
+///
+/// ```
+/// use http::{Extensions, HeaderMap};
+/// use tower_ai_core::llm::{AnswerTap, SharedAnswer};
+///
+/// let mut headers = HeaderMap::new();
+/// headers.insert("content-type", "application/json".parse().unwrap());
+/// let body = br#"{"choices":[{"message":{"content":"Hi"},"finish_reason":"stop"}],
+///     "usage":{"prompt_tokens":3,"completion_tokens":1}}"#;
+/// let mut extensions = Extensions::new();
+/// let mut inner = AnswerTap::for_response(&headers, 1 << 20).share(&mut extensions);
+/// let mut outer = AnswerTap::for_response(&headers, 1 << 20).share(&mut extensions);
+/// inner.observe(body);
+/// outer.observe(body);
+/// assert_eq!(inner.finish().usage.map(|u| u.total()), Some(4));
+/// let shared = extensions.get::<SharedAnswer>().unwrap();
+/// assert_eq!(shared.summary_of(body).and_then(|s| s.usage).map(|u| u.total()), Some(4));
+/// assert_eq!(outer.finish().usage.map(|u| u.total()), Some(4)); // read from the share
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct SharedAnswer(Arc<OnceLock<(bytes::Bytes, AnswerSummary)>>);
+
+impl SharedAnswer {
+    /// The summary, without its text, read from exactly `body`; `None`
+    /// before the filling tap has finished, or when it saw other bytes.
+    pub fn summary_of(&self, body: &[u8]) -> Option<&AnswerSummary> {
+        self.0
+            .get()
+            .filter(|(read, _)| read[..] == *body)
+            .map(|(_, summary)| summary)
+    }
 }
 
 #[derive(Debug)]
@@ -551,7 +598,28 @@ impl AnswerTap {
             kind,
             summary: AnswerSummary::default(),
             content_limit: None,
+            share: None,
         }
+    }
+
+    /// Shares this tap's reading of a JSON answer with the other taps on
+    /// the same response, through its `extensions`: the first tap made
+    /// fills a [`SharedAnswer`], the ones made after it read it. A tap that
+    /// gathers the text reads its own.
+    #[must_use]
+    pub fn share(mut self, extensions: &mut http::Extensions) -> Self {
+        if !matches!(self.kind, TapKind::Json { .. }) {
+            return self;
+        }
+        self.share = Some(match extensions.get::<SharedAnswer>() {
+            Some(shared) => Share::Read(shared.clone()),
+            None => {
+                let shared = SharedAnswer::default();
+                extensions.insert(shared.clone());
+                Share::Fill(shared)
+            }
+        });
+        self
     }
 
     /// Also gathers the answer's text, up to `limit` bytes: a JSON answer's
@@ -636,12 +704,29 @@ impl AnswerTap {
                 }
             }
             TapKind::Json { buf, overflow, .. } => {
-                if !*overflow && let Ok(c) = read_answer(buf, self.content_limit) {
-                    self.summary.usage = c.usage;
-                    self.summary.finish_reason = c.finish_reason;
-                    self.summary.error = c.error;
-                    if self.content_limit.is_some() {
-                        self.summary.content = c.content;
+                if !*overflow {
+                    let shared = match &self.share {
+                        Some(Share::Read(shared)) if self.content_limit.is_none() => {
+                            shared.summary_of(buf)
+                        }
+                        _ => None,
+                    };
+                    if let Some(shared) = shared {
+                        self.summary.clone_from(shared);
+                    } else if let Ok(c) = read_answer(buf, self.content_limit) {
+                        self.summary.usage = c.usage;
+                        self.summary.finish_reason = c.finish_reason;
+                        self.summary.error = c.error;
+                        if self.content_limit.is_some() {
+                            self.summary.content = c.content;
+                        }
+                    }
+                    if let Some(Share::Fill(shared)) = &self.share {
+                        let summary = AnswerSummary {
+                            content: None,
+                            ..self.summary.clone()
+                        };
+                        let _ = shared.0.set((std::mem::take(buf).into(), summary));
                     }
                 }
                 buf.clear();
@@ -2115,6 +2200,53 @@ mod tests {
         .unwrap_or_default();
         assert!(c.error);
         assert_eq!((c.usage, c.finish_reason, c.content), (None, None, None));
+    }
+
+    #[test]
+    fn a_shared_answer_is_read_once_for_the_same_bytes_only() {
+        let answer = |prompt: u64| {
+            format!(
+                r#"{{"choices":[{{"message":{{"content":"Hi"}},"finish_reason":"stop"}}],"usage":{{"prompt_tokens":{prompt},"completion_tokens":1,"total_tokens":{}}}}}"#,
+                prompt + 1
+            )
+        };
+        let (below, above) = (answer(3), answer(30));
+        let mut extensions = http::Extensions::new();
+        let mut filler = AnswerTap::for_response(&json_headers(), 1 << 20).share(&mut extensions);
+        let mut same = AnswerTap::for_response(&json_headers(), 1 << 20).share(&mut extensions);
+        let mut other = AnswerTap::for_response(&json_headers(), 1 << 20).share(&mut extensions);
+        let mut texts = AnswerTap::for_response(&json_headers(), 1 << 20)
+            .gather_content(1 << 10)
+            .share(&mut extensions);
+        let shared = extensions
+            .get::<SharedAnswer>()
+            .cloned()
+            .unwrap_or_default();
+        for tap in [&mut filler, &mut same, &mut texts] {
+            tap.observe(below.as_bytes());
+        }
+        other.observe(above.as_bytes());
+        assert!(
+            shared.summary_of(below.as_bytes()).is_none(),
+            "filled at the end"
+        );
+
+        assert_eq!(filler.finish().usage, Some(Usage::new(3, 1)));
+        let filled = shared.summary_of(below.as_bytes()).cloned();
+        assert_eq!(
+            filled.as_ref().and_then(|s| s.usage),
+            Some(Usage::new(3, 1))
+        );
+        assert_eq!(filled.and_then(|s| s.content), None);
+        assert!(shared.summary_of(above.as_bytes()).is_none());
+        assert_eq!(same.finish().usage, Some(Usage::new(3, 1)));
+        // Other bytes (a layer between changed them) are read anew.
+        assert_eq!(other.finish().usage, Some(Usage::new(30, 1)));
+        assert_eq!(texts.finish().content.as_deref(), Some("Hi"));
+        // A stream isn't shared.
+        let mut sse = AnswerTap::for_response(&sse_headers(), 1 << 20).share(&mut extensions);
+        sse.observe(b"data: [DONE]\n\n");
+        assert!(sse.finish().done);
     }
 
     #[test]

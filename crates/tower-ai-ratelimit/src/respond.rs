@@ -41,7 +41,7 @@ impl Applied {
         write_headers(&mut parts.headers, &set, &verdict, style);
         let reconcile = reconcile.map(|(backend, key, estimate, limit)| {
             Box::new(Reconcile {
-                tap: AnswerTap::for_response(&parts.headers, limit),
+                tap: AnswerTap::for_response(&parts.headers, limit).share(&mut parts.extensions),
                 backend,
                 key,
                 set,
