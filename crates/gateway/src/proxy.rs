@@ -151,7 +151,10 @@ impl Call<'_> {
                 .unwrap_or(DEFAULT_OUTPUT)
                 .saturating_mul(u64::from(request.n));
             let estimate = price.nanos(request.estimated_prompt_tokens(), output);
-            match state.budgets.reserve(&caller.name, budget, estimate).await {
+            // Boxed, as the other Redis calls here: their futures are
+            // large, and every model call's future (moved and boxed on each
+            // request) would carry them inline.
+            match Box::pin(state.budgets.reserve(&caller.name, budget, estimate)).await {
                 Reserve::Granted(r) => reservation = Some(r),
                 Reserve::Refused { retry_after } => {
                     metrics::counter!("tower_ai_gateway_budget_refusals_total", "key" => label(&caller.name))
@@ -226,7 +229,7 @@ impl Call<'_> {
         // connection), so nothing was spent.
         let unspent = reservation.lock().take();
         if let Some(unspent) = unspent {
-            state.budgets.settle(unspent, 0).await;
+            Box::pin(state.budgets.settle(unspent, 0)).await;
         }
         let res = match res {
             Ok(res) => res,
@@ -248,7 +251,7 @@ impl Call<'_> {
                 .get("x-stream-id")
                 .and_then(|v| v.to_str().ok())
         {
-            state.owners.record(stream, owner).await;
+            Box::pin(state.owners.record(stream, owner)).await;
         }
         res
     }
