@@ -151,6 +151,16 @@ fn echo(
 }
 
 /// The whole answer: status, `x-served`, body (or the body's error).
+/// [`read`] in a task of its own.
+fn spawn_read(
+    queue: &PullQueue,
+    body: impl Into<String>,
+) -> tokio::task::JoinHandle<Result<(u16, String, Result<Bytes, PullError>), PullError>> {
+    let queue = queue.clone();
+    let body = body.into();
+    tokio::spawn(async move { read(&queue, body).await })
+}
+
 async fn read(
     queue: &PullQueue,
     body: String,
@@ -276,10 +286,7 @@ async fn a_puller_claims_only_with_a_free_slot() {
     };
     let _puller = Puller::new(queue.clone(), "only", 1, service).spawn();
 
-    let first = tokio::spawn({
-        let queue = queue.clone();
-        async move { read(&queue, "first".into()).await }
-    });
+    let first = spawn_read(&queue, "first");
     // The service holds the first request before the second is submitted.
     assert!(
         test_support::eventually_async(Duration::from_secs(5), || async {
@@ -289,10 +296,7 @@ async fn a_puller_claims_only_with_a_free_slot() {
         .is_some(),
         "the first request is claimed"
     );
-    let second = tokio::spawn({
-        let queue = queue.clone();
-        async move { read(&queue, "second".into()).await }
-    });
+    let second = spawn_read(&queue, "second");
     let key = queue_key(&prefix);
     assert!(
         test_support::eventually_async(Duration::from_secs(5), || async {
@@ -366,10 +370,7 @@ async fn a_puller_with_a_starting_budget_waits_for_a_first_byte_not_for_a_slot()
         .max_starting_tokens(1)
         .spawn();
 
-    let first = tokio::spawn({
-        let queue = queue.clone();
-        async move { read(&queue, "first".into()).await }
-    });
+    let first = spawn_read(&queue, "first");
     let key = queue_key(&prefix);
     assert!(
         test_support::eventually_async(Duration::from_secs(5), || async { meter.calls() == 1 })
@@ -377,10 +378,7 @@ async fn a_puller_with_a_starting_budget_waits_for_a_first_byte_not_for_a_slot()
             .is_some(),
         "the first request is called"
     );
-    let second = tokio::spawn({
-        let queue = queue.clone();
-        async move { read(&queue, "second".into()).await }
-    });
+    let second = spawn_read(&queue, "second");
     assert!(
         test_support::eventually_async(Duration::from_secs(5), || async {
             xlen(&client, &key).await == 2
@@ -447,10 +445,7 @@ async fn a_long_prompt_taken_beside_a_starting_one_is_sent_once_that_one_has_sta
         .max_starting_tokens(100)
         .spawn();
 
-    let short = tokio::spawn({
-        let queue = queue.clone();
-        async move { read(&queue, "short".into()).await }
-    });
+    let short = spawn_read(&queue, "short");
     assert!(
         test_support::eventually_async(Duration::from_secs(5), || async { meter.calls() == 1 })
             .await
@@ -458,11 +453,7 @@ async fn a_long_prompt_taken_beside_a_starting_one_is_sent_once_that_one_has_sta
         "the short request is called"
     );
     let long_prompt = "x".repeat(800);
-    let long = tokio::spawn({
-        let queue = queue.clone();
-        let body = long_prompt.clone();
-        async move { read(&queue, body).await }
-    });
+    let long = spawn_read(&queue, long_prompt.clone());
     let key = queue_key(&prefix);
     assert!(
         test_support::eventually_async(Duration::from_secs(5), || async {
