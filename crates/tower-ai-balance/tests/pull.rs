@@ -151,20 +151,17 @@ fn echo(
 }
 
 /// The whole answer: status, `x-served`, body (or the body's error).
+/// What [`read`] gets: the status, the `x-served` header and the body.
+type Read = Result<(u16, String, Result<Bytes, PullError>), PullError>;
+
 /// [`read`] in a task of its own.
-fn spawn_read(
-    queue: &PullQueue,
-    body: impl Into<String>,
-) -> tokio::task::JoinHandle<Result<(u16, String, Result<Bytes, PullError>), PullError>> {
+fn spawn_read(queue: &PullQueue, body: impl Into<String>) -> tokio::task::JoinHandle<Read> {
     let queue = queue.clone();
     let body = body.into();
     tokio::spawn(async move { read(&queue, body).await })
 }
 
-async fn read(
-    queue: &PullQueue,
-    body: String,
-) -> Result<(u16, String, Result<Bytes, PullError>), PullError> {
+async fn read(queue: &PullQueue, body: String) -> Read {
     let ticket = queue.submit(request(body)).await?;
     let res = ticket.response().await?;
     let served = res
