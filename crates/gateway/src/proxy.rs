@@ -41,7 +41,7 @@ pub(crate) async fn model_call(State(state): State<AppState>, req: Request) -> R
     // `MAX_CHAT_BODY` (and refused a larger one with 413): this read can't
     // be cut short.
     let caller = req.extensions().get::<CallerExt>().cloned();
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let bytes = match read_limited(body, MAX_CHAT_BODY).await {
         Ok(bytes) => bytes,
         Err(ReadError::Failed(e)) => {
@@ -49,7 +49,7 @@ pub(crate) async fn model_call(State(state): State<AppState>, req: Request) -> R
         }
         Err(e) => return bad_request(&e.to_string()),
     };
-    let request = match ChatRequest::from_json(&bytes) {
+    let request = match ChatRequest::read_shared(&mut parts.extensions, &bytes) {
         Ok(request) => request,
         Err(e) => return bad_request(&e.to_string()),
     };

@@ -47,16 +47,24 @@ pub(crate) struct Prompt {
 }
 
 impl Prompt {
-    /// Reads a request body. A body that isn't JSON has no blocks and counts
-    /// a token per 4 bytes plus the default output: the balancer routes it,
-    /// judging it is someone else's job.
+    /// Reads a request body, with its [`ChatRequest`] when it is one. A
+    /// body that isn't has no blocks and counts a token per 4 bytes plus the
+    /// default output: the balancer routes it, judging it is someone else's
+    /// job.
     ///
     /// Without `prefix` (a pool of one endpoint: no choice to aim), the
     /// blocks are left out, and so is the parse they need.
-    pub(crate) fn read(body: &[u8], block_bytes: usize, default_output: u64, prefix: bool) -> Self {
-        let tokens = ChatRequest::from_json(body)
-            .map(|req| req.estimated_total_tokens(default_output))
-            .unwrap_or_else(|_| (body.len() as u64).div_ceil(4) + default_output);
+    pub(crate) fn read(
+        body: &[u8],
+        request: Option<&ChatRequest>,
+        block_bytes: usize,
+        default_output: u64,
+        prefix: bool,
+    ) -> Self {
+        let tokens = request.map_or_else(
+            || (body.len() as u64).div_ceil(4) + default_output,
+            |req| req.estimated_total_tokens(default_output),
+        );
         let value = match prefix.then(|| serde_json::from_slice::<Value>(body)) {
             Some(Ok(value)) => value,
             _ => {
@@ -150,6 +158,12 @@ impl Chain {
 mod tests {
     use super::*;
 
+    /// A body's prompt, with its request read as the service reads it.
+    fn read(body: &[u8], block_bytes: usize, default_output: u64, prefix: bool) -> Prompt {
+        let request = ChatRequest::from_json(body).ok();
+        Prompt::read(body, request.as_ref(), block_bytes, default_output, prefix)
+    }
+
     fn chat(messages: &[(&str, &str)]) -> Vec<u8> {
         let messages: Vec<Value> = messages
             .iter()
@@ -163,13 +177,13 @@ mod tests {
         let system = "You are a careful assistant. ".repeat(20);
         let first = "first question ".repeat(10);
         let other = "another one ".repeat(10);
-        let a = Prompt::read(
+        let a = read(
             &chat(&[("system", &system), ("user", &first)]),
             64,
             256,
             true,
         );
-        let b = Prompt::read(
+        let b = read(
             &chat(&[("system", &system), ("user", &other)]),
             64,
             256,
@@ -190,36 +204,36 @@ mod tests {
     #[test]
     fn the_same_prompt_gives_the_same_chain_and_a_different_start_shares_nothing() {
         let long = "word ".repeat(100);
-        let a = Prompt::read(&chat(&[("user", &long)]), 64, 256, true);
-        let b = Prompt::read(&chat(&[("user", &long)]), 64, 256, true);
+        let a = read(&chat(&[("user", &long)]), 64, 256, true);
+        let b = read(&chat(&[("user", &long)]), 64, 256, true);
         assert_eq!(a, b);
-        let c = Prompt::read(&chat(&[("user", &format!("x{long}"))]), 64, 256, true);
+        let c = read(&chat(&[("user", &format!("x{long}"))]), 64, 256, true);
         assert!(a.blocks.iter().zip(&c.blocks).all(|(x, y)| x != y));
     }
 
     #[test]
     fn pieces_are_separated() {
-        let a = Prompt::read(br#"{"prompt":["ab","c"]}"#, 2, 0, true);
-        let b = Prompt::read(br#"{"prompt":["a","bc"]}"#, 2, 0, true);
+        let a = read(br#"{"prompt":["ab","c"]}"#, 2, 0, true);
+        let b = read(br#"{"prompt":["a","bc"]}"#, 2, 0, true);
         assert_ne!(a.blocks, b.blocks);
     }
 
     #[test]
     fn tokens_count_the_prompt_and_the_output_limit() {
-        let with_limit = Prompt::read(
+        let with_limit = read(
             br#"{"messages":[{"role":"user","content":"hi"}],"max_tokens":100}"#,
             64,
             256,
             true,
         );
-        let without = Prompt::read(
+        let without = read(
             br#"{"messages":[{"role":"user","content":"hi"}]}"#,
             64,
             256,
             true,
         );
         assert_eq!(without.tokens - with_limit.tokens, 156);
-        let alone = Prompt::read(
+        let alone = read(
             br#"{"messages":[{"role":"user","content":"hi"}]}"#,
             64,
             256,
@@ -227,7 +241,7 @@ mod tests {
         );
         assert!(alone.blocks.is_empty(), "no blocks without prefix routing");
         assert_eq!(alone.tokens, without.tokens);
-        let raw = Prompt::read(b"not json at all", 64, 256, true);
+        let raw = read(b"not json at all", 64, 256, true);
         assert_eq!((raw.blocks.len(), raw.tokens), (0, 4 + 256));
         assert_eq!(raw.sticky, None);
     }

@@ -9,6 +9,7 @@ use http_body::Body;
 use tokio::time::Instant;
 use tower::ServiceExt;
 use tower_ai_core::body::{BoxError, ReadError, read_limited};
+use tower_ai_core::llm::ChatRequest;
 use tower_ai_core::reject::Refusal;
 use tower_service::Service;
 
@@ -108,7 +109,7 @@ where
 {
     let settings = pool.settings();
     let sticky = pool.sticky_key(tower_ai_core::key::RequestHead::of(&req));
-    let (parts, body) = req.into_parts();
+    let (mut parts, body) = req.into_parts();
     let bytes = match read_limited(body, settings.max_body).await {
         Ok(bytes) => bytes,
         Err(e) => {
@@ -116,21 +117,24 @@ where
                 ReadError::TooLarge { .. } => Refusal::payload_too_large(),
                 _ => Refusal::bad_request(),
             };
-            let req = Request::from_parts(parts, ());
             return Ok(refusal
                 .detail(e.to_string())
-                .for_request(&req)
+                .for_request(&Request::from_parts(parts, ()))
                 .map(BalanceBody::own));
         }
     };
     let prefix = pool.endpoints().len() > 1;
+    let request = ChatRequest::read_shared(&mut parts.extensions, &bytes).ok();
     let mut prompt = Prompt::read(
         &bytes,
+        request.as_deref(),
         settings.block_bytes,
         settings.default_output_tokens,
         prefix,
     );
     prompt.sticky = sticky;
+    // The head, for the attempts still to make: the last one takes it.
+    let mut kept = Some(parts);
     let mut tried = 0u64;
     let mut attempt = 0;
     // The last failed answer, returned when no retry can be made.
@@ -148,13 +152,28 @@ where
                 if let Some(outcome) = last {
                     return outcome.map(|res| res.map(|body| BalanceBody::new(body, None)));
                 }
-                let req = Request::from_parts(parts, ());
-                return Ok(refused(unavailable).for_request(&req).map(BalanceBody::own));
+                return Ok(refused(unavailable)
+                    .for_request(&head_of(kept))
+                    .map(BalanceBody::own));
             }
         };
         drop(last.take());
         let endpoint = picked.permit.endpoint();
-        let mut req = Request::from_parts(parts.clone(), ReqBody::from(bytes.clone()));
+        // The last attempt moves the head (its extensions, each boxed,
+        // are most of a copy's cost); the others copy it.
+        let last_attempt = attempt >= settings.retries;
+        let Some(parts) = (if last_attempt {
+            kept.take()
+        } else {
+            kept.clone()
+        }) else {
+            // Each attempt but the last copies the head, and the last
+            // returns: there is always one to send.
+            return Ok(refused(Unavailable::Full)
+                .for_request(&Request::new(()))
+                .map(BalanceBody::own));
+        };
+        let mut req = Request::from_parts(parts, ReqBody::from(bytes.clone()));
         req.extensions_mut().insert(picked.endpoint);
         let outcome = match inner.ready().await {
             Ok(ready) => ready.call(req).await,
@@ -175,7 +194,7 @@ where
                 } else {
                     Duration::ZERO
                 };
-                if attempt >= settings.retries || wait > settings.max_retry_wait {
+                if last_attempt || wait > settings.max_retry_wait {
                     return outcome
                         .map(|res| res.map(|body| BalanceBody::new(body, Some(picked.permit))));
                 }
@@ -190,6 +209,11 @@ where
             }
         }
     }
+}
+
+/// The request's head for a refusal, when it is still kept.
+fn head_of(kept: Option<http::request::Parts>) -> Request<()> {
+    kept.map_or_else(|| Request::new(()), |parts| Request::from_parts(parts, ()))
 }
 
 fn refused(unavailable: Unavailable) -> Refusal {

@@ -3,8 +3,10 @@
 //! into a token budget and injected as system messages.
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -12,6 +14,7 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response};
 use http_body::Body;
+use pin_project_lite::pin_project;
 use serde_json::Value;
 use tower_ai_core::body::{ResponseBody, read_limited};
 use tower_ai_core::key::{ApiKey, ClientKey, KeyExtractor, RequestHead};
@@ -229,26 +232,30 @@ where
 {
     type Response = Response<ResponseBody<ResBody>>;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Self::Response, S::Error>>;
+    type Future = ContextFuture<S::Future, ResBody, S::Error>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, mut req: Request<ReqBody>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
         let idle = self.shared.history.is_none()
             && self.shared.profile.is_none()
             && self.shared.retriever.is_none();
         if idle || req.method() != Method::POST {
-            return Box::pin(async move { Ok(inner.call(req).await?.map(ResponseBody::inner)) });
+            return ContextFuture {
+                kind: Kind::Passthrough {
+                    future: self.inner.call(req),
+                },
+            };
         }
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
         if let Some(key) = (self.shared.tenant)(RequestHead::of(&req)) {
             req.extensions_mut().insert(TenantScope::of(&key));
         }
         let shared = Arc::clone(&self.shared);
-        Box::pin(async move {
+        let future = Box::pin(async move {
             let (parts, body) = req.into_parts();
             let bytes = match read_limited(body, shared.max_body).await {
                 Ok(bytes) => bytes,
@@ -269,7 +276,55 @@ where
             let mut res = inner.call(req).await?;
             res.headers_mut().insert(CONTEXT_HEADER, header);
             Ok(res.map(ResponseBody::inner))
-        })
+        });
+        ContextFuture {
+            kind: Kind::Gathering { future },
+        }
+    }
+}
+
+pin_project! {
+    /// The response future of [`ContextService`]: the inner service's own
+    /// when there is nothing to gather (no source, or not a `POST`), else
+    /// the gathering's.
+    pub struct ContextFuture<F, B, E> {
+        #[pin]
+        kind: Kind<F, B, E>,
+    }
+}
+
+pin_project! {
+    #[project = KindProj]
+    enum Kind<F, B, E> {
+        Passthrough {
+            #[pin]
+            future: F,
+        },
+        Gathering {
+            future: BoxFuture<'static, Result<Response<ResponseBody<B>>, E>>,
+        },
+    }
+}
+
+impl<F, B, E> fmt::Debug for ContextFuture<F, B, E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ContextFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, B, E> Future for ContextFuture<F, B, E>
+where
+    F: Future<Output = Result<Response<B>, E>>,
+{
+    type Output = Result<Response<ResponseBody<B>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project().kind.project() {
+            KindProj::Passthrough { future } => {
+                Poll::Ready(ready!(future.poll(cx)).map(|res| res.map(ResponseBody::inner)))
+            }
+            KindProj::Gathering { future } => future.as_mut().poll(cx),
+        }
     }
 }
 

@@ -49,7 +49,7 @@ mod sources;
 
 pub use embed::{EmbedError, Embedder, HttpEmbedder, HttpEmbedderBuilder};
 pub use index::{BoxFuture, Hit, IndexError, Query, Record, VectorIndex};
-pub use layer::{CONTEXT_HEADER, ContextBuilder, ContextLayer, ContextService};
+pub use layer::{CONTEXT_HEADER, ContextBuilder, ContextFuture, ContextLayer, ContextService};
 pub use memory::{MemoryIndex, MemoryIndexBuilder};
 pub use retrieve::{Chunking, IndexRetriever, PUBLIC, TenantScope};
 pub use sources::{HistorySource, Message, Passage, ProfileSource, Retriever, SourceError};

@@ -199,6 +199,43 @@ impl ChatRequest {
         })
     }
 
+    /// Reads `body` once for every layer on the way in: the first to read
+    /// it leaves its reading in the request's `extensions` (a
+    /// [`SharedRequest`]), and the layers after it take that reading when
+    /// their body is the same bytes. A layer that changed the body in
+    /// between gets its own reading, which the layers after it share.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http::Extensions;
+    /// use tower_ai_core::llm::ChatRequest;
+    ///
+    /// let body = Bytes::from_static(br#"{"model":"m","messages":[{"role":"user","content":"Hi"}]}"#);
+    /// let mut extensions = Extensions::new();
+    /// let first = ChatRequest::read_shared(&mut extensions, &body).unwrap();
+    /// let again = ChatRequest::read_shared(&mut extensions, &body).unwrap();
+    /// assert!(std::sync::Arc::ptr_eq(&first, &again));
+    /// let other = Bytes::from_static(br#"{"model":"n","messages":[]}"#);
+    /// let read = ChatRequest::read_shared(&mut extensions, &other).unwrap();
+    /// assert_eq!(read.model.as_deref(), Some("n"));
+    /// ```
+    pub fn read_shared(
+        extensions: &mut http::Extensions,
+        body: &bytes::Bytes,
+    ) -> Result<Arc<Self>, LlmError> {
+        if let Some(shared) = extensions.get::<SharedRequest>()
+            && shared.body == *body
+        {
+            return Ok(Arc::clone(&shared.request));
+        }
+        let request = Arc::new(Self::from_json(body)?);
+        extensions.insert(SharedRequest {
+            body: body.clone(),
+            request: Arc::clone(&request),
+        });
+        Ok(request)
+    }
+
     /// An estimate of the prompt's tokens: its text by size, its token ids
     /// one each, and each message's framing.
     pub fn estimated_prompt_tokens(&self) -> u64 {
@@ -214,6 +251,14 @@ impl ChatRequest {
         self.estimated_prompt_tokens()
             .saturating_add(output.saturating_mul(u64::from(self.n)))
     }
+}
+
+/// A request body's [`ChatRequest`], kept in the request's extensions by
+/// [`ChatRequest::read_shared`] with the bytes it was read from.
+#[derive(Debug, Clone)]
+pub struct SharedRequest {
+    body: bytes::Bytes,
+    request: Arc<ChatRequest>,
 }
 
 /// Token usage as an answer reports it, in OpenAI's terms.

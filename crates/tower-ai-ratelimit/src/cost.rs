@@ -131,7 +131,7 @@ where
                     return Ok(Refusal::from(e).for_request(&head));
                 }
             };
-            let estimate = match ChatRequest::from_json(&bytes) {
+            let estimate = match ChatRequest::read_shared(&mut parts.extensions, &bytes) {
                 Ok(chat) => chat.estimated_total_tokens(cost.default_output),
                 Err(_) => estimated_tokens(bytes.len()) + cost.default_output,
             };
