@@ -3,7 +3,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::OnceLock;
 use std::task::{Context, Poll, ready};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::MatchedPath;
 use http::Request;
@@ -27,9 +27,31 @@ pub(crate) fn handle() -> PrometheusHandle {
             if metrics::set_global_recorder(Remembered::new(recorder)).is_err() {
                 tracing::warn!("a metrics recorder was already installed; /metrics will be empty");
             }
+            keep_up(handle.clone());
             handle
         })
         .clone()
+}
+
+/// How often the histograms' samples are folded into their summaries.
+const UPKEEP: Duration = Duration::from_secs(5);
+
+/// Folds the histograms' samples into their summaries every [`UPKEEP`], on a
+/// thread of its own (the recorder is the process's, beyond any runtime):
+/// the exporter keeps every sample until then, so a gateway nobody scrapes
+/// would hold each request's samples for ever.
+fn keep_up(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(UPKEEP);
+                handle.run_upkeep();
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "no metrics upkeep thread: histograms are folded only when /metrics is read");
+    }
 }
 
 /// The most handles [`Remembered`] keeps of each kind (the labels are

@@ -79,6 +79,10 @@ impl Entry {
                 let i = match self.rest.iter().position(|(s, _, _)| *s == slot) {
                     Some(i) => i,
                     None => {
+                        // Exactly: a key has a few policies, and a table of
+                        // keys each holding room for four would be mostly
+                        // room.
+                        self.rest.reserve_exact(1);
                         self.rest.push((slot, *spec, State::new(spec)));
                         self.rest.len() - 1
                     }
