@@ -3,7 +3,7 @@
 use std::fmt;
 use std::hash::BuildHasher;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use parking_lot::Mutex;
 use tower_ai_core::key::ClientKey;
@@ -16,6 +16,14 @@ const SHARDS: usize = 64;
 /// A shard sweeps its idle keys when it reaches twice the keys it kept at
 /// its last sweep, and at least this many.
 const MIN_SWEEP: usize = 16;
+/// While the table is full, a shard is swept for room at most this often (in
+/// clock nanoseconds): a sweep reads the whole shard, and a client sending a
+/// new key with every request must not make each of them pay for one.
+const FULL_SWEEP_EVERY: u64 = 1_000_000_000;
+/// While the table is full, the warning is logged at most this often.
+const FULL_WARNING_EVERY: u64 = 10_000_000_000;
+/// No warning yet.
+const NEVER: u64 = u64::MAX;
 
 /// Rate-limit state for one process.
 ///
@@ -31,7 +39,9 @@ const MIN_SWEEP: usize = 16;
 /// forgotten by a sweep of its shard, which runs when the shard has doubled
 /// since its last sweep (amortised O(1) per new key), and at most `max_keys`
 /// keys are held. Past that, new keys share one overflow entry (strict: they
-/// are limited together) until sweeps free room.
+/// are limited together) until sweeps free room; a full shard is swept at
+/// most once a second, so a spray of new keys costs each request a lookup,
+/// not a scan.
 #[derive(Clone)]
 pub struct MemoryStore {
     inner: Arc<Inner>,
@@ -44,6 +54,11 @@ struct Inner {
     max_keys: usize,
     keys: AtomicUsize,
     overflow: Mutex<Entry>,
+    /// When the table-full warning was last logged ([`NEVER`]: not yet).
+    warned: AtomicU64,
+    /// Sweeps made, for the tests.
+    #[cfg(test)]
+    sweeps: AtomicUsize,
 }
 
 /// One shard: a table keyed by the precomputed hash, so a key is hashed
@@ -51,6 +66,8 @@ struct Inner {
 struct Shard {
     map: hashbrown::HashTable<(ClientKey, Entry)>,
     next_sweep: usize,
+    /// When this shard was last swept for room in a full table.
+    full_sweep: Option<u64>,
 }
 
 impl Shard {
@@ -167,6 +184,7 @@ impl MemoryStore {
                         Mutex::new(Shard {
                             map: hashbrown::HashTable::new(),
                             next_sweep: MIN_SWEEP,
+                            full_sweep: None,
                         })
                     })
                     .collect(),
@@ -175,6 +193,9 @@ impl MemoryStore {
                 max_keys: max_keys.max(1),
                 keys: AtomicUsize::new(0),
                 overflow: Mutex::new(Entry::default()),
+                warned: AtomicU64::new(NEVER),
+                #[cfg(test)]
+                sweeps: AtomicUsize::new(0),
             }),
         }
     }
@@ -212,13 +233,17 @@ impl MemoryStore {
             self.sweep(&mut shard);
         }
         if self.inner.keys.load(Ordering::Relaxed) >= self.inner.max_keys {
-            self.sweep(&mut shard);
+            let now = self.inner.clock.now();
+            if shard
+                .full_sweep
+                .is_none_or(|last| now.saturating_sub(last) >= FULL_SWEEP_EVERY)
+            {
+                shard.full_sweep = Some(now);
+                self.sweep(&mut shard);
+            }
             if self.inner.keys.load(Ordering::Relaxed) >= self.inner.max_keys {
                 drop(shard);
-                tracing::warn!(
-                    max_keys = self.inner.max_keys,
-                    "rate limit key table full; new keys share the overflow bucket"
-                );
+                self.warn_full(now);
                 metrics::counter!("tower_ai_ratelimit_overflow_total").increment(1);
                 let mut entry = self.inner.overflow.lock();
                 entry.check(charges, self.inner.clock.now(), &mut verdict);
@@ -269,7 +294,28 @@ impl MemoryStore {
     }
 
     /// Forgets the idle keys of a shard.
+    /// Logs that the table is full, at most every [`FULL_WARNING_EVERY`]
+    /// (the overflow counter counts every request).
+    fn warn_full(&self, now: u64) {
+        let last = self.inner.warned.load(Ordering::Relaxed);
+        let due = last == NEVER || now.saturating_sub(last) >= FULL_WARNING_EVERY;
+        if due
+            && self
+                .inner
+                .warned
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(
+                max_keys = self.inner.max_keys,
+                "rate limit key table full; new keys share the overflow bucket"
+            );
+        }
+    }
+
     fn sweep(&self, shard: &mut Shard) {
+        #[cfg(test)]
+        self.inner.sweeps.fetch_add(1, Ordering::Relaxed);
         let now = self.inner.clock.now();
         let before = shard.map.len();
         shard.map.retain(|(_, entry)| !entry.is_idle(now));
@@ -291,5 +337,83 @@ impl fmt::Debug for MemoryStore {
         f.debug_struct("MemoryStore")
             .field("max_keys", &self.inner.max_keys)
             .finish_non_exhaustive()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::{Policy, Rate};
+
+    /// Counts the warnings logged while it is the thread's subscriber.
+    struct Warnings(Arc<AtomicUsize>);
+
+    impl tracing::Subscriber for Warnings {
+        fn enabled(&self, _: &tracing::Metadata<'_>) -> bool {
+            true
+        }
+        fn new_span(&self, _: &tracing::span::Attributes<'_>) -> tracing::span::Id {
+            tracing::span::Id::from_u64(1)
+        }
+        fn record(&self, _: &tracing::span::Id, _: &tracing::span::Record<'_>) {}
+        fn record_follows_from(&self, _: &tracing::span::Id, _: &tracing::span::Id) {}
+        fn event(&self, event: &tracing::Event<'_>) {
+            if *event.metadata().level() == tracing::Level::WARN {
+                self.0.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        fn enter(&self, _: &tracing::span::Id) {}
+        fn exit(&self, _: &tracing::span::Id) {}
+    }
+
+    /// A spray of new keys into a full table: each shard is swept for room
+    /// at most once a second, and the warning logged at most every ten.
+    #[test]
+    fn a_full_table_is_neither_rescanned_nor_reported_for_every_new_key() {
+        let clock = ManualClock::new();
+        // A bucket that takes hours to refill: no key turns idle here.
+        let policy = Policy::token_bucket(5, Rate::per_second(0.0001));
+        let charge = Charge {
+            slot: 0,
+            name: "spray",
+            spec: Spec::of(&policy),
+            cost: 1,
+        };
+        let store = MemoryStore::with_clock(clock.clone()).max_keys(1_000);
+        let key = |i: u32| ClientKey::digest("spray", i.to_string());
+        for i in 0..1_000 {
+            assert!(store.check(&key(i), &[charge]).allowed());
+        }
+        assert_eq!(store.len(), 1_000);
+
+        let warnings = Arc::new(AtomicUsize::new(0));
+        let spray = |from: u32| {
+            let sweeps = store.inner.sweeps.load(Ordering::Relaxed);
+            tracing::subscriber::with_default(Warnings(Arc::clone(&warnings)), || {
+                for i in from..from + 10_000 {
+                    let _ = store.check(&key(i), &[charge]);
+                }
+            });
+            store.inner.sweeps.load(Ordering::Relaxed) - sweeps
+        };
+        // Unbounded, each of these 10,000 requests would sweep its shard;
+        // here each shard is swept at most once for room and once for its
+        // growth.
+        let sweeps = spray(1_000);
+        assert!(sweeps <= 2 * SHARDS, "{sweeps} sweeps");
+        assert_eq!(warnings.load(Ordering::Relaxed), 1);
+        assert_eq!(store.len(), 1_000);
+
+        // A second on, each shard may be swept again; the warning waits ten.
+        clock.advance(Duration::from_secs(1));
+        let sweeps = spray(11_000);
+        assert!((1..=SHARDS).contains(&sweeps), "{sweeps} sweeps");
+        assert_eq!(warnings.load(Ordering::Relaxed), 1);
+        clock.advance(Duration::from_secs(10));
+        let _ = spray(21_000);
+        assert_eq!(warnings.load(Ordering::Relaxed), 2);
     }
 }
