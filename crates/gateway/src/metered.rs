@@ -2,9 +2,10 @@
 //! first token and duration, and the settling of the caller's budget
 //! reservation, all read from the answer's own usage as its body passes.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 use std::time::Instant;
 
 use axum::body::Body;
@@ -44,16 +45,31 @@ pin_project! {
         #[pin]
         inner: Body,
         meter: Option<Box<Meter>>,
+        // The budget's settlement, and the answer's last frame, held until
+        // it is done.
+        settling: Option<(Settle, Option<Frame<Bytes>>)>,
     }
 
     impl PinnedDrop for Metered {
         fn drop(this: Pin<&mut Self>) {
-            if let Some(meter) = this.project().meter.take() {
-                meter.finish();
+            let this = this.project();
+            let settle = match (this.settling.take(), this.meter.take()) {
+                (Some((settle, _)), _) => Some(settle),
+                (None, Some(meter)) => meter.finish(),
+                (None, None) => None,
+            };
+            // The client went away: the settlement still completes.
+            if let Some(settle) = settle
+                && let Ok(runtime) = tokio::runtime::Handle::try_current()
+            {
+                runtime.spawn(settle);
             }
         }
     }
 }
+
+/// A budget reservation's settlement at the answer's real cost.
+type Settle = Pin<Box<dyn Future<Output = ()> + Send>>;
 
 struct Meter {
     spec: MeterSpec,
@@ -75,6 +91,7 @@ impl Metered {
                 reservation,
                 first_byte: false,
             })),
+            settling: None,
         })
     }
 }
@@ -88,8 +105,11 @@ impl http_body::Body for Metered {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let mut this = self.project();
+        if this.settling.is_some() {
+            return settled(this.settling, cx);
+        }
         let polled = this.inner.as_mut().poll_frame(cx);
-        match &polled {
+        let ended = match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(meter), Some(data)) = (this.meter.as_mut(), frame.data_ref()) {
                     if !meter.first_byte && !data.is_empty() {
@@ -104,33 +124,71 @@ impl http_body::Body for Metered {
                 }
                 // The last frame: finished now, before the layers above end
                 // theirs (they read this one's `SharedAnswer`).
-                if this.inner.is_end_stream()
-                    && let Some(meter) = this.meter.take()
+                this.inner.is_end_stream()
+            }
+            Poll::Ready(None) => true,
+            // A failed answer is passed on at once; its settlement runs
+            // beside it.
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(settle) = this.meter.take().and_then(|meter| meter.finish())
+                    && let Ok(runtime) = tokio::runtime::Handle::try_current()
                 {
-                    meter.finish();
+                    runtime.spawn(settle);
                 }
+                false
             }
-            Poll::Ready(None | Some(Err(_))) => {
-                if let Some(meter) = this.meter.take() {
-                    meter.finish();
-                }
-            }
-            Poll::Pending => {}
+            Poll::Pending => false,
+        };
+        if !ended {
+            return polled;
         }
-        polled
+        let Some(settle) = this.meter.take().and_then(|meter| meter.finish()) else {
+            return polled;
+        };
+        // The answer ends once its budget is settled: a client that reads
+        // one answer and asks again, on any replica, finds its spend
+        // counted at the real cost, not at the estimate.
+        let last = match polled {
+            Poll::Ready(Some(Ok(frame))) => Some(frame),
+            _ => None,
+        };
+        *this.settling = Some((settle, last));
+        settled(this.settling, cx)
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.settling.is_none() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        match &self.settling {
+            Some((_, last)) => {
+                let held = last
+                    .as_ref()
+                    .and_then(Frame::data_ref)
+                    .map_or(0, |data| data.len() as u64);
+                SizeHint::with_exact(held)
+            }
+            None => self.inner.size_hint(),
+        }
     }
 }
 
+/// The held last frame (or the end) once the settlement is done.
+fn settled(
+    settling: &mut Option<(Settle, Option<Frame<Bytes>>)>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+    if let Some((settle, _)) = settling.as_mut() {
+        ready!(settle.as_mut().poll(cx));
+    }
+    Poll::Ready(settling.take().and_then(|(_, last)| last).map(Ok))
+}
+
 impl Meter {
-    fn finish(mut self: Box<Self>) {
+    /// Records the answer's metrics and span fields; returns the settlement
+    /// of its budget reservation, if it had one.
+    fn finish(mut self: Box<Self>) -> Option<Settle> {
         let summary = self.tap.finish();
         let spec = &self.spec;
         let (model, key) = (label(&spec.model), label(&spec.key));
@@ -166,13 +224,12 @@ impl Meter {
             metrics::counter!("tower_ai_gateway_spend_nanodollars_total", "model" => model, "key" => key)
                 .increment(cost);
         }
-        if let Some(reservation) = self.reservation.take() {
-            let actual = cost.unwrap_or(reservation.estimate);
-            let budgets = spec.budgets.clone();
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move { budgets.settle(reservation, actual).await });
-            }
-        }
+        let reservation = self.reservation.take()?;
+        let actual = cost.unwrap_or(reservation.estimate);
+        let budgets = spec.budgets.clone();
+        Some(Box::pin(async move {
+            budgets.settle(reservation, actual).await;
+        }))
     }
 }
 
