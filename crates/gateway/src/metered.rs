@@ -2,7 +2,6 @@
 //! first token and duration, and the settling of the caller's budget
 //! reservation, all read from the answer's own usage as its body passes.
 
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -13,6 +12,7 @@ use bytes::Bytes;
 use http_body::{Frame, SizeHint};
 use parking_lot::Mutex;
 use pin_project_lite::pin_project;
+use tower_ai_core::future::BoxFuture;
 use tower_ai_core::llm::AnswerTap;
 
 use crate::budget::{Budgets, Reservation};
@@ -69,7 +69,7 @@ pin_project! {
 }
 
 /// A budget reservation's settlement at the answer's real cost.
-type Settle = Pin<Box<dyn Future<Output = ()> + Send>>;
+type Settle = BoxFuture<()>;
 
 struct Meter {
     spec: MeterSpec,

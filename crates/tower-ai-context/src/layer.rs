@@ -3,10 +3,8 @@
 //! into a token budget and injected as system messages.
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -14,9 +12,9 @@ use http::header::{self, HeaderName, HeaderValue};
 use http::request::Parts;
 use http::{Method, Request, Response};
 use http_body::Body;
-use pin_project_lite::pin_project;
 use serde_json::Value;
 use tower_ai_core::body::{ResponseBody, read_limited};
+use tower_ai_core::future::LayerFuture;
 use tower_ai_core::key::{ApiKey, ClientKey, KeyExtractor, RequestHead};
 use tower_ai_core::llm::ChatRequest;
 use tower_ai_core::reject::Refusal;
@@ -243,11 +241,7 @@ where
             && self.shared.profile.is_none()
             && self.shared.retriever.is_none();
         if idle || req.method() != Method::POST {
-            return ContextFuture {
-                kind: Kind::Passthrough {
-                    future: self.inner.call(req),
-                },
-            };
+            return LayerFuture::inner(self.inner.call(req), |res| res.map(ResponseBody::inner));
         }
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
@@ -255,7 +249,7 @@ where
             req.extensions_mut().insert(TenantScope::of(&key));
         }
         let shared = Arc::clone(&self.shared);
-        let future = Box::pin(async move {
+        LayerFuture::boxed(Box::pin(async move {
             let (parts, body) = req.into_parts();
             let bytes = match read_limited(body, shared.max_body).await {
                 Ok(bytes) => bytes,
@@ -276,57 +270,14 @@ where
             let mut res = inner.call(req).await?;
             res.headers_mut().insert(CONTEXT_HEADER, header);
             Ok(res.map(ResponseBody::inner))
-        });
-        ContextFuture {
-            kind: Kind::Gathering { future },
-        }
+        }))
     }
 }
 
-pin_project! {
-    /// The response future of [`ContextService`]: the inner service's own
-    /// when there is nothing to gather (no source, or not a `POST`), else
-    /// the gathering's.
-    pub struct ContextFuture<F, B, E> {
-        #[pin]
-        kind: Kind<F, B, E>,
-    }
-}
-
-pin_project! {
-    #[project = KindProj]
-    enum Kind<F, B, E> {
-        Passthrough {
-            #[pin]
-            future: F,
-        },
-        Gathering {
-            future: BoxFuture<'static, Result<Response<ResponseBody<B>>, E>>,
-        },
-    }
-}
-
-impl<F, B, E> fmt::Debug for ContextFuture<F, B, E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ContextFuture").finish_non_exhaustive()
-    }
-}
-
-impl<F, B, E> Future for ContextFuture<F, B, E>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-{
-    type Output = Result<Response<ResponseBody<B>>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Passthrough { future } => {
-                Poll::Ready(ready!(future.poll(cx)).map(|res| res.map(ResponseBody::inner)))
-            }
-            KindProj::Gathering { future } => future.as_mut().poll(cx),
-        }
-    }
-}
+/// The response future of [`ContextService`]: the inner service's own
+/// when there is nothing to gather (no source, or not a `POST`), else the
+/// gathering's.
+pub type ContextFuture<F, B, E> = LayerFuture<F, Response<B>, Response<ResponseBody<B>>, E>;
 
 /// The header's value, and the metrics.
 fn report(fitted: &Fitted) -> HeaderValue {

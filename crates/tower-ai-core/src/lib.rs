@@ -2,6 +2,8 @@
 //!
 //! - [`body`]: a response body that is either the inner service's body or
 //!   bytes a layer produced itself (a refusal, a cached answer).
+//! - [`future`]: a layer's response future, its inner service's own or its
+//!   own boxed work.
 //! - [`key`]: who is calling — the [`key::KeyExtractor`] trait and its
 //!   built-ins, shared by the rate limiter and the cache.
 //! - [`llm`]: OpenAI-style chat request fields and token `usage`, from a JSON
@@ -17,6 +19,7 @@
 #![cfg_attr(not(feature = "redis"), doc = "[`Degrade`]: #")]
 
 pub mod body;
+pub mod future;
 pub mod key;
 pub mod llm;
 pub mod reject;

@@ -33,7 +33,6 @@
 //! ```
 
 use std::fmt;
-use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
@@ -43,6 +42,7 @@ use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tower_ai_core::body::{BoxError, ResponseBody, read_limited};
+use tower_ai_core::future::LayerFuture;
 use tower_ai_core::llm::{AnswerTap, estimated_tokens, last_user_message};
 use tower_ai_core::reject::Refusal;
 use tower_layer::Layer;
@@ -181,8 +181,6 @@ impl<S> ChatHistory<S> {
     }
 }
 
-type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
-
 impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for ChatHistory<S>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
@@ -204,15 +202,11 @@ where
         let session = match req.extensions().get::<Session>() {
             // A visitor without a session isn't signed in: no recording.
             Some(session) if !req.body().is_end_stream() && !session.is_blank() => session.clone(),
-            _ => return ChatHistoryFuture::passthrough(self.inner.call(req)),
+            _ => return LayerFuture::inner(self.inner.call(req), passthrough),
         };
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        ChatHistoryFuture {
-            kind: Kind::Recording {
-                future: Box::pin(record(inner, req, session, self.config.clone())),
-            },
-        }
+        LayerFuture::boxed(Box::pin(record(inner, req, session, self.config.clone())))
     }
 }
 
@@ -312,56 +306,8 @@ struct Observer {
     position: u64,
 }
 
-pin_project! {
-    /// The response future of [`ChatHistory`].
-    pub struct ChatHistoryFuture<F, B, E> {
-        #[pin]
-        kind: Kind<F, B, E>,
-    }
-}
-
-pin_project! {
-    #[project = KindProj]
-    enum Kind<F, B, E> {
-        Passthrough {
-            #[pin]
-            future: F,
-        },
-        Recording {
-            future: BoxFuture<Result<Response<ChatHistoryBody<B>>, E>>,
-        },
-    }
-}
-
-impl<F, B, E> ChatHistoryFuture<F, B, E> {
-    fn passthrough(future: F) -> Self {
-        Self {
-            kind: Kind::Passthrough { future },
-        }
-    }
-}
-
-impl<F, B, E> fmt::Debug for ChatHistoryFuture<F, B, E> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ChatHistoryFuture").finish_non_exhaustive()
-    }
-}
-
-impl<F, B, E> Future for ChatHistoryFuture<F, B, E>
-where
-    F: Future<Output = Result<Response<B>, E>>,
-{
-    type Output = Result<Response<ChatHistoryBody<B>>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Passthrough { future } => {
-                Poll::Ready(ready!(future.poll(cx)).map(passthrough))
-            }
-            KindProj::Recording { future } => future.as_mut().poll(cx),
-        }
-    }
-}
+/// The response future of [`ChatHistory`].
+pub type ChatHistoryFuture<F, B, E> = LayerFuture<F, Response<B>, Response<ChatHistoryBody<B>>, E>;
 
 pin_project! {
     /// The response body of [`ChatHistory`]: the answer, passed through as it
