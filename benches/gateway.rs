@@ -672,17 +672,23 @@ fn cpu_seconds() -> Option<f64> {
 }
 
 fn main() {
-    // `-- --gateway-only SECONDS`: only the gateway, saturated, for a
-    // profiler to attach to (e.g. `perf record -p`).
-    let mut args = std::env::args().skip_while(|a| a != "--gateway-only");
-    if args.next().is_some() {
-        let seconds = args.next().and_then(|s| s.parse().ok()).unwrap_or(10);
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build()
-            .expect("a runtime");
-        rt.block_on(gateway_only(Duration::from_secs(seconds)));
-        return;
+    // `-- --gateway-only SECONDS` (or `--bare-only SECONDS`): only the
+    // gateway (or the bare proxy), saturated, for a profiler to attach to
+    // (e.g. `perf record -p`).
+    for (flag, path) in [
+        ("--gateway-only", Only::Gateway),
+        ("--bare-only", Only::Bare),
+    ] {
+        let mut args = std::env::args().skip_while(|a| a != flag);
+        if args.next().is_some() {
+            let seconds = args.next().and_then(|s| s.parse().ok()).unwrap_or(10);
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            rt.block_on(only(path, Duration::from_secs(seconds)));
+            return;
+        }
     }
     let plan = Plan::from_args();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -692,7 +698,14 @@ fn main() {
     rt.block_on(run(plan));
 }
 
-async fn gateway_only(time: Duration) {
+/// The one path a profiling run saturates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Only {
+    Gateway,
+    Bare,
+}
+
+async fn only(path: Only, time: Duration) {
     let mock = mock_llm::MockLlm::spawn(
         "127.0.0.1:0",
         mock_llm::Config {
@@ -702,39 +715,50 @@ async fn gateway_only(time: Duration) {
     )
     .await
     .expect("the mock starts");
-    let mut config = tower_ai_gateway::Config::from_args([
-        "--listen",
-        "127.0.0.1:0",
-        "--upstream",
-        &mock.base_url(),
-        "--token-delay-ms",
-        "0",
-    ])
-    .expect("a gateway configuration");
-    // `GATEWAY_BENCH_TOML`: a config file's text over that, to see what a
-    // setting costs.
-    if let Ok(text) = std::env::var("GATEWAY_BENCH_TOML") {
-        let path = std::path::Path::new("GATEWAY_BENCH_TOML");
-        config
-            .read_toml(&text, path, |name| std::env::var(name).ok())
-            .expect("a valid GATEWAY_BENCH_TOML");
-    }
-    let gateway = tower_ai_gateway::Gateway::start(config)
-        .await
-        .expect("the gateway starts");
-    let gw = Target::new("gateway", &gateway.url());
+    // Kept until the run ends.
+    let mut gateway = None;
+    let target = match path {
+        Only::Bare => Target::new("bare_proxy", &bare_proxy(mock.addr()).await),
+        Only::Gateway => {
+            let mut config = tower_ai_gateway::Config::from_args([
+                "--listen",
+                "127.0.0.1:0",
+                "--upstream",
+                &mock.base_url(),
+                "--token-delay-ms",
+                "0",
+            ])
+            .expect("a gateway configuration");
+            // `GATEWAY_BENCH_TOML`: a config file's text over that, to see
+            // what a setting costs.
+            if let Ok(text) = std::env::var("GATEWAY_BENCH_TOML") {
+                let path = std::path::Path::new("GATEWAY_BENCH_TOML");
+                config
+                    .read_toml(&text, path, |name| std::env::var(name).ok())
+                    .expect("a valid GATEWAY_BENCH_TOML");
+            }
+            let started = tower_ai_gateway::Gateway::start(config)
+                .await
+                .expect("the gateway starts");
+            let target = Target::new("gateway", &started.url());
+            gateway = Some(started);
+            target
+        }
+    };
     let client: LoadClient = Client::builder(TokioExecutor::new()).build(connector());
     let plan = Plan {
         rounds: 1,
         warm_up: Duration::from_millis(100),
         measure: time,
     };
-    let throughput = saturate(&client, &gw, plan).await;
+    let throughput = saturate(&client, &target, plan).await;
     println!(
-        "gateway throughput {} ({WORKERS} workers), CPU {} per request",
+        "{} throughput {} ({WORKERS} workers), CPU {} per request",
+        target.name,
         rate_text(throughput.rps),
         cpu_text(throughput.cpu_per_request)
     );
+    drop(gateway);
 }
 
 async fn run(plan: Plan) {
