@@ -37,8 +37,21 @@ pub(crate) struct Endpoint {
     scheme: Scheme,
     authority: Authority,
     base_path: Arc<str>,
+    /// The upstream URIs of the model endpoints' paths, made once.
+    known: Arc<[(&'static str, Uri)]>,
     pub(crate) head_timeout: Duration,
 }
+
+/// The paths the model endpoints send upstream, whose URIs each endpoint
+/// makes once.
+const KNOWN_PATHS: [&str; 6] = [
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/messages",
+    "/v1/models",
+];
 
 impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -89,13 +102,20 @@ impl Endpoint {
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(timeouts.idle)
             .build(connector);
-        Ok(Self {
+        let mut endpoint = Self {
             client,
             scheme,
             authority,
             base_path: uri.path().trim_end_matches('/').into(),
+            known: Arc::new([]),
             head_timeout: timeouts.head,
-        })
+        };
+        let known: Result<Vec<_>, _> = KNOWN_PATHS
+            .iter()
+            .map(|path| endpoint.make_uri(path).map(|uri| (*path, uri)))
+            .collect();
+        endpoint.known = known.map_err(|e| bad(&format!("{e}")))?.into();
+        Ok(endpoint)
     }
 
     /// The server's host, for traces.
@@ -117,6 +137,13 @@ impl Endpoint {
     /// client's path, without doubling a `/v1` the base URL already ends
     /// with.
     pub(crate) fn uri(&self, path_and_query: &str) -> Result<Uri, http::Error> {
+        match self.known.iter().find(|(path, _)| *path == path_and_query) {
+            Some((_, uri)) => Ok(uri.clone()),
+            None => self.make_uri(path_and_query),
+        }
+    }
+
+    fn make_uri(&self, path_and_query: &str) -> Result<Uri, http::Error> {
         let rest = if self.base_path.ends_with("/v1")
             && (path_and_query.starts_with("/v1/") || path_and_query.starts_with("/v1?"))
         {

@@ -226,6 +226,11 @@ impl Service<Request<Body>> for Upstream {
 /// Removes the headers that describe one connection, not the message
 /// (RFC 9110 §7.6.1), including any named in `Connection`.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages have none: a look at each name, not a removal of each
+    // field that might be there.
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -249,6 +254,20 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
     headers.remove("keep-alive");
     headers.remove("proxy-connection");
+}
+
+/// Whether a field is one [`strip_hop_by_hop`] removes whatever its value
+/// (any field `Connection` names is there only with a `Connection`).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::CONNECTION
+        || name == header::PROXY_AUTHENTICATE
+        || name == header::PROXY_AUTHORIZATION
+        || name == header::TE
+        || name == header::TRAILER
+        || name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == "keep-alive"
+        || name == "proxy-connection"
 }
 
 #[cfg(test)]
@@ -320,6 +339,33 @@ mod tests {
         let req = request(&keyless, "/v1/models");
         assert!(req.headers().get("authorization").is_none());
         assert!(req.headers().get("x-api-key").is_none());
+    }
+
+    #[test]
+    fn strips_each_hop_by_hop_field_and_keeps_the_rest() {
+        for name in [
+            "connection",
+            "proxy-authenticate",
+            "proxy-authorization",
+            "te",
+            "trailer",
+            "transfer-encoding",
+            "upgrade",
+            "keep-alive",
+            "proxy-connection",
+        ] {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            headers.insert(HeaderName::from_static(name), HeaderValue::from_static("x"));
+            strip_hop_by_hop(&mut headers);
+            assert!(headers.get(name).is_none(), "{name}");
+            assert_eq!(headers.len(), 1, "{name}");
+        }
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("3"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 2);
     }
 
     #[test]

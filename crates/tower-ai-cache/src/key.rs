@@ -72,12 +72,11 @@ impl KeyScope {
         }
     }
 
-    /// A stable byte form, the same in every process (for the tenant tag).
-    pub(crate) fn to_bytes(&self) -> Vec<u8> {
-        let mut out = Vec::with_capacity(24);
-        // Writing to a Vec can't fail.
-        let _ = self.write(&mut out);
-        out
+    /// Its stable byte form, the same in every process, into `hasher` (for
+    /// the tenant tag).
+    pub(crate) fn write_to(&self, hasher: &mut blake3::Hasher) {
+        // Writing to a hasher can't fail.
+        let _ = self.write(hasher);
     }
 }
 

@@ -25,7 +25,7 @@ use crate::judge::storable;
 use crate::key::{BodyFacts, CacheKey, KeyScope};
 use crate::respond::{self, FromCache, answer, hit, live};
 use crate::store::memory::Lookup;
-use crate::tag::{CacheTag, TagId};
+use crate::tag::TagId;
 
 /// What `call` found for a request without a body: its key, and what L1
 /// held for it (not a usable hit), so that neither is made twice.
@@ -78,9 +78,9 @@ impl Ctx {
     fn tags(&self) -> Vec<TagId> {
         let mut tags = Vec::with_capacity(3);
         tags.push(self.rule().tag);
-        tags.push(CacheTag::scope(&self.scope).id());
+        tags.push(TagId::scope(&self.scope));
         if let Some(model) = &self.model {
-            tags.push(CacheTag::model(model).id());
+            tags.push(TagId::model(model));
         }
         tags
     }

@@ -21,13 +21,38 @@ pub(crate) struct TagId([u8; 16]);
 #[cfg_attr(not(feature = "redis"), allow(dead_code))]
 impl TagId {
     fn of(kind: &str, value: &[u8]) -> Self {
-        let mut hasher = blake3::Hasher::new_derive_key(TAG_CONTEXT);
+        let mut hasher = Self::hasher(kind);
+        hasher.update(value);
+        Self::finish(&hasher)
+    }
+
+    /// A hasher past the tag's kind, ready for its value: a copy of one
+    /// keyed once, not a new key derived from the context on every tag.
+    fn hasher(kind: &str) -> blake3::Hasher {
+        static DERIVED: std::sync::LazyLock<blake3::Hasher> =
+            std::sync::LazyLock::new(|| blake3::Hasher::new_derive_key(TAG_CONTEXT));
+        let mut hasher = DERIVED.clone();
         hasher.update(kind.as_bytes());
         hasher.update(&[0]);
-        hasher.update(value);
+        hasher
+    }
+
+    fn finish(hasher: &blake3::Hasher) -> Self {
         let mut out = [0u8; 16];
         out.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
         Self(out)
+    }
+
+    /// [`CacheTag::model`]'s id, without its label.
+    pub(crate) fn model(name: &str) -> Self {
+        Self::of("model", name.as_bytes())
+    }
+
+    /// [`CacheTag::scope`]'s id, without its label.
+    pub(crate) fn scope(scope: &KeyScope) -> Self {
+        let mut hasher = Self::hasher("tenant");
+        scope.write_to(&mut hasher);
+        Self::finish(&hasher)
     }
 
     pub(crate) const fn from_bytes(bytes: [u8; 16]) -> Self {
@@ -91,7 +116,7 @@ impl CacheTag {
     /// Every entry whose request named this `model`.
     pub fn model(name: &str) -> Self {
         Self {
-            id: TagId::of("model", name.as_bytes()),
+            id: TagId::model(name),
             label: format!("model:{name}").into_boxed_str(),
         }
     }
@@ -114,7 +139,7 @@ impl CacheTag {
             KeyScope::Public => "tenant:public".to_owned(),
         };
         Self {
-            id: TagId::of("tenant", &scope.to_bytes()),
+            id: TagId::scope(scope),
             label: label.into_boxed_str(),
         }
     }
@@ -175,5 +200,34 @@ mod tests {
             CacheTag::public().id(),
             CacheTag::tenant(&ClientKey::global()).id()
         );
+    }
+
+    /// The ids are what other replicas and Redis hold: the digest of the
+    /// context, the kind, a zero and the value's stable bytes, as ever.
+    #[test]
+    fn ids_are_the_digests_every_replica_makes() {
+        let digest = |kind: &str, value: &[u8]| {
+            let mut hasher = blake3::Hasher::new_derive_key(TAG_CONTEXT);
+            hasher.update(kind.as_bytes());
+            hasher.update(&[0]);
+            hasher.update(value);
+            let mut out = [0u8; 16];
+            out.copy_from_slice(&hasher.finalize().as_bytes()[..16]);
+            TagId(out)
+        };
+        assert_eq!(TagId::model("gpt-4o-mini"), digest("model", b"gpt-4o-mini"));
+        assert_eq!(CacheTag::model("m").id(), digest("model", b"m"));
+        assert_eq!(CacheTag::route("chat").id(), digest("route", b"chat"));
+        assert_eq!(TagId::scope(&KeyScope::Public), digest("tenant", b"p"));
+        let key = ClientKey::digest("api-key", "sk-1");
+        let stable = key.to_bytes();
+        let mut caller = b"c".to_vec();
+        caller.extend_from_slice(&(stable.len() as u64).to_le_bytes());
+        caller.extend_from_slice(&stable);
+        assert_eq!(
+            TagId::scope(&KeyScope::Caller(key.clone())),
+            digest("tenant", &caller)
+        );
+        assert_eq!(CacheTag::tenant(&key).id(), digest("tenant", &caller));
     }
 }

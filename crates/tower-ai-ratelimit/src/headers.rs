@@ -61,6 +61,26 @@ pub(crate) fn number(n: u64) -> HeaderValue {
     table[n as usize].clone()
 }
 
+/// [`openai_duration`] as a header value. Whole seconds under a minute (the
+/// usual reset) come from a table made once, as [`number`]'s.
+pub(crate) fn openai_duration_value(d: Duration) -> Option<HeaderValue> {
+    static SECONDS: std::sync::OnceLock<Vec<HeaderValue>> = std::sync::OnceLock::new();
+    let secs = secs_ceil(d);
+    if d >= Duration::from_secs(1) && secs < 60 {
+        let table = SECONDS.get_or_init(|| {
+            (0..60)
+                .map(|s| {
+                    // Leaked once per process: 60 short strings.
+                    let text: &'static str = Box::leak(format!("{s}s").into_boxed_str());
+                    HeaderValue::from_static(text)
+                })
+                .collect()
+        });
+        return Some(table[secs as usize].clone());
+    }
+    HeaderValue::from_str(&openai_duration(d)).ok()
+}
+
 /// Whole seconds, rounded up.
 fn secs_ceil(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
@@ -318,6 +338,19 @@ mod tests {
         );
         assert_eq!(parse_openai_duration("6m"), Some(Duration::from_secs(360)));
         assert_eq!(parse_openai_duration("6x"), None);
+        // The table's values are the formatted ones.
+        for ms in [
+            0, 999, 1_000, 1_001, 9_500, 59_000, 59_001, 60_000, 3_723_000,
+        ] {
+            let d = Duration::from_millis(ms);
+            assert_eq!(
+                openai_duration_value(d)
+                    .as_ref()
+                    .and_then(|v| v.to_str().ok()),
+                Some(openai_duration(d).as_str()),
+                "{ms} ms"
+            );
+        }
         assert_eq!(parse_openai_duration("12"), None);
     }
 

@@ -183,7 +183,7 @@ fn write_headers(headers: &mut HeaderMap, set: &PolicySet, verdict: &Verdict, st
             let [limit, remaining, reset] = openai_names(unit);
             headers.insert(limit, headers::number(d.limit()));
             headers.insert(remaining, headers::number(d.remaining()));
-            if let Ok(v) = HeaderValue::from_str(&headers::openai_duration(d.reset())) {
+            if let Some(v) = headers::openai_duration_value(d.reset()) {
                 headers.insert(reset, v);
             }
         }
