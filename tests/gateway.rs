@@ -137,6 +137,25 @@ async fn proxies_a_json_completion() {
 }
 
 #[tokio::test]
+async fn another_method_on_a_model_route_is_refused_behind_the_layers() {
+    let gateway = start(config()).await;
+    let client = reqwest::Client::new();
+    for path in ["/v1/chat/completions", "/v1/embeddings", "/v1/messages"] {
+        let res = client
+            .get(format!("{}{path}", gateway.url()))
+            .bearer_auth("key-get")
+            .send()
+            .await
+            .expect("a response");
+        assert_eq!(res.status(), 405, "{path}");
+        assert_eq!(res.headers()["allow"], "POST", "{path}");
+        // The rate limiter saw it, as every request to the route.
+        assert!(res.headers().contains_key("x-ratelimit-limit"), "{path}");
+    }
+    assert_eq!(gateway.mock().map(|m| m.stats().requests), Some(0));
+}
+
+#[tokio::test]
 async fn bad_bodies_get_clear_json_errors() {
     let gateway = start(config()).await;
     let client = reqwest::Client::new();

@@ -108,6 +108,38 @@ pub(crate) async fn model_call(State(state): State<AppState>, req: Request) -> R
     res
 }
 
+/// [`model_call`] as a plain service (`POST` only: any other method is
+/// answered 405, after the layers, as before): the model routes' stack of
+/// layers ends in it, so a layer that clones its inner service for each request
+/// (the token cost, the cache) clones one `Arc`, not a boxed handler.
+#[derive(Clone)]
+pub(crate) struct ModelCall(pub(crate) AppState);
+
+impl tower::Service<Request> for ModelCall {
+    type Response = Response;
+    type Error = std::convert::Infallible;
+    type Future = tower_ai_core::future::BoxFuture<Result<Response, std::convert::Infallible>>;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        // Behind every layer, as axum's answer to another method would be.
+        if req.method() != http::Method::POST {
+            let mut res = StatusCode::METHOD_NOT_ALLOWED.into_response();
+            res.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            return Box::pin(std::future::ready(Ok(res)));
+        }
+        let state = self.0.clone();
+        Box::pin(async move { Ok(model_call(State(state), req).await) })
+    }
+}
+
 /// Whether an answer sends the request on to the model's fallback: the
 /// upstream (or the balancer, or an open circuit) could not serve it.
 fn fails_over(status: StatusCode) -> bool {

@@ -19,12 +19,33 @@ pub(crate) fn router(
     state: AppState,
     limits: &[crate::config::LimitConfig],
 ) -> Result<Router, crate::config::ConfigError> {
+    let limits = crate::layers::rate_limit(state.redis.as_ref(), limits)?;
+    // Every API and admin route's layers, in this order.
+    let layers = tower::ServiceBuilder::new()
+        .layer(crate::auth::AuthLayer(state.auth.clone()))
+        .layer(TokenCostLayer::with(crate::layers::token_cost()))
+        .layer(limits)
+        // Above the cache: a cached answer joins the history too.
+        .layer(chat_history(&state))
+        // Below the history (the client's own turns join it) and
+        // above the cache (what was injected is part of the key).
+        .layer(
+            state
+                .context
+                .as_ref()
+                .map_or_else(|| ContextLayer::builder().build(), |c| c.layer.clone()),
+        )
+        .layer(state.cache.clone());
+    // The model routes' stack ends in a plain service, not a boxed handler
+    // (see `ModelCall`); axum boxes it once, as any route.
+    let model_call = layers.service(proxy::ModelCall(state.clone()));
+    let models = Router::new()
+        .route_service("/v1/chat/completions", model_call.clone())
+        .route_service("/v1/completions", model_call.clone())
+        .route_service("/v1/embeddings", model_call.clone())
+        .route_service("/v1/responses", model_call.clone())
+        .route_service("/v1/messages", model_call);
     let api = Router::new()
-        .route("/v1/chat/completions", post(proxy::model_call))
-        .route("/v1/completions", post(proxy::model_call))
-        .route("/v1/embeddings", post(proxy::model_call))
-        .route("/v1/responses", post(proxy::model_call))
-        .route("/v1/messages", post(proxy::model_call))
         .route("/v1/models", get(proxy::list))
         .route("/v1/content/{id}", get(content))
         .route("/v1/streams/{id}", get(proxy::stream).head(proxy::stream));
@@ -44,7 +65,6 @@ pub(crate) fn router(
         )
         .route("/admin/conversations", get(crate::conversations::stats))
         .route("/admin/conversations/{id}", get(crate::conversations::read));
-    let limits = crate::layers::rate_limit(state.redis.as_ref(), limits)?;
     let sessions = crate::layers::sessions(state.redis.as_ref(), state.secure_cookies)
         .map_err(|e| crate::config::ConfigError::new(e.to_string()))?;
     let session_routes = Router::new()
@@ -54,23 +74,8 @@ pub(crate) fn router(
     Ok(Router::new()
         .merge(api)
         .merge(admin)
-        .layer(
-            tower::ServiceBuilder::new()
-                .layer(crate::auth::AuthLayer(state.auth.clone()))
-                .layer(TokenCostLayer::with(crate::layers::token_cost()))
-                .layer(limits)
-                // Above the cache: a cached answer joins the history too.
-                .layer(chat_history(&state))
-                // Below the history (the client's own turns join it) and
-                // above the cache (what was injected is part of the key).
-                .layer(
-                    state
-                        .context
-                        .as_ref()
-                        .map_or_else(|| ContextLayer::builder().build(), |c| c.layer.clone()),
-                )
-                .layer(state.cache.clone()),
-        )
+        .layer(layers)
+        .merge(models)
         .merge(session_routes)
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
