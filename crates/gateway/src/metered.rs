@@ -194,7 +194,9 @@ impl Meter {
         let (model, key) = (label(&spec.model), label(&spec.key));
         metrics::histogram!("tower_ai_gateway_request_duration_seconds", "model" => model.clone())
             .record(spec.started.elapsed().as_secs_f64());
-        if let Some(reason) = &summary.finish_reason {
+        if let Some(reason) = &summary.finish_reason
+            && !spec.span.is_disabled()
+        {
             spec.span.record(
                 "gen_ai.response.finish_reasons",
                 format!("{reason:?}").to_lowercase(),
