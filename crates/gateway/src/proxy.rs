@@ -109,9 +109,10 @@ pub(crate) async fn model_call(State(state): State<AppState>, req: Request) -> R
 }
 
 /// [`model_call`] as a plain service (`POST` only: any other method is
-/// answered 405, after the layers, as before): the model routes' stack of
-/// layers ends in it, so a layer that clones its inner service for each request
-/// (the token cost, the cache) clones one `Arc`, not a boxed handler.
+/// answered 405, behind the layers, as axum answers it): the model routes'
+/// stack of layers ends in it, so a layer that clones its inner service for
+/// each request (the token cost, the cache) clones one `Arc`, not a boxed
+/// handler.
 #[derive(Clone)]
 pub(crate) struct ModelCall(pub(crate) AppState);
 
