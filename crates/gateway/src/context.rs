@@ -48,8 +48,10 @@ impl std::fmt::Debug for ContextState {
 }
 
 /// The gateway's state, set once it is built (the embedder calls the
-/// gateway's own model routes, which are part of it).
-pub(crate) type StateCell = Arc<OnceLock<AppState>>;
+/// gateway's own model routes, which are part of it). Weak: the state holds
+/// the embedder, and a strong reference back would keep a stopped gateway's
+/// state (its clients, tables and tasks' handles) alive for ever.
+pub(crate) type StateCell = Arc<OnceLock<crate::WeakState>>;
 
 impl ContextState {
     pub(crate) fn new(
@@ -197,11 +199,11 @@ impl tower::Service<Request<Full<Bytes>>> for Own {
     fn call(&mut self, req: Request<Full<Bytes>>) -> Self::Future {
         let cell = Arc::clone(&self.0);
         Box::pin(async move {
-            let Some(state) = cell.get().cloned() else {
+            let Some(state) = cell.get().and_then(crate::WeakState::upgrade) else {
                 return Ok(problem(
                     Refusal::service_unavailable(),
                     "service_unavailable",
-                    "the gateway is starting",
+                    "the gateway is starting or stopping",
                 ));
             };
             Ok(crate::proxy::model_call(State(state), req.map(Body::new)).await)

@@ -77,6 +77,9 @@ pub struct Gateway {
     _pullers: Vec<tower_ai_balance::pull::PullerHandle>,
     /// The deployments' metrics readers, stopped with the gateway.
     _scrapers: scrape::Scrapers,
+    /// The handlers' state, to see it go with the gateway.
+    #[cfg(test)]
+    state: WeakState,
 }
 
 /// What the request handlers share: one allocation, cloned by a reference
@@ -89,6 +92,25 @@ impl std::ops::Deref for AppState {
 
     fn deref(&self) -> &Shared {
         &self.0
+    }
+}
+
+impl AppState {
+    /// A reference that doesn't keep the state alive.
+    pub(crate) fn downgrade(&self) -> WeakState {
+        WeakState(Arc::downgrade(&self.0))
+    }
+}
+
+/// An [`AppState`] that doesn't keep it alive: for what the state itself
+/// holds (the context's embedder calls the gateway's own routes).
+#[derive(Debug, Clone)]
+pub(crate) struct WeakState(std::sync::Weak<Shared>);
+
+impl WeakState {
+    /// The state, while the gateway holds it.
+    pub(crate) fn upgrade(&self) -> Option<AppState> {
+        self.0.upgrade().map(AppState)
     }
 }
 
@@ -284,7 +306,9 @@ impl Gateway {
             metrics,
             started: Arc::new(tokio::time::Instant::now()),
         }));
-        let _ = cell.set(state.clone());
+        let _ = cell.set(state.downgrade());
+        #[cfg(test)]
+        let weak = state.downgrade();
         let app = routes::router(state, &config.limits)
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
         let (tx, rx) = oneshot::channel::<()>();
@@ -309,6 +333,8 @@ impl Gateway {
             conversations,
             _pullers: pullers,
             _scrapers: scrapers,
+            #[cfg(test)]
+            state: weak,
         })
     }
 
@@ -522,3 +548,33 @@ fn model_table(
 
 /// How long the gateway waits for the upstream's response head.
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::path::Path;
+
+    use super::*;
+
+    /// The context's embedder calls the gateway's own routes; its way back
+    /// to the state must not keep a stopped gateway's state alive.
+    #[tokio::test]
+    async fn a_stopped_gateway_frees_its_state() {
+        let mut config = Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ..Config::default()
+        };
+        // Never called here: nothing needs to answer.
+        let toml = "[[models]]\nname = \"embed\"\nprovider = \"openai\"\n\
+                    base_url = \"http://127.0.0.1:9/v1\"\n\
+                    [context]\nembeddings_model = \"embed\"\ndimensions = 8\n";
+        if let Err(e) = config.read_toml(toml, Path::new("test.toml"), |_| None) {
+            panic!("a valid config: {e}");
+        }
+        let gateway = Gateway::start(config).await.expect("the gateway starts");
+        let state = gateway.state.clone();
+        assert!(state.upgrade().is_some_and(|s| s.context.is_some()));
+        gateway.shutdown().await.expect("a clean shutdown");
+        assert!(state.upgrade().is_none(), "the state outlived its gateway");
+    }
+}
