@@ -248,7 +248,9 @@ impl<K, C, F> CircuitBreakerBuilder<K, C, F> {
     }
 
     /// The most breakers a keyed layer keeps (default 1,024). When full, the
-    /// least recently used closed breaker is forgotten first.
+    /// least recently used closed breakers are forgotten first, an eighth of
+    /// the bound at once (so a run of new keys scans the table once per that
+    /// many keys); with none closed, the least recently used one.
     pub fn max_breakers(mut self, max: usize) -> Self {
         self.settings.max_breakers = max;
         self

@@ -29,6 +29,9 @@ pub(crate) struct Registry {
     created: AtomicU64,
     last_sweep: Mutex<Instant>,
     remote: Option<Arc<dyn RemoteFactory>>,
+    /// Scans of a full table for room, for the tests.
+    #[cfg(test)]
+    evictions: AtomicU64,
 }
 
 impl fmt::Debug for Registry {
@@ -56,6 +59,8 @@ impl Registry {
             created: AtomicU64::new(0),
             last_sweep: Mutex::new(Instant::now()),
             remote,
+            #[cfg(test)]
+            evictions: AtomicU64::new(0),
         }
     }
 
@@ -83,10 +88,10 @@ impl Registry {
             return Arc::clone(b);
         }
         self.sweep(&mut map);
-        while map.len() >= self.settings.max_breakers {
-            if !evict_one(&mut map) {
-                break;
-            }
+        if map.len() >= self.settings.max_breakers {
+            #[cfg(test)]
+            self.evictions.fetch_add(1, Ordering::Relaxed);
+            make_room(&mut map, self.settings.max_breakers);
         }
         let breaker = Arc::new(make(&self.settings, Some(key), self.remote.as_deref()));
         breaker
@@ -159,23 +164,45 @@ fn make(
     }
 }
 
-/// Makes room: a closed breaker goes first, the least recently used (to the
-/// idle sweep's granularity) and then the oldest; then one in any state, in
-/// the same order. Returns whether one was removed.
-fn evict_one(map: &mut HashMap<Arc<str>, Arc<Breaker>>) -> bool {
-    let victim = map
+/// A full table makes room for this share of its bound at once (closed
+/// breakers only), so that a run of new keys scans it once per that many
+/// keys, not once per key (each scan holds the write lock).
+const ROOM_SHARE: usize = 8;
+
+/// Makes room in a table at `max` for at least one breaker: the closed ones
+/// go first, the least recently used (to the idle sweep's granularity) and
+/// then the oldest, up to `max / ROOM_SHARE` of them; with no closed one, one
+/// in any state, in the same order.
+fn make_room(map: &mut HashMap<Arc<str>, Arc<Breaker>>, max: usize) {
+    let rank = |b: &Breaker| {
+        (
+            b.seen.load(Ordering::Relaxed),
+            b.order.load(Ordering::Relaxed),
+        )
+    };
+    let mut closed: Vec<((u32, u64), Arc<str>)> = map
         .iter()
-        .min_by_key(|(_, b)| {
-            (
-                !b.is_idle_state(),
-                b.seen.load(Ordering::Relaxed),
-                b.order.load(Ordering::Relaxed),
-            )
-        })
-        .map(|(k, _)| Arc::clone(k));
-    match victim {
-        Some(key) => map.remove(&key).is_some(),
-        None => false,
+        .filter(|(_, b)| b.is_idle_state())
+        .map(|(k, b)| (rank(b), Arc::clone(k)))
+        .collect();
+    let excess = map.len() + 1 - max.min(map.len() + 1);
+    let room = (max / ROOM_SHARE).max(excess).max(1);
+    if closed.is_empty() {
+        let victim = map
+            .iter()
+            .min_by_key(|(_, b)| rank(b))
+            .map(|(k, _)| Arc::clone(k));
+        if let Some(key) = victim {
+            map.remove(&key);
+        }
+        return;
+    }
+    if closed.len() > room {
+        closed.select_nth_unstable_by_key(room - 1, |(r, _)| *r);
+        closed.truncate(room);
+    }
+    for (_, key) in closed {
+        map.remove(&key);
     }
 }
 
@@ -227,6 +254,29 @@ mod tests {
         assert!(r.find("a").is_none());
         assert!(r.find("b").is_some(), "an open breaker is kept");
         assert!(r.find("c").is_some() && r.find("d").is_some());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_run_of_new_keys_scans_a_full_table_once_per_eighth_of_it() {
+        let r = registry(64);
+        for n in 0..64 {
+            r.get(&format!("k{n}"));
+        }
+        if let Some(b) = r.find("k0") {
+            b.control(crate::state::Control::ForceOpen);
+        }
+        for n in 64..1_064 {
+            r.get(&format!("k{n}"));
+            assert!(r.len() <= 64, "{} breakers", r.len());
+        }
+        // Room for 8 at each scan, not for one.
+        let scans = r.evictions.load(Ordering::Relaxed);
+        assert!(scans <= 1_000 / 8 + 1, "{scans} scans for 1,000 new keys");
+        assert!(r.find("k0").is_some(), "an open breaker is kept");
+        // The oldest closed ones went: the newest are there (a full table
+        // keeps between 7/8 of its bound and all of it).
+        assert!(r.len() >= 56);
+        assert!((1_016..1_064).all(|n| r.find(&format!("k{n}")).is_some()));
     }
 
     #[test]
