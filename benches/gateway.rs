@@ -54,7 +54,8 @@
 //! is printed because other work on the machine moves every figure.
 //!
 //! `cargo bench --bench gateway` (about 100 s; add `-- --quick` for one short
-//! round).
+//! round). `-- --gateway-only SECONDS` or `-- --bare-only SECONDS` saturates
+//! one path alone, for a profiler to attach to.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
