@@ -42,16 +42,11 @@ pub(crate) struct Endpoint {
     pub(crate) head_timeout: Duration,
 }
 
-/// The paths the model endpoints send upstream, whose URIs each endpoint
-/// makes once.
-const KNOWN_PATHS: [&str; 6] = [
-    "/v1/chat/completions",
-    "/v1/completions",
-    "/v1/embeddings",
-    "/v1/responses",
-    "/v1/messages",
-    "/v1/models",
-];
+/// The paths the gateway sends upstream, whose URIs each endpoint makes
+/// once: the model endpoints' and the model list's.
+fn known_paths() -> impl Iterator<Item = &'static str> {
+    crate::proxy::MODEL_PATHS.into_iter().chain(["/v1/models"])
+}
 
 impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -110,9 +105,8 @@ impl Endpoint {
             known: Arc::new([]),
             head_timeout: timeouts.head,
         };
-        let known: Result<Vec<_>, _> = KNOWN_PATHS
-            .iter()
-            .map(|path| endpoint.make_uri(path).map(|uri| (*path, uri)))
+        let known: Result<Vec<_>, _> = known_paths()
+            .map(|path| endpoint.make_uri(path).map(|uri| (path, uri)))
             .collect();
         endpoint.known = known.map_err(|e| bad(&format!("{e}")))?.into();
         Ok(endpoint)

@@ -205,21 +205,14 @@ where
     }
 }
 
-/// The routes a label names without an allocation.
-const ROUTES: [&str; 8] = [
-    "/v1/chat/completions",
-    "/v1/completions",
-    "/v1/embeddings",
-    "/v1/responses",
-    "/v1/messages",
-    "/v1/models",
-    "/v1/streams/{id}",
-    "/healthz",
-];
+/// The routes besides the model endpoints a label names without an
+/// allocation.
+const ROUTES: [&str; 3] = ["/v1/models", "/v1/streams/{id}", "/healthz"];
 
 /// A route template as a label.
 fn route_label(template: &str) -> SharedString {
-    match ROUTES.iter().find(|r| **r == template) {
+    let mut known = crate::proxy::MODEL_PATHS.iter().chain(&ROUTES);
+    match known.find(|r| **r == template) {
         Some(known) => SharedString::const_str(known),
         None => SharedString::from(template.to_owned()),
     }

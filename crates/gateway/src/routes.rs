@@ -39,12 +39,11 @@ pub(crate) fn router(
     // The model routes' stack ends in a plain service, not a boxed handler
     // (see `ModelCall`); axum boxes it once, as any route.
     let model_call = layers.service(proxy::ModelCall(state.clone()));
-    let models = Router::new()
-        .route_service("/v1/chat/completions", model_call.clone())
-        .route_service("/v1/completions", model_call.clone())
-        .route_service("/v1/embeddings", model_call.clone())
-        .route_service("/v1/responses", model_call.clone())
-        .route_service("/v1/messages", model_call);
+    let models = proxy::MODEL_PATHS
+        .iter()
+        .fold(Router::new(), |router, path| {
+            router.route_service(path, model_call.clone())
+        });
     let api = Router::new()
         .route("/v1/models", get(proxy::list))
         .route("/v1/content/{id}", get(content))

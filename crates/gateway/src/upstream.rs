@@ -223,12 +223,26 @@ impl Service<Request<Body>> for Upstream {
     }
 }
 
-/// Removes the headers that describe one connection, not the message
-/// (RFC 9110 §7.6.1), including any named in `Connection`.
+/// The fields that describe one connection, not the message (RFC 9110
+/// §7.6.1), whatever their value.
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+];
+
+/// Removes the [`HOP_BY_HOP`] fields, and any named in `Connection`.
 fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Most messages have none: a look at each name, not a removal of each
-    // field that might be there.
-    if !headers.keys().any(is_hop_by_hop) {
+    // field that might be there (a field `Connection` names is there only
+    // with a `Connection`).
+    if !headers.keys().any(|name| HOP_BY_HOP.contains(name)) {
         return;
     }
     let named: Vec<HeaderName> = headers
@@ -238,36 +252,9 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
         .flat_map(|v| v.split(','))
         .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
         .collect();
-    for name in named {
+    for name in named.iter().chain(&HOP_BY_HOP) {
         headers.remove(name);
     }
-    for name in [
-        header::CONNECTION,
-        header::PROXY_AUTHENTICATE,
-        header::PROXY_AUTHORIZATION,
-        header::TE,
-        header::TRAILER,
-        header::TRANSFER_ENCODING,
-        header::UPGRADE,
-    ] {
-        headers.remove(name);
-    }
-    headers.remove("keep-alive");
-    headers.remove("proxy-connection");
-}
-
-/// Whether a field is one [`strip_hop_by_hop`] removes whatever its value
-/// (any field `Connection` names is there only with a `Connection`).
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    name == header::CONNECTION
-        || name == header::PROXY_AUTHENTICATE
-        || name == header::PROXY_AUTHORIZATION
-        || name == header::TE
-        || name == header::TRAILER
-        || name == header::TRANSFER_ENCODING
-        || name == header::UPGRADE
-        || name == "keep-alive"
-        || name == "proxy-connection"
 }
 
 #[cfg(test)]
