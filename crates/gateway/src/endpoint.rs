@@ -42,10 +42,19 @@ pub(crate) struct Endpoint {
     pub(crate) head_timeout: Duration,
 }
 
+/// The model endpoints: each a `POST` sent on to the model's server.
+pub(crate) const MODEL_PATHS: [&str; 5] = [
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+    "/v1/messages",
+];
+
 /// The paths the gateway sends upstream, whose URIs each endpoint makes
 /// once: the model endpoints' and the model list's.
 fn known_paths() -> impl Iterator<Item = &'static str> {
-    crate::proxy::MODEL_PATHS.into_iter().chain(["/v1/models"])
+    MODEL_PATHS.into_iter().chain(["/v1/models"])
 }
 
 impl fmt::Debug for Endpoint {

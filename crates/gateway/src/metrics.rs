@@ -211,7 +211,7 @@ const ROUTES: [&str; 3] = ["/v1/models", "/v1/streams/{id}", "/healthz"];
 
 /// A route template as a label.
 fn route_label(template: &str) -> SharedString {
-    let mut known = crate::proxy::MODEL_PATHS.iter().chain(&ROUTES);
+    let mut known = crate::endpoint::MODEL_PATHS.iter().chain(&ROUTES);
     match known.find(|r| **r == template) {
         Some(known) => SharedString::const_str(known),
         None => SharedString::from(template.to_owned()),

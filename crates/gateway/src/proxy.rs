@@ -28,15 +28,6 @@ use crate::respond::{bad_request, openai_error, upstream_failed};
 use crate::upstream::Upstream;
 use crate::{AppState, MAX_CHAT_BODY};
 
-/// The model endpoints: each a `POST` sent on to the model's server.
-pub(crate) const MODEL_PATHS: [&str; 5] = [
-    "/v1/chat/completions",
-    "/v1/completions",
-    "/v1/embeddings",
-    "/v1/responses",
-    "/v1/messages",
-];
-
 /// The output assumed for a budget estimate when the request sets no limit.
 const DEFAULT_OUTPUT: u64 = 1_024;
 

@@ -39,7 +39,7 @@ pub(crate) fn router(
     // The model routes' stack ends in a plain service, not a boxed handler
     // (see `ModelCall`); axum boxes it once, as any route.
     let model_call = layers.service(proxy::ModelCall(state.clone()));
-    let models = proxy::MODEL_PATHS
+    let models = crate::endpoint::MODEL_PATHS
         .iter()
         .fold(Router::new(), |router, path| {
             router.route_service(path, model_call.clone())
