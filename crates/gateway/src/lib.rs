@@ -314,7 +314,7 @@ impl Gateway {
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             axum::serve(
-                listener,
+                without_delay(listener),
                 app.into_make_service_with_connect_info::<SocketAddr>(),
             )
             .with_graceful_shutdown(async {
@@ -549,6 +549,20 @@ fn model_table(
 /// How long the gateway waits for the upstream's response head.
 pub const DEFAULT_UPSTREAM_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// The listener whose connections send each write at once: a streamed
+/// answer is many small writes, which Nagle's algorithm would hold back
+/// behind the client's delayed acknowledgements (up to 40 ms a token).
+fn without_delay(
+    listener: TcpListener,
+) -> axum::serve::TapIo<TcpListener, fn(&mut tokio::net::TcpStream)> {
+    fn no_delay(tcp: &mut tokio::net::TcpStream) {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "TCP_NODELAY could not be set on a connection");
+        }
+    }
+    axum::serve::ListenerExt::tap_io(listener, no_delay)
+}
+
 #[cfg(test)]
 mod tests {
     use std::net::SocketAddr;
@@ -576,5 +590,18 @@ mod tests {
         assert!(state.upgrade().is_some_and(|s| s.context.is_some()));
         gateway.shutdown().await.expect("a clean shutdown");
         assert!(state.upgrade().is_none(), "the state outlived its gateway");
+    }
+
+    /// The connections the gateway accepts send small writes at once.
+    #[tokio::test]
+    async fn accepted_connections_have_no_delay() {
+        use axum::serve::Listener;
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a port");
+        let addr = listener.local_addr().expect("an address");
+        let mut listener = without_delay(listener);
+        let client = tokio::net::TcpStream::connect(addr);
+        let ((accepted, _), client) = tokio::join!(listener.accept(), client);
+        client.expect("a connection");
+        assert!(accepted.nodelay().expect("the option reads"));
     }
 }

@@ -305,6 +305,11 @@ impl MockLlm {
             tracing::info!(%addr, "mock-llm listening");
         }
         let mut shutdown = self.inner.shutdown.subscribe();
+        // Each event goes out when written, as a model server sends tokens
+        // (Nagle's algorithm would hold them behind delayed acknowledgements).
+        let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         axum::serve(listener, self.router())
             .with_graceful_shutdown(async move { shutdown_requested(&mut shutdown).await })
             .await
