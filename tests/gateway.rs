@@ -389,6 +389,9 @@ async fn content_admin_health_and_metrics_answer() {
     assert_eq!(health["redis"]["configured"], false);
     assert!(health["circuits"].is_array());
 
+    let res = chat_as(&client, &gateway, "metrics", &chat(false)).await;
+    assert_eq!(res.status(), 200);
+
     let res = client
         .get(format!("{}/metrics", gateway.url()))
         .send()
@@ -398,6 +401,14 @@ async fn content_admin_health_and_metrics_answer() {
     let text = res.text().await.expect("text");
     assert!(
         text.contains("tower_ai_gateway_requests_total{route=\"/v1/content/{id}\",status=\"200\"}"),
+        "{text}"
+    );
+    // A model route's stack carries the outer layers itself: its template
+    // still names it.
+    assert!(
+        text.contains(
+            "tower_ai_gateway_requests_total{route=\"/v1/chat/completions\",status=\"200\"}"
+        ),
         "{text}"
     );
 }

@@ -36,9 +36,20 @@ pub(crate) fn router(
                 .map_or_else(|| ContextLayer::builder().build(), |c| c.layer.clone()),
         )
         .layer(state.cache.clone());
-    // The model routes' stack ends in a plain service, not a boxed handler
-    // (see `ModelCall`); axum boxes it once, as any route.
-    let model_call = layers.service(proxy::ModelCall(state.clone()));
+    let sessions = crate::layers::sessions(state.redis.as_ref(), state.secure_cookies)
+        .map_err(|e| crate::config::ConfigError::new(e.to_string()))?;
+    // Over every route, the router's own answers included.
+    let outer = tower::ServiceBuilder::new()
+        .layer(TraceLayer::new_for_http())
+        .layer(crate::metrics::RecordLayer)
+        .layer(sessions);
+    // The model routes' stack, the outer layers included, ends in a plain
+    // service, not a boxed handler (see `ModelCall`): axum boxes it once.
+    // (`Router::layer` would box each route again, and its response body.)
+    let model_call = tower::ServiceBuilder::new()
+        .layer(outer.clone())
+        .layer(layers.clone())
+        .service(proxy::ModelCall(state.clone()));
     let models = crate::endpoint::MODEL_PATHS
         .iter()
         .fold(Router::new(), |router, path| {
@@ -64,8 +75,6 @@ pub(crate) fn router(
         )
         .route("/admin/conversations", get(crate::conversations::stats))
         .route("/admin/conversations/{id}", get(crate::conversations::read));
-    let sessions = crate::layers::sessions(state.redis.as_ref(), state.secure_cookies)
-        .map_err(|e| crate::config::ConfigError::new(e.to_string()))?;
     let session_routes = Router::new()
         .route("/session", get(session_info))
         .route("/session/login", post(login))
@@ -74,19 +83,15 @@ pub(crate) fn router(
         .merge(api)
         .merge(admin)
         .layer(layers)
-        .merge(models)
         .merge(session_routes)
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         // One layer over the router, not three: each `Router::layer` boxes
         // the service and the response body of every request again.
-        .layer(
-            tower::ServiceBuilder::new()
-                .layer(TraceLayer::new_for_http())
-                .layer(crate::metrics::RecordLayer)
-                .layer(sessions),
-        )
+        .layer(outer)
+        // The model routes carry the outer layers in their own stack.
+        .merge(models)
         .with_state(state))
 }
 
