@@ -1,5 +1,6 @@
 use std::collections::HashMap;
 use std::future::Future;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::pin::Pin;
 use std::sync::OnceLock;
 use std::task::{Context, Poll, ready};
@@ -71,7 +72,30 @@ struct Remembered<R> {
     histograms: Handles<Histogram>,
 }
 
-type Handles<T> = RwLock<HashMap<Key, T>>;
+type Handles<T> = RwLock<HashMap<Key, T, BuildHasherDefault<KeyHash>>>;
+
+/// A [`Key`]'s own hash, as it is: a key hashes as one `write_u64` of the
+/// hash made with it (rapidhash of its name and labels), which SipHash
+/// would only hash again.
+#[derive(Default)]
+struct KeyHash(u64);
+
+impl Hasher for KeyHash {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Not what a `Key` writes; anything else still hashes.
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(5) ^ u64::from(b)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
 
 impl<R> Remembered<R> {
     fn new(inner: R) -> Self {
@@ -245,5 +269,33 @@ mod tests {
             "/v1/chat/completions"
         );
         assert_eq!(&*route_label("/admin/keys"), "/admin/keys");
+    }
+
+    #[test]
+    fn remembered_handles_are_found_by_the_keys_own_hash() {
+        use std::hash::BuildHasher;
+        let key = |route: &'static str| {
+            Key::from_parts("requests", vec![metrics::Label::new("route", route)])
+        };
+        let chat = key("/v1/chat/completions");
+        let built = BuildHasherDefault::<KeyHash>::default();
+        assert_eq!(built.hash_one(&chat), chat.get_hash());
+
+        let recorder = Remembered::new(metrics::NoopRecorder);
+        let metadata = Metadata::new("test", metrics::Level::INFO, None);
+        recorder.register_counter(&chat, &metadata).increment(1);
+        recorder
+            .register_counter(&key("/v1/chat/completions"), &metadata)
+            .increment(1);
+        recorder
+            .register_counter(&key("/v1/embeddings"), &metadata)
+            .increment(1);
+        assert_eq!(recorder.counters.read().len(), 2);
+        assert!(
+            recorder
+                .counters
+                .read()
+                .contains_key(&key("/v1/embeddings"))
+        );
     }
 }

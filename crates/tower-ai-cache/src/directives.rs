@@ -204,7 +204,10 @@ impl Status {
             Some(existing) if !existing.trim().is_empty() => format!("{existing}, {ours}"),
             _ => ours,
         };
-        if let Ok(v) = HeaderValue::from_str(&value) {
+        // The rendered text becomes the value without another copy (a boxed
+        // slice, as a `Vec` with spare room would need a second allocation).
+        let text = bytes::Bytes::from(value.into_bytes().into_boxed_slice());
+        if let Ok(v) = HeaderValue::from_maybe_shared(text) {
             headers.insert(CACHE_STATUS.clone(), v);
         }
     }
