@@ -26,6 +26,7 @@ mod context;
 mod conversations;
 mod endpoint;
 mod file;
+mod front;
 mod layers;
 mod metered;
 mod metrics;
@@ -315,7 +316,9 @@ impl Gateway {
         let task = tokio::spawn(async move {
             axum::serve(
                 without_delay(listener),
-                app.into_make_service_with_connect_info::<SocketAddr>(),
+                axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
+                    SocketAddr,
+                >(app),
             )
             .with_graceful_shutdown(async {
                 let _ = rx.await;

@@ -185,12 +185,17 @@ where
     }
 
     fn call(&mut self, req: Request<B>) -> Self::Future {
-        let route = req
-            .extensions()
-            .get::<MatchedPath>()
-            .map_or(SharedString::const_str("unmatched"), |p| {
-                route_label(p.as_str())
-            });
+        let route = match req.extensions().get::<MatchedPath>() {
+            Some(template) => route_label(template.as_str()),
+            // The model endpoints are not routed by axum (see `Front`):
+            // their paths are their templates.
+            None => crate::endpoint::MODEL_PATHS
+                .iter()
+                .find(|p| **p == req.uri().path())
+                .map_or(SharedString::const_str("unmatched"), |p| {
+                    SharedString::const_str(p)
+                }),
+        };
         RecordFuture {
             future: self.inner.call(req),
             route,

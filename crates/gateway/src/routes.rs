@@ -11,14 +11,27 @@ use tower_ai_ratelimit::TokenCostLayer;
 use tower_http::trace::TraceLayer;
 use tower_session::Session;
 
+use crate::front::Front;
 use crate::proxy;
 use crate::respond::problem;
 use crate::{AppState, MAX_CHAT_BODY};
 
+/// The gateway's service: the model routes' stack beside the router of the
+/// other routes (see [`Front`]).
 pub(crate) fn router(
     state: AppState,
     limits: &[crate::config::LimitConfig],
-) -> Result<Router, crate::config::ConfigError> {
+) -> Result<
+    impl tower::Service<
+        axum::extract::Request,
+        Response = Response,
+        Error = std::convert::Infallible,
+        Future = impl Send,
+    > + Clone
+    + Send
+    + 'static,
+    crate::config::ConfigError,
+> {
     let limits = crate::layers::rate_limit(state.redis.as_ref(), limits)?;
     // Every API and admin route's layers, in this order.
     let layers = tower::ServiceBuilder::new()
@@ -44,17 +57,12 @@ pub(crate) fn router(
         .layer(crate::metrics::RecordLayer)
         .layer(sessions);
     // The model routes' stack, the outer layers included, ends in a plain
-    // service, not a boxed handler (see `ModelCall`): axum boxes it once.
-    // (`Router::layer` would box each route again, and its response body.)
-    let model_call = tower::ServiceBuilder::new()
+    // service, not a boxed handler (see `ModelCall`), and is not boxed:
+    // its requests don't go through the router (see `Front`).
+    let models = tower::ServiceBuilder::new()
         .layer(outer.clone())
         .layer(layers.clone())
         .service(proxy::ModelCall(state.clone()));
-    let models = crate::endpoint::MODEL_PATHS
-        .iter()
-        .fold(Router::new(), |router, path| {
-            router.route_service(path, model_call.clone())
-        });
     let api = Router::new()
         .route("/v1/models", get(proxy::list))
         .route("/v1/content/{id}", get(content))
@@ -79,7 +87,7 @@ pub(crate) fn router(
         .route("/session", get(session_info))
         .route("/session/login", post(login))
         .route("/session/logout", post(logout));
-    Ok(Router::new()
+    let router = Router::new()
         .merge(api)
         .merge(admin)
         .layer(layers)
@@ -90,9 +98,8 @@ pub(crate) fn router(
         // One layer over the router, not three: each `Router::layer` boxes
         // the service and the response body of every request again.
         .layer(outer)
-        // The model routes carry the outer layers in their own stack.
-        .merge(models)
-        .with_state(state))
+        .with_state(state);
+    Ok(Front { models, router })
 }
 
 /// The chat history, each turn also queued for PostgreSQL with
