@@ -178,13 +178,21 @@ pub(crate) struct Entry {
 }
 
 impl Entry {
-    /// Roughly the memory it takes, for the L1 bound.
+    /// The memory it holds, for the L1 bound: itself and its head, its
+    /// buffers, and its slot in the L1 (within a few percent: a small
+    /// answer's headers can hold more than its body).
     pub(crate) fn weight(&self) -> u32 {
-        let size = 128
+        /// What the L1 spends on an entry besides the entry: its key, its
+        /// bookkeeping, and the key it remembers for a while once evicted.
+        const SLOT: usize = 160;
+        let size = SLOT
+            + 2 * ARC_COUNTS
+            + size_of::<Self>()
+            + size_of::<Head>()
             + self.body.len()
-            + headers_len(&self.head.headers)
-            + self.trailers.as_ref().map_or(0, headers_len)
-            + self.tags.len() * 16;
+            + headers_memory(&self.head.headers)
+            + self.trailers.as_ref().map_or(0, headers_memory)
+            + self.tags.capacity() * size_of::<TagId>();
         u32::try_from(size).unwrap_or(u32::MAX)
     }
 
@@ -298,6 +306,23 @@ fn owned(value: &HeaderValue) -> HeaderValue {
     let mut copy = HeaderValue::from_bytes(value.as_bytes()).unwrap_or_else(|_| value.clone());
     copy.set_sensitive(value.is_sensitive());
     copy
+}
+
+/// The strong and weak counts an `Arc` allocates beside its value.
+const ARC_COUNTS: usize = 2 * size_of::<usize>();
+
+/// The memory a header map holds: its table (an index of four bytes per
+/// slot, a third more slots than headers, and an entry per header with its
+/// hash and links) and each header's own buffers.
+fn headers_memory(headers: &HeaderMap) -> usize {
+    const ENTRY: usize = size_of::<HeaderName>() + size_of::<HeaderValue>() + 48;
+    let slots = headers.capacity();
+    slots * ENTRY
+        + (slots + slots / 3) * 4
+        + headers
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len())
+            .sum::<usize>()
 }
 
 fn headers_len(headers: &HeaderMap) -> usize {

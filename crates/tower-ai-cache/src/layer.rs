@@ -260,7 +260,8 @@ impl CacheBuilder {
         self
     }
 
-    /// The most bytes L1 holds (bodies, headers and bookkeeping).
+    /// The most memory L1 takes, in bytes: its answers' bodies and headers,
+    /// their structures and their slots.
     pub fn l1_capacity(mut self, bytes: u64) -> Self {
         self.l1_capacity = bytes;
         self
