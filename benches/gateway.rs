@@ -53,6 +53,10 @@
 //! capacity: the per-run lines say when a path fell behind. The load average
 //! is printed because other work on the machine moves every figure.
 //!
+//! The process logs as the gateway binary does (`RUST_LOG`, by default
+//! `info` without the model calls' spans): a path that logs on every request
+//! pays for it here.
+//!
 //! `cargo bench --bench gateway` (about 100 s; add `-- --quick` for one short
 //! round). `-- --gateway-only SECONDS` or `-- --bare-only SECONDS` saturates
 //! one path alone, for a profiler to attach to.
@@ -673,6 +677,9 @@ fn cpu_seconds() -> Option<f64> {
 }
 
 fn main() {
+    // The gateway as it ships: its logs on (`RUST_LOG`, by default what
+    // `examples/gateway.rs` logs), no trace export.
+    let _telemetry = tower_ai_gateway::telemetry::init(None).expect("no subscriber yet");
     // `-- --gateway-only SECONDS` (or `--bare-only SECONDS`): only the
     // gateway (or the bare proxy), saturated, for a profiler to attach to
     // (e.g. `perf record -p`).

@@ -28,6 +28,9 @@ use crate::respond::{bad_request, openai_error, upstream_failed};
 use crate::upstream::Upstream;
 use crate::{AppState, MAX_CHAT_BODY};
 
+/// The target of the model calls' spans.
+pub(crate) const GEN_AI_TARGET: &str = "tower_ai_gateway::gen_ai";
+
 /// The output assumed for a budget estimate when the request sets no limit.
 const DEFAULT_OUTPUT: u64 = 1_024;
 
@@ -291,7 +294,9 @@ impl Call<'_> {
 }
 
 /// A span for one model call, with the OpenTelemetry GenAI semantic
-/// conventions' attributes; the usage is recorded when the answer ends.
+/// conventions' attributes; the usage is recorded when the answer ends. Its
+/// target, [`GEN_AI_TARGET`], is the gateway's (the OTLP layer exports it)
+/// and its own (the logs leave it out by default).
 fn gen_ai_span(path: &str, route: &ModelRoute, request: &ChatRequest) -> tracing::Span {
     let operation = match path {
         "/v1/completions" => "text_completion",
@@ -299,6 +304,7 @@ fn gen_ai_span(path: &str, route: &ModelRoute, request: &ChatRequest) -> tracing
         _ => "chat",
     };
     tracing::info_span!(
+        target: GEN_AI_TARGET,
         "gen_ai",
         otel.name = %format_args!("{operation} {}", route.name),
         otel.kind = "client",
