@@ -30,10 +30,10 @@ pub(crate) struct Front<M> {
     pub(crate) router: Router,
 }
 
-/// Whether `path` is one of the model endpoints' (exactly: as the router
-/// matches it).
-pub(crate) fn is_model_path(path: &str) -> bool {
-    MODEL_PATHS.contains(&path)
+/// The model endpoint's path `path` is (exactly: as the router matches it),
+/// if it is one: the route's template, too.
+pub(crate) fn model_path(path: &str) -> Option<&'static str> {
+    MODEL_PATHS.into_iter().find(|p| *p == path)
 }
 
 impl<M, B> Service<Request> for Front<M>
@@ -52,7 +52,7 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        if is_model_path(req.uri().path()) {
+        if model_path(req.uri().path()).is_some() {
             FrontFuture::Model {
                 future: self.models.call(req),
             }
@@ -99,7 +99,7 @@ mod tests {
     #[test]
     fn only_the_model_endpoints_paths_go_to_the_models() {
         for path in MODEL_PATHS {
-            assert!(is_model_path(path), "{path}");
+            assert_eq!(model_path(path), Some(path));
         }
         for path in [
             "/v1/chat/completions/",
@@ -110,7 +110,7 @@ mod tests {
             "/",
             "",
         ] {
-            assert!(!is_model_path(path), "{path}");
+            assert_eq!(model_path(path), None, "{path}");
         }
     }
 }

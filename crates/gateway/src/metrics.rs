@@ -189,12 +189,10 @@ where
             Some(template) => route_label(template.as_str()),
             // The model endpoints are not routed by axum (see `Front`):
             // their paths are their templates.
-            None => crate::endpoint::MODEL_PATHS
-                .iter()
-                .find(|p| **p == req.uri().path())
-                .map_or(SharedString::const_str("unmatched"), |p| {
-                    SharedString::const_str(p)
-                }),
+            None => crate::front::model_path(req.uri().path()).map_or(
+                SharedString::const_str("unmatched"),
+                SharedString::const_str,
+            ),
         };
         RecordFuture {
             future: self.inner.call(req),
