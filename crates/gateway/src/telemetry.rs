@@ -100,22 +100,41 @@ const LOGGED: &str = "info,tower_ai_gateway::gen_ai=warn";
 /// A subscriber is already installed, or the exporter can't be built (an
 /// endpoint that isn't an `http://` or `https://` URL).
 pub fn init(otel: Option<&OtelConfig>) -> Result<Telemetry, TelemetryError> {
-    let logs = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
-        .with_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(LOGGED)));
-    let (traces, telemetry) = match otel {
-        Some(otel) => {
-            let (layer, telemetry) = otel_layer(otel)?;
-            (Some(layer), telemetry)
-        }
-        None => (None, Telemetry { provider: None }),
-    };
-    tracing_subscriber::registry()
-        .with(logs)
-        .with(traces)
-        .try_init()
-        .map_err(TelemetryError::Subscriber)?;
+    let logged = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(LOGGED));
+    let (subscriber, telemetry) = subscriber(otel, logged, std::io::stderr)?;
+    subscriber.try_init().map_err(TelemetryError::Subscriber)?;
     Ok(telemetry)
+}
+
+/// [`init`]'s subscriber, not installed: logs filtered by `logged` to
+/// `writer`, and the OTLP layer when `otel` is given.
+///
+/// Without `otel` there is no traces layer at all, not a `None` one: an
+/// `Option` layer that is `None` says it wants every callsite, so the
+/// registry made, entered, recorded and closed each model call's span
+/// (about 4% of the gateway's throughput) though no layer wanted it.
+fn subscriber<W>(
+    otel: Option<&OtelConfig>,
+    logged: EnvFilter,
+    writer: W,
+) -> Result<(tracing::Dispatch, Telemetry), TelemetryError>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    let logs = tracing_subscriber::fmt::layer()
+        .with_writer(writer)
+        .with_filter(logged);
+    let registry = tracing_subscriber::registry().with(logs);
+    Ok(match otel {
+        Some(otel) => {
+            let (traces, telemetry) = otel_layer(otel)?;
+            (tracing::Dispatch::new(registry.with(traces)), telemetry)
+        }
+        None => (
+            tracing::Dispatch::new(registry),
+            Telemetry { provider: None },
+        ),
+    })
 }
 
 /// The OTLP half of [`init`], for a caller that composes its own
@@ -377,18 +396,26 @@ impl Drop for ExportRuntime {
 mod tests {
     use super::*;
 
+    // One test, not two: a callsite's interest is shared by every
+    // subscriber alive in the process, so two tests' subscribers side by
+    // side would see each other's.
     #[test]
     fn the_default_logs_leave_out_the_model_calls_spans() {
         use crate::proxy::GEN_AI_TARGET;
-        let logs = tracing_subscriber::fmt::layer()
-            .with_writer(std::io::sink)
-            .with_filter(EnvFilter::new(LOGGED));
-        let subscriber = tracing_subscriber::registry().with(logs);
-        tracing::subscriber::with_default(subscriber, || {
+        let (logged, _) = subscriber(None, EnvFilter::new(LOGGED), std::io::sink).unwrap();
+        tracing::dispatcher::with_default(&logged, || {
             assert!(!tracing::span_enabled!(target: GEN_AI_TARGET, tracing::Level::INFO));
+            // Not made at all: no layer wants it.
+            assert!(tracing::info_span!(target: GEN_AI_TARGET, "chat").is_disabled());
             assert!(tracing::event_enabled!(target: GEN_AI_TARGET, tracing::Level::WARN));
             assert!(tracing::event_enabled!(target: "tower_ai_gateway", tracing::Level::INFO));
             assert!(!tracing::event_enabled!(target: "tower_ai_gateway", tracing::Level::DEBUG));
+        });
+        drop(logged);
+        // `RUST_LOG=info` puts them back.
+        let (info, _) = subscriber(None, EnvFilter::new("info"), std::io::sink).unwrap();
+        tracing::dispatcher::with_default(&info, || {
+            assert!(!tracing::info_span!(target: GEN_AI_TARGET, "chat").is_disabled());
         });
     }
 
