@@ -196,20 +196,25 @@ impl Status {
         s
     }
 
-    /// Appends this member to the response's `Cache-Status` (after those of
-    /// caches closer to the origin).
+    /// Appends this member to the response's `Cache-Status` (see
+    /// [`append`]).
     pub(crate) fn apply(&self, headers: &mut HeaderMap, cache_name: &str) {
-        let ours = self.render(cache_name);
-        let value = match headers.get(&CACHE_STATUS).and_then(|v| v.to_str().ok()) {
-            Some(existing) if !existing.trim().is_empty() => format!("{existing}, {ours}"),
-            _ => ours,
-        };
-        // The rendered text becomes the value without another copy (a boxed
-        // slice, as a `Vec` with spare room would need a second allocation).
-        let text = bytes::Bytes::from(value.into_bytes().into_boxed_slice());
-        if let Ok(v) = HeaderValue::from_maybe_shared(text) {
-            headers.insert(CACHE_STATUS.clone(), v);
-        }
+        append(headers, self.render(cache_name));
+    }
+}
+
+/// Appends `ours`, a rendered member, to the response's `Cache-Status`
+/// (after those of caches closer to the origin).
+pub(crate) fn append(headers: &mut HeaderMap, ours: String) {
+    let value = match headers.get(&CACHE_STATUS).and_then(|v| v.to_str().ok()) {
+        Some(existing) if !existing.trim().is_empty() => format!("{existing}, {ours}"),
+        _ => ours,
+    };
+    // The rendered text becomes the value without another copy (a boxed
+    // slice, as a `Vec` with spare room would need a second allocation).
+    let text = bytes::Bytes::from(value.into_bytes().into_boxed_slice());
+    if let Ok(v) = HeaderValue::from_maybe_shared(text) {
+        headers.insert(CACHE_STATUS.clone(), v);
     }
 }
 

@@ -5,11 +5,10 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use http::{HeaderValue, Response, StatusCode};
+use http::{Response, StatusCode};
 use pin_project_lite::pin_project;
 
 use crate::body::CacheBody;
-use crate::directives::CACHE_STATUS;
 
 pub(crate) type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
 
@@ -24,12 +23,12 @@ pin_project! {
 pin_project! {
     #[project = KindProj]
     enum Kind<F, B, E> {
-        // Not cached: the inner call, with a `Cache-Status` to add when the
-        // cache bypassed the request.
+        // Not cached: the inner call, with the `Cache-Status` member to add
+        // when the cache bypassed the request.
         Passthrough {
             #[pin]
             fut: F,
-            status: Option<HeaderValue>,
+            status: Option<String>,
         },
         // Answered at once from L1.
         Ready {
@@ -43,7 +42,7 @@ pin_project! {
 }
 
 impl<F, B, E> ResponseFuture<F, B, E> {
-    pub(crate) fn passthrough(fut: F, status: Option<HeaderValue>) -> Self {
+    pub(crate) fn passthrough(fut: F, status: Option<String>) -> Self {
         Self {
             kind: Kind::Passthrough { fut, status },
         }
@@ -73,7 +72,7 @@ where
             KindProj::Passthrough { fut, status } => {
                 let mut res = std::task::ready!(fut.poll(cx))?;
                 if let Some(status) = status.take() {
-                    append_status(res.headers_mut(), status);
+                    crate::directives::append(res.headers_mut(), status);
                 }
                 Poll::Ready(Ok(res.map(CacheBody::inner)))
             }
@@ -86,18 +85,6 @@ where
             }))),
             KindProj::Slow { fut } => fut.as_mut().poll(cx),
         }
-    }
-}
-
-fn append_status(headers: &mut http::HeaderMap, ours: HeaderValue) {
-    let value = match headers.get(&CACHE_STATUS).and_then(|v| v.to_str().ok()) {
-        Some(existing) if !existing.trim().is_empty() => {
-            HeaderValue::from_str(&format!("{existing}, {}", ours.to_str().unwrap_or(""))).ok()
-        }
-        _ => Some(ours),
-    };
-    if let Some(v) = value {
-        headers.insert(CACHE_STATUS.clone(), v);
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
-use http::header::{self, HeaderValue};
+use http::header;
 use http::{Request, Response};
 use http_body::Body;
 use tower_service::Service;
@@ -149,7 +149,7 @@ impl<S> Cache<S> {
         tracing::trace!(route = %shared.routes[route].name, reason, "cache: bypass");
         let mut status = Status::new(outcome);
         status.detail = Some(reason);
-        let value = HeaderValue::from_str(&status.render(&shared.cache_name)).ok();
-        ResponseFuture::passthrough(self.inner.call(req), value)
+        let rendered = status.render(&shared.cache_name);
+        ResponseFuture::passthrough(self.inner.call(req), Some(rendered))
     }
 }

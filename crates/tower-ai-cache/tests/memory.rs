@@ -444,6 +444,24 @@ async fn oversized_bodies_pass_through_uncached() {
         assert!(res.body.len() > 64);
     }
     assert_eq!(upstream.calls(), 2);
+
+    // A bypass's member comes after those of caches closer to the origin.
+    let upstream = Upstream::new(|_, n| {
+        let mut res = completion(&format!("answer {n}"), "stop");
+        res.headers_mut()
+            .insert("cache-status", HeaderValue::from_static("origin; hit"));
+        Ok(res)
+    });
+    let layer = CacheLayer::builder()
+        .max_request_body(64)
+        .build()
+        .expect("valid");
+    let mut svc = cached(layer, &upstream);
+    let res = send(&mut svc, post(Some("sk-a"), &big)).await;
+    assert_eq!(
+        res.cache_status(),
+        "origin; hit, tower-ai; fwd=bypass; detail=too_large"
+    );
 }
 
 #[tokio::test]
