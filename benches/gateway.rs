@@ -22,9 +22,9 @@
 //!
 //! 1. throughput: 32 workers in a closed loop (one request in flight each,
 //!    on pooled keep-alive connections), counted over a fixed time after a
-//!    warm-up, on each path; with the process's CPU time per request
-//!    (generator, mock and path together: the gateway's minus the bare
-//!    proxy's is what its layers cost);
+//!    warm-up, on each path; with the process's CPU time per request, in
+//!    user space and in the kernel (generator, mock and path together: the
+//!    gateway's minus the bare proxy's is what its layers cost);
 //! 2. latency, open loop, at half the bare proxy's throughput from step 1,
 //!    on each path: a thread keeps the schedule (request `i` due at
 //!    `start + i / rate`, released every 200 µs: tokio's timer rounds to
@@ -309,7 +309,22 @@ struct Throughput {
     rps: f64,
     /// Process CPU time per request over the whole run (generator, mock
     /// and path together), when `/proc` tells.
-    cpu_per_request: Option<Duration>,
+    cpu_per_request: Option<Cpu>,
+}
+
+/// CPU time per request, in user space and in the kernel (the sockets'
+/// work, about the same per request on every path: what a path adds shows
+/// in user space).
+#[derive(Debug, Clone, Copy)]
+struct Cpu {
+    user: Duration,
+    system: Duration,
+}
+
+impl Cpu {
+    fn total(self) -> Duration {
+        self.user + self.system
+    }
 }
 
 /// Throughput with `WORKERS` requests always in flight, counted over
@@ -349,9 +364,13 @@ async fn saturate(client: &LoadClient, target: &Target, plan: Plan) -> Throughpu
     failures.check("throughput", target);
     let sent = NEXT_REQUEST.load(Ordering::Relaxed) - sent_before;
     let cpu_per_request = match (cpu_before, cpu_seconds()) {
-        (Some(before), Some(after)) if sent > 0 => Some(Duration::from_secs_f64(
-            (after - before).max(0.0) / sent as f64,
-        )),
+        (Some(before), Some(after)) if sent > 0 => {
+            let per = |a: f64, b: f64| Duration::from_secs_f64((b - a).max(0.0) / sent as f64);
+            Some(Cpu {
+                user: per(before.0, after.0),
+                system: per(before.1, after.1),
+            })
+        }
         _ => None,
     };
     Throughput {
@@ -591,8 +610,18 @@ fn ms_text(ms: f64) -> String {
     }
 }
 
-fn cpu_text(cpu: Option<Duration>) -> String {
-    cpu.map_or_else(|| "?".to_owned(), |cpu| format!("{} µs", cpu.as_micros()))
+fn cpu_text(cpu: Option<Cpu>) -> String {
+    cpu.map_or_else(
+        || "?".to_owned(),
+        |cpu| {
+            format!(
+                "{} µs (user {}, system {})",
+                cpu.total().as_micros(),
+                cpu.user.as_micros(),
+                cpu.system.as_micros()
+            )
+        },
+    )
 }
 
 /// The 1-minute load average: other work on the machine shows here.
@@ -663,17 +692,17 @@ fn print_latencies(label: &str, runs: &[AtRate]) {
     }
 }
 
-/// CPU time this process has used (user + system), from `/proc/self/stat`
-/// (10 ms ticks): over a run, divided by its requests, what one request
-/// costs the generator, the mock and the path together.
-fn cpu_seconds() -> Option<f64> {
+/// CPU time this process has used, in user space and in the kernel, from
+/// `/proc/self/stat` (10 ms ticks): over a run, divided by its requests,
+/// what one request costs the generator, the mock and the path together.
+fn cpu_seconds() -> Option<(f64, f64)> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the command name, which ends at the last `)`: utime and
     // stime are the 12th and 13th.
     let mut fields = stat.rsplit(')').next()?.split_whitespace().skip(11);
     let user: f64 = fields.next()?.parse().ok()?;
     let system: f64 = fields.next()?.parse().ok()?;
-    Some((user + system) / 100.0)
+    Some((user / 100.0, system / 100.0))
 }
 
 fn main() {
@@ -872,8 +901,11 @@ async fn run(plan: Plan) {
     let median_rps =
         |pick: fn(&Round) -> Throughput| median(rounds.iter().map(|r| pick(r).rps).collect());
     let median_cpu = |pick: fn(&Round) -> Throughput| {
-        let cpu: Option<Vec<Duration>> = rounds.iter().map(|r| pick(r).cpu_per_request).collect();
-        cpu.map(|cpu| median_duration(cpu.into_iter()))
+        let cpu: Option<Vec<Cpu>> = rounds.iter().map(|r| pick(r).cpu_per_request).collect();
+        cpu.map(|cpu| Cpu {
+            user: median_duration(cpu.iter().map(|c| c.user)),
+            system: median_duration(cpu.iter().map(|c| c.system)),
+        })
     };
     let (bare_rps, gateway_rps) = (median_rps(|r| r.bare), median_rps(|r| r.gateway));
     println!(
@@ -883,8 +915,8 @@ async fn run(plan: Plan) {
         rate_text(gateway_rps)
     );
     println!(
-        "median CPU per request (the whole process: generator, mock and path): direct {}, \
-         bare_proxy {}, gateway {}",
+        "median CPU per request (the whole process: generator, mock and path; user and system \
+         each the median over the rounds): direct {}, bare_proxy {}, gateway {}",
         cpu_text(median_cpu(|r| r.direct)),
         cpu_text(median_cpu(|r| r.bare)),
         cpu_text(median_cpu(|r| r.gateway))
