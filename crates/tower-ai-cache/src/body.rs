@@ -232,7 +232,7 @@ pub(crate) struct Remote {
     pub(crate) l2: Arc<crate::store::redis::L2>,
     /// The lock token, when this leader holds the Redis lock.
     pub(crate) owner: Option<String>,
-    writer: Option<tokio::sync::mpsc::UnboundedSender<crate::store::redis::Write>>,
+    writer: Option<tokio::sync::mpsc::UnboundedSender<crate::store::redis::writer::Write>>,
 }
 
 #[cfg(feature = "redis")]
@@ -299,9 +299,12 @@ impl Recorder {
             && let Some(owner) = remote.owner.clone()
         {
             // Other replicas follow a stream live: send it as it passes.
-            remote.writer = crate::store::redis::spawn_writer(remote.l2.clone(), parts.key, owner);
+            remote.writer =
+                crate::store::redis::writer::spawn_writer(remote.l2.clone(), parts.key, owner);
             if let Some(w) = &remote.writer {
-                let _ = w.send(crate::store::redis::Write::Head(recorder.head.encode()));
+                let _ = w.send(crate::store::redis::writer::Write::Head(
+                    recorder.head.encode(),
+                ));
             }
         }
         recorder
@@ -322,7 +325,7 @@ impl Recorder {
         }
         #[cfg(feature = "redis")]
         if let Some(w) = self.remote.as_ref().and_then(|r| r.writer.as_ref()) {
-            let _ = w.send(crate::store::redis::Write::Data(data.clone()));
+            let _ = w.send(crate::store::redis::writer::Write::Data(data.clone()));
         }
         true
     }
@@ -402,7 +405,10 @@ impl Recorder {
         };
         let keep = entry.lifetime.keep_for(crate::entry::now_ms());
         if let Some(w) = remote.writer {
-            let _ = w.send(crate::store::redis::Write::Store(entry.clone(), keep));
+            let _ = w.send(crate::store::redis::writer::Write::Store(
+                entry.clone(),
+                keep,
+            ));
             return;
         }
         let Ok(handle) = tokio::runtime::Handle::try_current() else {
@@ -434,7 +440,7 @@ impl Recorder {
             return;
         };
         if let Some(w) = remote.writer {
-            let _ = w.send(crate::store::redis::Write::End(end));
+            let _ = w.send(crate::store::redis::writer::Write::End(end));
             return;
         }
         let (Some(owner), Ok(handle)) = (remote.owner, tokio::runtime::Handle::try_current())

@@ -11,7 +11,8 @@ use crate::flight::{End, LeadGuard, Source};
 use crate::judge::judge;
 use crate::key::CacheKey;
 use crate::store::memory::L1;
-use crate::store::redis::{Item, L2};
+use crate::store::redis::L2;
+use crate::store::redis::decode::Item;
 use crate::store::{END_STORED, END_UNSTORED};
 use crate::tag::TagId;
 

@@ -16,6 +16,19 @@
 //! `SET NX PX`). Invalidations are published on `{prefix}:cache:invalidate`;
 //! every replica's subscriber evicts its L1 copies, and flushes its whole L1
 //! when its subscription reconnects (it may have missed messages).
+//!
+//! Here: the store, its builder and the operations on it. Beside it, each
+//! used only from here, except the writer: the scripts (`scripts`), reading
+//! values and recordings back (`decode`), the invalidation subscriber
+//! (`listen`), the blocking reads' connections (`pool`), and the task that
+//! writes a leader's recording as it passes (`writer`, which the response
+//! body drives).
+
+pub(crate) mod decode;
+mod listen;
+mod pool;
+mod scripts;
+pub(crate) mod writer;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -23,85 +36,23 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use fred::clients::Client;
-use fred::interfaces::{
-    ClientLike, EventInterface, KeysInterface, PubsubInterface, StreamsInterface,
-};
+use fred::interfaces::{KeysInterface, PubsubInterface, StreamsInterface};
 use fred::types::Value;
 use futures_util::StreamExt;
-use parking_lot::Mutex;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::watch;
 use tower_ai_core::redis::{
     Degrade, DegradeConfig, KeySpace, Script, StoreOptions, Tag, Unavailable,
 };
 
-use crate::entry::{Entry, Head, millis, now_ms};
+use crate::entry::{Entry, millis, now_ms};
 use crate::error::ConfigError;
 use crate::key::CacheKey;
 use crate::store::memory::L1;
-use crate::store::{END_ABORTED, END_STORED};
 use crate::tag::TagId;
-
-/// `GET` the value and try to take the lock; a new leader starts a fresh
-/// stream.
-const LOCK: &str = r"
-local v = redis.call('GET', KEYS[1])
-if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
-  redis.call('DEL', KEYS[3])
-  return {1, v}
-end
-return {0, v}
-";
-
-/// Stores the value; the lock's owner also releases it and ends its stream.
-const STORE: &str = r"
-redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-if redis.call('GET', KEYS[2]) == ARGV[3] then
-  redis.call('DEL', KEYS[2])
-  redis.call('XADD', KEYS[3], '*', 'e', ARGV[5])
-  redis.call('PEXPIRE', KEYS[3], ARGV[4])
-end
-return 1
-";
-
-/// Ends the owner's stream without a value and releases its lock.
-const END: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  redis.call('XADD', KEYS[2], '*', 'e', ARGV[3])
-  redis.call('PEXPIRE', KEYS[2], ARGV[2])
-end
-return 1
-";
-
-/// Appends to the owner's stream and renews its lock; 0 once the lock is
-/// someone else's.
-const APPEND: &str = r"
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-redis.call('XADD', KEYS[2], '*', ARGV[2], ARGV[3])
-redis.call('PEXPIRE', KEYS[2], ARGV[4])
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-return 1
-";
-
-/// Whether the value and the lock exist.
-const PROBE: &str = r"
-return {redis.call('EXISTS', KEYS[1]), redis.call('EXISTS', KEYS[2])}
-";
-
-/// Adds an entry key to a tag's set, keeping the set as long as its
-/// longest-lived entry.
-const TAG: &str = r"
-redis.call('SADD', KEYS[1], ARGV[1])
-if redis.call('PTTL', KEYS[1]) < tonumber(ARGV[2]) then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 1
-";
-
-/// Takes up to ARGV[1] members out of a tag's set.
-const TAKE: &str = r"
-return redis.call('SPOP', KEYS[1], ARGV[1])
-";
+use decode::{Item, decode, parse_xread, usable};
+use listen::listen;
+use pool::{BlockingPool, PooledConnection};
+use scripts::{APPEND, END, LOCK, PROBE, STORE, TAG, TAKE};
 
 /// What the lock script found.
 #[derive(Debug)]
@@ -110,14 +61,6 @@ pub(crate) struct Locked {
     pub(crate) acquired: bool,
     /// The value present at the time (fresh or stale), if any.
     pub(crate) value: Option<Entry>,
-}
-
-/// One item of a recording read from Redis.
-#[derive(Debug)]
-pub(crate) enum Item {
-    Head(Head),
-    Data(Bytes),
-    End(String),
 }
 
 /// How an L2 store is configured (what a [`RedisStore`] holds besides its
@@ -729,306 +672,6 @@ fn key_tag(key: &CacheKey) -> Tag {
         crate::key::push_hex(&mut hex, *b);
     }
     Tag::fixed(&hex)
-}
-
-/// A value that can still be served (fresh, or stale within its grace),
-/// decoded; one past its grace is a miss, told from its first bytes.
-fn usable(value: Value) -> Option<Entry> {
-    let bytes = value.into_bytes()?;
-    if Entry::is_gone(&bytes, now_ms()) {
-        return None;
-    }
-    decode_bytes(&bytes)
-}
-
-fn decode(value: Value) -> Option<Entry> {
-    decode_bytes(&value.into_bytes()?)
-}
-
-fn decode_bytes(bytes: &Bytes) -> Option<Entry> {
-    let entry = Entry::decode(bytes);
-    if entry.is_none() {
-        metrics::counter!("tower_ai_cache_l2_errors_total", "op" => "decode").increment(1);
-    }
-    entry
-}
-
-/// `[[stream, [[id, [field, value, …]], …]]]` (RESP2) or a map (RESP3).
-fn parse_xread(reply: Value) -> Vec<(String, Item)> {
-    let streams = match reply {
-        Value::Null => return Vec::new(),
-        Value::Map(map) => map.inner().into_values().collect(),
-        Value::Array(items) => items
-            .into_iter()
-            .filter_map(|s| s.into_array().into_iter().nth(1))
-            .collect::<Vec<_>>(),
-        _ => return Vec::new(),
-    };
-    let mut out = Vec::new();
-    for entries in streams {
-        for entry in entries.into_array() {
-            let mut parts = entry.into_array().into_iter();
-            let (Some(id), Some(fields)) = (parts.next(), parts.next()) else {
-                continue;
-            };
-            let Some(id) = id.as_string() else { continue };
-            let mut fields = fields.into_array().into_iter();
-            while let (Some(field), Some(value)) = (fields.next(), fields.next()) {
-                let item = match field.as_string().as_deref() {
-                    Some("h") => value
-                        .into_bytes()
-                        .and_then(|b| Head::decode(&b))
-                        .map(Item::Head),
-                    Some("d") => value.into_bytes().map(Item::Data),
-                    Some("e") => value.as_string().map(Item::End),
-                    _ => None,
-                };
-                if let Some(item) = item {
-                    out.push((id.clone(), item));
-                }
-            }
-        }
-    }
-    out
-}
-
-/// Evicts L1 entries as invalidations arrive; flushes L1 when the
-/// subscription (re)connects or falls behind. Ends when the layer is gone.
-async fn listen(
-    subscriber: Client,
-    channel: String,
-    l1: L1,
-    subscribed: watch::Sender<bool>,
-    mut stopped: watch::Receiver<()>,
-) {
-    let mut messages = subscriber.message_rx();
-    let mut reconnects = subscriber.reconnect_rx();
-    subscriber.connect();
-    let subscribe = || async {
-        loop {
-            let attempt = tokio::time::timeout(
-                Duration::from_secs(1),
-                subscriber.subscribe(channel.clone()),
-            );
-            match attempt.await {
-                Ok(Ok(())) => return,
-                Ok(Err(e)) => {
-                    tracing::debug!(error = %e, "cache: subscribing to invalidations failed; retrying");
-                }
-                Err(_) => {
-                    tracing::debug!("cache: subscribing to invalidations timed out; retrying")
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    };
-    tokio::select! {
-        () = subscribe() => {}
-        _ = stopped.changed() => {
-            let _ = subscriber.quit().await;
-            return;
-        }
-    }
-    subscribed.send_replace(true);
-    loop {
-        tokio::select! {
-            message = messages.recv() => match message {
-                Ok(message) => {
-                    let text = message.value.as_string().unwrap_or_default();
-                    apply(&l1, &text);
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
-                    tracing::info!("cache: invalidations fell behind; flushing L1");
-                    l1.clear();
-                }
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-            },
-            reconnect = reconnects.recv() => {
-                if reconnect.is_err() {
-                    continue;
-                }
-                // Invalidations may have been missed while disconnected.
-                subscribed.send_replace(false);
-                tracing::info!("cache: invalidation subscriber reconnected; flushing L1");
-                metrics::counter!("tower_ai_cache_l1_flushes_total", "reason" => "reconnect").increment(1);
-                l1.clear();
-                subscribe().await;
-                subscribed.send_replace(true);
-            }
-            _ = stopped.changed() => break,
-        }
-    }
-    let _ = subscriber.quit().await;
-}
-
-/// Applies one invalidation message to L1.
-pub(crate) fn apply(l1: &L1, message: &str) {
-    if let Some(hex) = message.strip_prefix("k:") {
-        if let Some(key) = CacheKey::from_hex(hex) {
-            l1.remove(&key);
-        }
-    } else if let Some(hex) = message.strip_prefix("t:") {
-        if let Some(tag) = TagId::from_hex(hex) {
-            l1.remove_tag(tag);
-        }
-    } else if message == "all" {
-        l1.clear();
-    }
-}
-
-/// A bounded set of connections for blocking reads (`XREAD BLOCK` holds its
-/// connection until it returns).
-struct BlockingPool {
-    template: Client,
-    idle: Mutex<Vec<Client>>,
-    permits: Semaphore,
-}
-
-/// A blocking-read connection, given back when dropped.
-pub(crate) struct PooledConnection<'a> {
-    pool: &'a BlockingPool,
-    client: Option<Client>,
-    _permit: tokio::sync::SemaphorePermit<'a>,
-}
-
-impl PooledConnection<'_> {
-    pub(crate) fn client(&self) -> Option<&Client> {
-        self.client.as_ref()
-    }
-}
-
-impl Drop for PooledConnection<'_> {
-    fn drop(&mut self) {
-        if let Some(client) = self.client.take() {
-            self.pool.idle.lock().push(client);
-        }
-    }
-}
-
-impl BlockingPool {
-    fn new(template: Client, size: usize) -> Self {
-        Self {
-            template,
-            idle: Mutex::new(Vec::new()),
-            permits: Semaphore::new(size),
-        }
-    }
-
-    async fn acquire(&self, connect_timeout: Duration) -> Option<PooledConnection<'_>> {
-        let permit = self.permits.try_acquire().ok()?;
-        let idle = self.idle.lock().pop();
-        let client = match idle {
-            Some(client) => client,
-            None => {
-                let client = self.template.clone_new();
-                client.connect();
-                match tokio::time::timeout(connect_timeout, client.wait_for_connect()).await {
-                    Ok(Ok(())) => client,
-                    _ => {
-                        let _ = client.quit().await;
-                        return None;
-                    }
-                }
-            }
-        };
-        Some(PooledConnection {
-            pool: self,
-            client: Some(client),
-            _permit: permit,
-        })
-    }
-}
-
-impl Drop for BlockingPool {
-    fn drop(&mut self) {
-        let idle = std::mem::take(&mut *self.idle.lock());
-        if idle.is_empty() {
-            return;
-        }
-        if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            handle.spawn(async move {
-                for client in idle {
-                    let _ = client.quit().await;
-                }
-            });
-        }
-    }
-}
-
-/// What a leader sends to the task that writes its recording to Redis, in
-/// order.
-#[derive(Debug)]
-pub(crate) enum Write {
-    Head(Bytes),
-    Data(Bytes),
-    Store(Arc<Entry>, Duration),
-    End(&'static str),
-}
-
-/// Writes a leader's recording to Redis as it passes, off the client's path:
-/// the head and data chunks into the stream (batched while Redis is busy),
-/// then the value, or the end marker.
-pub(crate) fn spawn_writer(
-    l2: Arc<L2>,
-    key: CacheKey,
-    owner: String,
-) -> Option<mpsc::UnboundedSender<Write>> {
-    let handle = tokio::runtime::Handle::try_current().ok()?;
-    let (tx, mut rx) = mpsc::unbounded_channel::<Write>();
-    handle.spawn(async move {
-        let mut streaming = true;
-        let mut pending: Option<Write> = None;
-        loop {
-            let Some(message) = pending.take().or(rx.recv().await) else {
-                // The leader went away without an end: release the lock.
-                l2.end(&key, &owner, END_ABORTED).await;
-                return;
-            };
-            match message {
-                Write::Head(head) => {
-                    if streaming {
-                        streaming = matches!(l2.append(&key, &owner, "h", head).await, Ok(true));
-                    }
-                }
-                Write::Data(first) => {
-                    let mut batch = bytes::BytesMut::from(first.as_ref());
-                    while let Ok(next) = rx.try_recv() {
-                        match next {
-                            Write::Data(more) => batch.extend_from_slice(&more),
-                            other => {
-                                pending = Some(other);
-                                break;
-                            }
-                        }
-                    }
-                    if streaming {
-                        streaming =
-                            matches!(l2.append(&key, &owner, "d", batch.freeze()).await, Ok(true));
-                    }
-                }
-                Write::Store(entry, keep) => {
-                    let end = if streaming { END_STORED } else { END_ABORTED };
-                    if l2
-                        .store(&key, &entry, keep, Some(&owner), end)
-                        .await
-                        .is_ok()
-                    {
-                        metrics::counter!("tower_ai_cache_stores_total", "layer" => "l2")
-                            .increment(1);
-                    } else {
-                        l2.end(&key, &owner, END_ABORTED).await;
-                    }
-                    return;
-                }
-                Write::End(end) => {
-                    let end = if streaming { end } else { END_ABORTED };
-                    l2.end(&key, &owner, end).await;
-                    return;
-                }
-            }
-        }
-    });
-    Some(tx)
 }
 
 /// A name unique to this process instance, for lock tokens.
