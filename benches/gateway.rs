@@ -312,9 +312,9 @@ struct Throughput {
     cpu_per_request: Option<Cpu>,
 }
 
-/// CPU time per request, in user space and in the kernel (the sockets'
-/// work, about the same per request on every path: what a path adds shows
-/// in user space).
+/// CPU time per request, in user space and in the kernel (mostly the
+/// sockets' work, which grows with the hops: one direct, two through either
+/// proxy; the layers' own work shows in user space).
 #[derive(Debug, Clone, Copy)]
 struct Cpu {
     user: Duration,
