@@ -23,7 +23,7 @@ pub(super) fn read(
     let mut names = HashSet::new();
     let mut read = Vec::with_capacity(models.len());
     for model in &models {
-        read.push(self::model(source, model, &mut names)?);
+        read.push(model_of(source, model, &mut names)?);
     }
     // A fallback names another configured model.
     for (model, config) in models.iter().zip(&read) {
@@ -44,7 +44,7 @@ pub(super) fn read(
 }
 
 /// One model; `names` holds the names of the models before it.
-fn model(
+fn model_of(
     source: &Source<'_>,
     model: &ModelFile,
     names: &mut HashSet<String>,

@@ -7,7 +7,8 @@ use toml::Spanned;
 use super::schema::{CacheFile, ContextFile, PersistenceFile};
 use super::source::Source;
 use crate::config::{
-    CacheTtls, ConfigError, ContextBackend, ContextConfig, OtelConfig, PersistenceConfig, Secret,
+    CacheTtls, ConfigError, ContextBackend, ContextConfig, ModelConfig, OtelConfig,
+    PersistenceConfig, Secret,
 };
 
 /// `[cache]`: each route's TTL (the default where the file says none), and
@@ -46,7 +47,7 @@ pub(super) fn cache(
 pub(super) fn context(
     source: &Source<'_>,
     context: Spanned<ContextFile>,
-    models: &[crate::config::ModelConfig],
+    models: &[ModelConfig],
     has_redis: bool,
 ) -> Result<ContextConfig, ConfigError> {
     let span = context.span();
