@@ -9,7 +9,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 
-use crate::breaker::Permit;
+use crate::breaker::admit::Permit;
 use crate::classify::{JudgeBody, Outcome};
 
 pin_project! {

@@ -54,7 +54,8 @@ use tower_ai_core::body::ResponseBody;
 use tower_ai_core::reject::Refusal;
 use tower_service::Service;
 
-use crate::breaker::{Breaker, Refused};
+use crate::breaker::Breaker;
+use crate::breaker::admit::Refused;
 use crate::state::State;
 
 /// Why the fallback was called.

@@ -10,7 +10,7 @@ use http_body::Body;
 use pin_project_lite::pin_project;
 
 use crate::body::CircuitBody;
-use crate::breaker::Permit;
+use crate::breaker::admit::Permit;
 use crate::classify::{Classified, Classify, JudgeBody, Outcome};
 use crate::fallback::{FailureFallback, FallbackContext};
 

@@ -8,7 +8,7 @@ use http::{Request, Response};
 use tower_service::Service;
 
 use crate::body::CircuitBody;
-use crate::breaker::Admission;
+use crate::breaker::admit::Admission;
 use crate::classify::{Classify, DefaultClassifier};
 use crate::fallback::{Fallback, FallbackContext, NoFallback};
 use crate::future::ResponseFuture;

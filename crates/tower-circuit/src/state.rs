@@ -4,7 +4,7 @@
 //! returns.
 //!
 //! A leaf: it imports nothing from the rest of the crate, so the settings
-//! (`config.rs`), the state machine (`breaker.rs`) and the handle
+//! (`config.rs`), the state machine (`breaker/`) and the handle
 //! (`handle.rs`) can all use it without importing each other. The types are
 //! re-exported from [`crate::handle`] and from the crate root.
 

@@ -1,4 +1,4 @@
 //! Backends of the breakers' state. The in-memory breaker is the state
-//! machine itself (`breaker.rs`); `redis` shares it between replicas.
+//! machine itself (`breaker/`); `redis` shares it between replicas.
 
 pub(crate) mod redis;
