@@ -67,8 +67,9 @@
 //! - **Metrics** (`tower_ai_cache_*`, labelled by route): `hits_total`
 //!   (`layer`), `misses_total`, `collapsed_total`, `stores_total`,
 //!   `bypasses_total` (`reason`), `not_stored_total` (`reason`),
-//!   `stale_served_total`, `evictions_total`, `l1_bytes`,
-//!   `stored_bytes_total`, `l2_errors_total` (`op`), `tokens_saved_total`
+//!   `stale_served_total`, `evictions_total`, `l1_bytes` (set by
+//!   invalidations, and by inserts at most every 100 ms;
+//!   [`CacheHandle::l1_bytes`] reads it exactly), `stored_bytes_total`, `l2_errors_total` (`op`), `tokens_saved_total`
 //!   (from the stored `usage`), `invalidations_total`.
 //!
 //! The response body is [`CacheBody`], whose error is a [`BoxError`] (a

@@ -3,6 +3,7 @@
 //! entry kept at most the L1 TTL.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use quick_cache::sync::Cache;
@@ -70,10 +71,17 @@ const MIN_SHARD_BYTES: u64 = 8 << 20;
 /// A guess of the average entry's size, to size the shards' tables.
 const TYPICAL_ENTRY_BYTES: u64 = 2 << 10;
 
+/// Inserts set `tower_ai_cache_l1_bytes` at most this often: its value is
+/// the sum over the shards, each read under its lock, which an insert on
+/// every request would take on every core.
+const GAUGE_EVERY_MS: u64 = 100;
+
 #[derive(Clone)]
 pub(crate) struct L1 {
     cache: Arc<Cache<CacheKey, Held, ByWeight, DefaultHashBuilder, CountEvictions>>,
     ttl_cap_ms: u64,
+    /// When an insert last set the bytes gauge (`now_ms`).
+    gauged_ms: Arc<AtomicU64>,
 }
 
 impl std::fmt::Debug for L1 {
@@ -120,6 +128,7 @@ impl L1 {
         Self {
             cache: Arc::new(cache),
             ttl_cap_ms: millis(ttl_cap),
+            gauged_ms: Arc::new(AtomicU64::new(0)),
         }
     }
 
@@ -160,26 +169,44 @@ impl L1 {
     }
 
     pub(crate) fn insert(&self, key: CacheKey, entry: Arc<Entry>) {
+        let now = now_ms();
         let held = Held {
             weight: entry.weight(),
-            until_ms: now_ms().saturating_add(self.ttl_cap_ms),
+            until_ms: now.saturating_add(self.ttl_cap_ms),
             entry,
         };
         self.cache.insert(key, held);
-        metrics::gauge!("tower_ai_cache_l1_bytes").set(self.cache.weight() as f64);
+        // One insert in each `GAUGE_EVERY_MS` sets the gauge (the others
+        // read one atomic): it follows the inserts within that time.
+        let last = self.gauged_ms.load(Ordering::Relaxed);
+        if now.saturating_sub(last) >= GAUGE_EVERY_MS
+            && self
+                .gauged_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            self.set_gauge();
+        }
     }
 
     pub(crate) fn remove(&self, key: &CacheKey) {
         self.cache.remove(key);
+        self.set_gauge();
     }
 
     pub(crate) fn remove_tag(&self, tag: TagId) {
         self.cache
             .retain(|_k, held| !held.entry.tags.contains(&tag));
+        self.set_gauge();
     }
 
     pub(crate) fn clear(&self) {
         self.cache.clear();
+        self.set_gauge();
+    }
+
+    fn set_gauge(&self) {
+        metrics::gauge!("tower_ai_cache_l1_bytes").set(self.cache.weight() as f64);
     }
 
     pub(crate) fn entry_count(&self) -> u64 {
@@ -259,5 +286,82 @@ mod tests {
         l1.remove_tag(TagId::from_bytes([1; 16]));
         assert!(!l1.contains(&key(1)));
         assert!(l1.contains(&key(2)));
+    }
+
+    /// Records the bytes gauge; any other metric goes nowhere.
+    #[derive(Default)]
+    struct BytesGauge(Arc<AtomicU64>);
+
+    impl BytesGauge {
+        fn read(&self) -> f64 {
+            f64::from_bits(self.0.load(Ordering::Relaxed))
+        }
+    }
+
+    impl metrics::Recorder for BytesGauge {
+        fn describe_counter(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_gauge(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn describe_histogram(
+            &self,
+            _: metrics::KeyName,
+            _: Option<metrics::Unit>,
+            _: metrics::SharedString,
+        ) {
+        }
+        fn register_counter(
+            &self,
+            _: &metrics::Key,
+            _: &metrics::Metadata<'_>,
+        ) -> metrics::Counter {
+            metrics::Counter::noop()
+        }
+        fn register_gauge(&self, key: &metrics::Key, _: &metrics::Metadata<'_>) -> metrics::Gauge {
+            if key.name() == "tower_ai_cache_l1_bytes" {
+                metrics::Gauge::from_arc(Arc::clone(&self.0))
+            } else {
+                metrics::Gauge::noop()
+            }
+        }
+        fn register_histogram(
+            &self,
+            _: &metrics::Key,
+            _: &metrics::Metadata<'_>,
+        ) -> metrics::Histogram {
+            metrics::Histogram::noop()
+        }
+    }
+
+    #[test]
+    fn the_bytes_gauge_follows_the_first_insert_and_every_invalidation() {
+        let gauge = BytesGauge::default();
+        metrics::with_local_recorder(&gauge, || {
+            let l1 = L1::new(1 << 20, Duration::from_secs(60));
+            l1.insert(key(1), entry(10, 1));
+            let one = l1.weighted_size();
+            assert!(one > 0);
+            assert_eq!(gauge.read(), one as f64);
+            // Later inserts may leave it for up to `GAUGE_EVERY_MS`; an
+            // invalidation sets it at once.
+            l1.insert(key(2), entry(10, 2));
+            l1.insert(key(3), entry(10, 3));
+            l1.remove_tag(TagId::from_bytes([1; 16]));
+            assert_eq!(gauge.read(), l1.weighted_size() as f64);
+            l1.remove(&key(2));
+            assert_eq!(gauge.read(), l1.weighted_size() as f64);
+            l1.clear();
+            assert_eq!(gauge.read(), 0.0);
+        });
     }
 }
