@@ -12,7 +12,7 @@ use tower_ai_core::key::{ClientKey, KeyExtractor, RequestHead};
 use crate::flight::Flights;
 use crate::key::{Aliases, BodyFacts, CacheKey, IgnoreList, KeyInput, KeyScope};
 use crate::route::RouteRule;
-use crate::store::memory::L1;
+use crate::store::memory::{L1, Lookup};
 
 /// Finds a request's scope (its caller).
 pub(crate) type ScopeFn = Arc<dyn Fn(RequestHead<'_>) -> Option<ClientKey> + Send + Sync>;
@@ -75,14 +75,44 @@ impl Shared {
         scope: &KeyScope,
         body: &[u8],
     ) -> (CacheKey, BodyFacts) {
-        let input = KeyInput {
+        let input = self.key_input(method, uri, headers, scope);
+        self.aliases.key(&input, body, |key| self.l1.contains(key))
+    }
+
+    /// [`key`](Self::key) for a request that is looked up next: what L1
+    /// holds for the key comes along when keying already asked (a body
+    /// seen for the first time), so that a miss looks once, not twice.
+    pub(crate) fn key_and_lookup(
+        &self,
+        parts: &http::request::Parts,
+        scope: &KeyScope,
+        body: &[u8],
+    ) -> (CacheKey, BodyFacts, Option<Lookup>) {
+        let input = self.key_input(&parts.method, &parts.uri, &parts.headers, scope);
+        let mut looked = None;
+        let (key, facts) = self.aliases.key(&input, body, |key| {
+            let found = self.l1.get(key);
+            let stored = !matches!(found, Lookup::Miss);
+            looked = Some(found);
+            stored
+        });
+        (key, facts, looked)
+    }
+
+    fn key_input<'a>(
+        &'a self,
+        method: &'a Method,
+        uri: &'a Uri,
+        headers: &'a HeaderMap,
+        scope: &'a KeyScope,
+    ) -> KeyInput<'a> {
+        KeyInput {
             method,
             path_and_query: uri.path_and_query().map_or("/", |p| p.as_str()),
             vary: &self.vary,
             headers: Some(headers),
             scope,
             ignore: &self.ignore,
-        };
-        self.aliases.key(&input, body, |key| self.l1.contains(key))
+        }
     }
 }

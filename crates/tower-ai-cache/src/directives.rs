@@ -1,6 +1,7 @@
 //! `Cache-Control` as requests and responses use it, and the `Cache-Status`
 //! (RFC 9211) and `Age` fields this layer writes.
 
+use std::fmt::Write as _;
 use std::time::Duration;
 
 use http::header::{self, HeaderName, HeaderValue};
@@ -178,8 +179,8 @@ impl Status {
             s.push_str("; collapsed");
         }
         if let Some(ttl) = self.ttl {
-            s.push_str("; ttl=");
-            s.push_str(&ttl.to_string());
+            // Into the text itself: writing to a `String` can't fail.
+            let _ = write!(s, "; ttl={ttl}");
         }
         if let Some(key) = &self.key {
             s.push_str("; key=\"");
@@ -191,7 +192,7 @@ impl Status {
             s.push_str(detail);
         }
         if let Some(similarity) = self.similarity {
-            s.push_str(&format!("; similarity={similarity:.3}"));
+            let _ = write!(s, "; similarity={similarity:.3}");
         }
         s
     }

@@ -289,32 +289,42 @@ pub(crate) struct BodyFacts {
     pub(crate) bounded: bool,
 }
 
+/// The key of a request whose head was written into `buf`, and what its
+/// body says about itself.
+fn digest_after(mut buf: Vec<u8>, body: &[u8], ignore: &IgnoreList) -> (CacheKey, BodyFacts) {
+    let facts = write_body(&mut buf, body, ignore);
+    (
+        CacheKey(*blake3::keyed_hash(&KEY_KEY, &buf).as_bytes()),
+        facts,
+    )
+}
+
+/// A digest of a request's head (as written) and its body's raw bytes:
+/// equal for byte-equal requests only (a cryptographic hash, so never equal
+/// by accident).
+fn raw_digest(head: &[u8], body: &[u8]) -> [u8; 32] {
+    let mut hasher = blake3::Hasher::new_keyed(&RAW_KEY);
+    hasher.update(&(head.len() as u64).to_le_bytes());
+    hasher.update(head);
+    hasher.update(body);
+    *hasher.finalize().as_bytes()
+}
+
 impl KeyInput<'_> {
     /// The key, and what the body says about itself.
     pub(crate) fn digest(&self, body: &[u8]) -> (CacheKey, BodyFacts) {
-        // One buffer, hashed at once: many tiny hasher updates cost more
-        // than the copy.
-        let mut buf = Vec::with_capacity(body.len() + self.path_and_query.len() + 96);
+        digest_after(self.head(body.len()), body, self.ignore)
+    }
+
+    /// The head's bytes, in a buffer with room for the body after them.
+    /// One buffer, hashed at once: many tiny hasher updates cost more than
+    /// the copy.
+    fn head(&self, body_len: usize) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(body_len + self.path_and_query.len() + 96);
         // Writing into a Vec never fails; each part is length-prefixed so
         // no two different requests write the same bytes.
         let _ = self.write_head(&mut buf);
-        let facts = write_body(&mut buf, body, self.ignore);
-        (
-            CacheKey(*blake3::keyed_hash(&KEY_KEY, &buf).as_bytes()),
-            facts,
-        )
-    }
-
-    /// A digest of the head and the body's raw bytes: equal for byte-equal
-    /// requests only (a cryptographic hash, so never equal by accident).
-    fn raw_digest(&self, body: &[u8]) -> [u8; 32] {
-        let mut head = Vec::with_capacity(self.path_and_query.len() + 96);
-        let _ = self.write_head(&mut head);
-        let mut hasher = blake3::Hasher::new_keyed(&RAW_KEY);
-        hasher.update(&(head.len() as u64).to_le_bytes());
-        hasher.update(&head);
-        hasher.update(body);
-        *hasher.finalize().as_bytes()
+        buf
     }
 
     fn write_head(&self, w: &mut impl Write) -> io::Result<()> {
@@ -373,11 +383,13 @@ impl Aliases {
         if body.len() < 64 {
             return input.digest(body);
         }
-        let raw = input.raw_digest(body);
+        // The head is written once, for both digests.
+        let head = input.head(body.len());
+        let raw = raw_digest(&head, body);
         if let Some(known) = self.map.get(&raw) {
             return known;
         }
-        let keyed = input.digest(body);
+        let keyed = digest_after(head, body, input.ignore);
         if stored(&keyed.0) {
             self.map.insert(raw, keyed.clone());
         }
@@ -599,7 +611,11 @@ mod tests {
         let direct = input(&a).digest(body);
         // A key without an answer isn't remembered.
         assert_eq!(aliases.key(&input(&a), body, |_| false).0, direct.0);
-        assert!(!aliases.map.contains_key(&input(&a).raw_digest(body)));
+        assert!(
+            !aliases
+                .map
+                .contains_key(&raw_digest(&input(&a).head(0), body))
+        );
         for _ in 0..2 {
             let aliased = aliases.key(&input(&a), body, |_| true);
             assert_eq!(aliased.0, direct.0);

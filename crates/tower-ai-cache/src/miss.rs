@@ -114,11 +114,7 @@ where
     };
     let (key, facts, looked) = match keyed {
         Some(Keyed { key, facts, l1 }) => (key, facts, Some(l1)),
-        None => {
-            let (key, facts) =
-                shared.key(&parts.method, &parts.uri, &parts.headers, &scope, &bytes);
-            (key, facts, None)
-        }
+        None => shared.key_and_lookup(&parts, &scope, &bytes),
     };
     let span = tracing::Span::current();
     if !span.is_disabled() {
