@@ -435,6 +435,15 @@ tokens = {{ capacity = 1000000, per_hour = 1.0 }}
     ] {
         assert!(metrics.contains(series), "{series} in\n{metrics}");
     }
+    // The times are histograms, whose buckets add up across replicas.
+    for series in [
+        "# TYPE tower_ai_gateway_time_to_first_token_seconds histogram",
+        "tower_ai_gateway_time_to_first_token_seconds_bucket{model=\"gpt-4o-mini\",le=\"0.005\"}",
+        "tower_ai_gateway_request_duration_seconds_bucket{model=\"claude-3-5-haiku\",le=\"+Inf\"}",
+        "# TYPE tower_ai_gateway_response_head_seconds histogram",
+    ] {
+        assert!(metrics.contains(series), "{series} in\n{metrics}");
+    }
 
     let endpoints = mock.endpoints();
     assert!(endpoints.chat > 0 && endpoints.completions > 0 && endpoints.embeddings > 0);
