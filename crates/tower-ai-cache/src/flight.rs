@@ -10,11 +10,13 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http::HeaderMap;
 use parking_lot::Mutex;
+use quick_cache::DefaultHashBuilder;
 use tokio::sync::Notify;
 use tokio::sync::futures::OwnedNotified;
 
@@ -261,10 +263,20 @@ impl Cursor {
     }
 }
 
+/// The flights' table is split in this many shards, each behind its own
+/// lock, by a byte of the key (a digest: its bytes are uniform). A miss
+/// takes its shard's lock twice (to join, to leave): misses of other keys,
+/// on other cores, rarely wait for it.
+const SHARDS: usize = 16;
+
+type Table = HashMap<CacheKey, Arc<Flight>, DefaultHashBuilder>;
+
 /// The flights of one layer, bounded.
 #[derive(Debug)]
 pub(crate) struct Flights {
-    map: Mutex<HashMap<CacheKey, Arc<Flight>>>,
+    shards: Box<[Mutex<Table>]>,
+    /// The flights in the table, across the shards: at most `max`.
+    count: AtomicUsize,
     max: usize,
     max_bytes: usize,
 }
@@ -278,25 +290,33 @@ pub(crate) enum Join {
 impl Flights {
     pub(crate) fn new(max: usize, max_bytes: usize) -> Self {
         Self {
-            map: Mutex::new(HashMap::new()),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            count: AtomicUsize::new(0),
             max,
             max_bytes,
         }
+    }
+
+    fn shard(&self, key: &CacheKey) -> &Mutex<Table> {
+        &self.shards[usize::from(key.as_bytes()[0]) % SHARDS]
     }
 
     /// Follows the key's flight, or starts one. When `max` flights are
     /// already in the air, the caller leads a flight nobody can join.
     pub(crate) fn join(self: &Arc<Self>, key: CacheKey) -> Join {
         let flight = {
-            let mut map = self.map.lock();
+            let mut map = self.shard(&key).lock();
             if let Some(f) = map.get(&key) {
                 return Join::Follow(f.clone());
             }
-            let flight = Arc::new(Flight::new(self.max_bytes));
-            if map.len() < self.max {
+            // Counted before it is added: a flight is in the table only
+            // while its count is, so the table never holds more than `max`.
+            if self.count.fetch_add(1, Ordering::Relaxed) < self.max {
+                let flight = Arc::new(Flight::new(self.max_bytes));
                 map.insert(key, flight.clone());
                 Some(flight)
             } else {
+                self.count.fetch_sub(1, Ordering::Relaxed);
                 None
             }
         };
@@ -321,14 +341,15 @@ impl Flights {
     }
 
     fn remove(&self, key: &CacheKey, flight: &Arc<Flight>) {
-        let mut map = self.map.lock();
+        let mut map = self.shard(key).lock();
         if map.get(key).is_some_and(|f| Arc::ptr_eq(f, flight)) {
             map.remove(key);
+            self.count.fetch_sub(1, Ordering::Relaxed);
         }
     }
 
     pub(crate) fn len(&self) -> usize {
-        self.map.lock().len()
+        self.count.load(Ordering::Relaxed)
     }
 }
 
@@ -426,6 +447,27 @@ mod tests {
         let b = flights.join(CacheKey::from_bytes([2; 32]));
         assert!(matches!(b, Join::Lead(ref g) if g.flights.is_none()));
         assert_eq!(flights.len(), 1);
+    }
+
+    #[test]
+    fn the_bound_holds_across_shards_and_frees_on_release() {
+        let flights = Arc::new(Flights::new(3, 1 << 20));
+        // One key in each of more shards than the bound.
+        let leads: Vec<Join> = (0..SHARDS as u8)
+            .map(|b| flights.join(CacheKey::from_bytes([b; 32])))
+            .collect();
+        let joinable = |j: &Join| matches!(j, Join::Lead(g) if g.flights.is_some());
+        assert_eq!(leads.iter().filter(|j| joinable(j)).count(), 3);
+        assert_eq!(flights.len(), 3);
+        // A held key is followed, in whichever shard it is.
+        assert!(matches!(
+            flights.join(CacheKey::from_bytes([0; 32])),
+            Join::Follow(_)
+        ));
+        drop(leads);
+        assert_eq!(flights.len(), 0);
+        let again = flights.join(CacheKey::from_bytes([SHARDS as u8 - 1; 32]));
+        assert!(joinable(&again));
     }
 
     #[test]
