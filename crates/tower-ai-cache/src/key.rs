@@ -45,6 +45,9 @@ static RAW_KEY: std::sync::LazyLock<[u8; 32]> = std::sync::LazyLock::new(|| {
     blake3::derive_key("tower-ai-cache 2025 raw request alias v1", b"")
 });
 
+/// The largest body a key's buffer is made with room for at once.
+const ROOM_FOR_BODY: usize = 16 << 10;
+
 /// How many raw-body digests [`Aliases`] remembers.
 const ALIASES: usize = 16_384;
 
@@ -292,6 +295,7 @@ pub(crate) struct BodyFacts {
 /// The key of a request whose head was written into `buf`, and what its
 /// body says about itself.
 fn digest_after(mut buf: Vec<u8>, body: &[u8], ignore: &IgnoreList) -> (CacheKey, BodyFacts) {
+    buf.reserve(body.len());
     let facts = write_body(&mut buf, body, ignore);
     (
         CacheKey(*blake3::keyed_hash(&KEY_KEY, &buf).as_bytes()),
@@ -316,11 +320,18 @@ impl KeyInput<'_> {
         digest_after(self.head(body.len()), body, self.ignore)
     }
 
-    /// The head's bytes, in a buffer with room for the body after them.
-    /// One buffer, hashed at once: many tiny hasher updates cost more than
-    /// the copy.
+    /// The head's bytes, in a buffer with room for a body of up to
+    /// [`ROOM_FOR_BODY`] after them. A larger body's room is made only when
+    /// it is keyed, which a repeated body (found by its alias) never is. One
+    /// buffer, hashed at once: many tiny hasher updates cost more than the
+    /// copy.
     fn head(&self, body_len: usize) -> Vec<u8> {
-        let mut buf = Vec::with_capacity(body_len + self.path_and_query.len() + 96);
+        let room = if body_len <= ROOM_FOR_BODY {
+            body_len
+        } else {
+            0
+        };
+        let mut buf = Vec::with_capacity(room + self.path_and_query.len() + 96);
         // Writing into a Vec never fails; each part is length-prefixed so
         // no two different requests write the same bytes.
         let _ = self.write_head(&mut buf);
